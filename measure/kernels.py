@@ -1,0 +1,318 @@
+"""The JAX kernels that get timed, one-to-one with `costmodel.layers`.
+
+Each kernel is one training step's arithmetic: the loss (Σ of the layer output, as in the
+blog) and its gradient with respect to the trainable parameters only (plus the layer input
+when `input_requires_grad`). Parameters and inputs are arguments, never closed over, so XLA
+cannot fold them. Softmax, LayerNorm, RMSNorm, GELU and SiLU carry explicit VJPs
+(`jax.custom_vjp`) that perform exactly the passes `costmodel.graph` counts, so XLA's own
+FLOP count can check the cost model op for op.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from costmodel.layers import LayerConfig
+
+LORA_ALPHA = 16.0  # s = α / r (Hu et al. 2021, sec. 4.1); any constant costs the same
+_EPS = 1e-5
+
+
+# --------------------------------------------------------------------------- primitives
+@jax.custom_vjp
+def softmax(x):
+    """Row softmax: max, subtract, exp, sum, divide."""
+    z = jnp.exp(x - jnp.max(x, axis=-1, keepdims=True))
+    return z / jnp.sum(z, axis=-1, keepdims=True)
+
+
+def _softmax_fwd(x):
+    y = softmax(x)
+    return y, y
+
+
+def _softmax_bwd(y, g):
+    return (y * (g - jnp.sum(g * y, axis=-1, keepdims=True)),)
+
+
+softmax.defvjp(_softmax_fwd, _softmax_bwd)
+
+
+def _norm_fwd_parts(x, centred: bool):
+    d = x.shape[-1]
+    if centred:
+        xc = x - jnp.sum(x, axis=-1, keepdims=True) / d
+    else:
+        xc = x
+    r = jax.lax.rsqrt(jnp.sum(xc * xc, axis=-1, keepdims=True) / d + _EPS)
+    return xc * r, r
+
+
+@jax.custom_vjp
+def layernorm(x, gamma, beta):
+    xhat, _ = _norm_fwd_parts(x, True)
+    return xhat * gamma + beta
+
+
+def _layernorm_fwd(x, gamma, beta):
+    xhat, r = _norm_fwd_parts(x, True)
+    return xhat * gamma + beta, (xhat, r, gamma)
+
+
+def _layernorm_bwd(res, g):
+    xhat, r, gamma = res
+    d = xhat.shape[-1]
+    gg = g * gamma
+    mean_gg = jnp.sum(gg, axis=-1, keepdims=True) / d
+    mean_ggx = jnp.sum(gg * xhat, axis=-1, keepdims=True) / d
+    dx = (gg - mean_gg - xhat * mean_ggx) * r
+    lead = tuple(range(g.ndim - 1))
+    return dx, jnp.sum(g * xhat, axis=lead), jnp.sum(g, axis=lead)
+
+
+layernorm.defvjp(_layernorm_fwd, _layernorm_bwd)
+
+
+@jax.custom_vjp
+def rmsnorm(x, gamma):
+    xhat, _ = _norm_fwd_parts(x, False)
+    return xhat * gamma
+
+
+def _rmsnorm_fwd(x, gamma):
+    xhat, r = _norm_fwd_parts(x, False)
+    return xhat * gamma, (xhat, r, gamma)
+
+
+def _rmsnorm_bwd(res, g):
+    xhat, r, gamma = res
+    d = xhat.shape[-1]
+    gg = g * gamma
+    mean_ggx = jnp.sum(gg * xhat, axis=-1, keepdims=True) / d
+    dx = (gg - xhat * mean_ggx) * r
+    return dx, jnp.sum(g * xhat, axis=tuple(range(g.ndim - 1)))
+
+
+rmsnorm.defvjp(_rmsnorm_fwd, _rmsnorm_bwd)
+
+_C0 = math.sqrt(2.0 / math.pi)
+_C1 = 0.044715
+
+
+@jax.custom_vjp
+def gelu(x):
+    """GELU, tanh approximation (GPT-2's gelu_new)."""
+    return _gelu_fwd(x)[0]
+
+
+def _gelu_fwd(x):
+    t = jnp.tanh(_C0 * (x + _C1 * (x * x * x)))
+    return 0.5 * x * (1.0 + t), (x, t)
+
+
+def _gelu_bwd(res, g):
+    x, t = res
+    dydx = 0.5 * (1.0 + t) + (0.5 * x) * (1.0 - t * t) * (_C0 * (1.0 + (3.0 * _C1) * (x * x)))
+    return (g * dydx,)
+
+
+gelu.defvjp(_gelu_fwd, _gelu_bwd)
+
+
+@jax.custom_vjp
+def silu(x):
+    return x * jax.nn.sigmoid(x)
+
+
+def _silu_fwd(x):
+    s = jax.nn.sigmoid(x)
+    return x * s, (x, s)
+
+
+def _silu_bwd(res, g):
+    x, s = res
+    return (g * (s * (1.0 + x * (1.0 - s))),)
+
+
+silu.defvjp(_silu_fwd, _silu_bwd)
+
+
+# ------------------------------------------------------------------------------ layers
+def project(x, p: dict, name: str, cfg: LayerConfig, target: bool):
+    """y = xW (+ b), LoRA-factored or merged when `target`; mirrors costmodel.layers.project."""
+    W = p[f"W{name}"]
+    method = cfg.method if target else "frozen"
+    if method == "lora_merged":
+        W = W + p[f"A{name}"] @ p[f"B{name}"]
+    y = x @ W
+    if method == "lora":
+        s = LORA_ALPHA / p[f"A{name}"].shape[1]
+        y = y + s * ((x @ p[f"A{name}"]) @ p[f"B{name}"])
+    if f"b{name}" in p:
+        y = y + p[f"b{name}"]
+    return y
+
+
+def _linear(x, p, cfg):
+    return project(x, p, "", cfg, True)
+
+
+def _attention(x, p, cfg):
+    q = project(x, p, "q", cfg, "q" in cfg.targets)
+    k = project(x, p, "k", cfg, "k" in cfg.targets)
+    v = project(x, p, "v", cfg, "v" in cfg.targets)
+    s = (q @ k.T) * (1.0 / math.sqrt(cfg.hidden))
+    return softmax(s) @ v
+
+
+def _block(x, p, cfg):
+    b, t, d = int(cfg.batch), int(cfg.seq), int(cfg.embed)
+    nh, nkv = int(cfg.heads), int(cfg.kv_heads)
+    hd = d // nh
+
+    def norm(name, a):
+        if cfg.norm == "rmsnorm":
+            return rmsnorm(a, p[f"γ{name}"])
+        return layernorm(a, p[f"γ{name}"], p[f"β{name}"])
+
+    def heads(a, n):
+        return a.reshape(b, t, n, hd).transpose(0, 2, 1, 3)
+
+    h1 = norm("ln1", x)
+    q = heads(project(h1, p, "q", cfg, "q" in cfg.targets), nh)
+    k = heads(project(h1, p, "k", cfg, "k" in cfg.targets), nkv)
+    v = heads(project(h1, p, "v", cfg, "v" in cfg.targets), nkv)
+    if nkv != nh:
+        k = jnp.repeat(k, nh // nkv, axis=1)
+        v = jnp.repeat(v, nh // nkv, axis=1)
+    s = jnp.einsum("bhqd,bhkd->bhqk", q, k) * (1.0 / math.sqrt(hd))
+    if cfg.causal:
+        s = jnp.where(jnp.tril(jnp.ones((t, t), bool)), s, -jnp.inf)
+    o = jnp.einsum("bhqk,bhkd->bhqd", softmax(s), v).transpose(0, 2, 1, 3).reshape(b * t, d)
+    x2 = x + project(o, p, "o", cfg, "o" in cfg.targets)
+    h2 = norm("ln2", x2)
+    adapt = "mlp" in cfg.targets
+    if cfg.mlp == "gelu":
+        u = gelu(project(h2, p, "fc", cfg, adapt))
+    else:
+        u = silu(project(h2, p, "gate", cfg, adapt)) * project(h2, p, "up", cfg, adapt)
+    return x2 + project(u, p, "proj", cfg, adapt)
+
+
+LAYER_FNS: dict[str, Callable] = {"linear": _linear, "attention": _attention, "block": _block}
+
+
+# ---------------------------------------------------------------------------- building
+@dataclass(frozen=True)
+class Kernel:
+    """A compiled-to-be training step: `fn(*args)` returns (loss, gradients)."""
+
+    name: str
+    cfg: LayerConfig
+    fn: Callable
+    args: tuple
+    loss_fn: Callable  # loss_fn(x, frozen, trainable) -> scalar
+
+
+def _param_shapes(cfg: LayerConfig) -> dict[str, tuple[tuple[int, ...], bool]]:
+    """name -> (shape, trainable) for every parameter of `cfg`, as costmodel.layers declares."""
+    e, h, r = int(cfg.embed), int(cfg.hidden), int(cfg.rank)
+    full = cfg.method == "full"
+    shapes: dict[str, tuple[tuple[int, ...], bool]] = {}
+
+    def proj(name, din, dout, target, bias=False):
+        shapes[f"W{name}"] = ((din, dout), full)
+        if target and not full:
+            shapes[f"A{name}"] = ((din, r), True)
+            shapes[f"B{name}"] = ((r, dout), True)
+        if bias:
+            shapes[f"b{name}"] = ((dout,), full)
+
+    if cfg.layer == "linear":
+        proj("", e, h, True, cfg.bias)
+    elif cfg.layer == "attention":
+        for n in ("q", "k", "v"):
+            proj(n, e, h, n in cfg.targets)
+    else:
+        kv = e // int(cfg.heads) * int(cfg.kv_heads)
+        for ln in ("ln1", "ln2"):
+            shapes[f"γ{ln}"] = ((e,), full)
+            if cfg.norm == "layernorm":
+                shapes[f"β{ln}"] = ((e,), full)
+        for n, dout in (("q", e), ("k", kv), ("v", kv)):
+            proj(n, e, dout, n in cfg.targets, cfg.bias)
+        proj("o", e, e, "o" in cfg.targets, cfg.bias)
+        adapt = "mlp" in cfg.targets
+        for n in (("fc",) if cfg.mlp == "gelu" else ("gate", "up")):
+            proj(n, e, h, adapt, cfg.bias)
+        proj("proj", h, e, adapt, cfg.bias)
+    return shapes
+
+
+def init_params(cfg: LayerConfig, seed: int = 0) -> tuple[jax.Array, dict, dict]:
+    """X, frozen and trainable parameters: N(0, 1/fan_in) weights, unit γ, zero β and b.
+
+    B is random too (LoRA initialises it to zero, which would make dA vanish in tests);
+    the cost is the same for any values.
+    """
+    dt = jnp.dtype(cfg.dtype)
+    key = jax.random.PRNGKey(seed)
+    kx, key = jax.random.split(key)
+    x = jax.random.normal(kx, (int(cfg.batch) * int(cfg.seq), int(cfg.embed)), dt)
+    frozen, trainable = {}, {}
+    for name, (shape, is_trainable) in _param_shapes(cfg).items():
+        key, sub = jax.random.split(key)
+        if name.startswith("γ"):
+            value = jnp.ones(shape, dt)
+        elif name.startswith(("β", "b")):
+            value = jnp.zeros(shape, dt)
+        else:
+            value = jax.random.normal(sub, shape, dt) / np.sqrt(shape[0])
+        (trainable if is_trainable else frozen)[name] = value
+    return x, frozen, trainable
+
+
+def loss_fn_for(cfg: LayerConfig) -> Callable:
+    layer = LAYER_FNS[cfg.layer]
+
+    def loss(x, frozen, trainable):
+        return jnp.sum(layer(x, {**frozen, **trainable}, cfg))
+
+    return loss
+
+
+def build(layer: str, method: str, *, seed: int = 0, **shape) -> Kernel:
+    """The training-step kernel of `layer` under `method`; `shape` as in costmodel.layer_cost.
+
+    `fn(x, frozen, trainable)` returns (loss, grads): grads of the trainable dict, and of x
+    first when `input_requires_grad`.
+    """
+    cfg = LayerConfig(layer, method, **shape)
+    for name in ("batch", "embed", "hidden", "rank", "seq", "heads", "kv_heads"):
+        if np.ndim(getattr(cfg, name)) != 0:
+            raise ValueError(f"a kernel needs scalar sizes; {name} is an array")
+    loss = loss_fn_for(cfg)
+    argnums = (0, 2) if cfg.input_requires_grad else 2
+    fn = jax.value_and_grad(loss, argnums=argnums)
+    name = f"{layer}/{method}"
+    return Kernel(name, cfg, fn, init_params(cfg, seed), loss)
+
+
+def xla_cost(kernel: Kernel) -> dict[str, float]:
+    """XLA's own cost analysis of the compiled kernel: flops, transcendentals, bytes accessed."""
+    compiled = jax.jit(kernel.fn).lower(*kernel.args).compile()
+    ca = compiled.cost_analysis()
+    if isinstance(ca, (list, tuple)):
+        ca = ca[0] if ca else {}
+    ca = ca or {}
+    return {
+        "flops": float(ca.get("flops", np.nan)),
+        "transcendentals": float(ca.get("transcendentals", 0.0)),
+        "bytes_accessed": float(ca.get("bytes accessed", np.nan)),
+    }

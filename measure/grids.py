@@ -1,0 +1,215 @@
+"""Which configurations a sweep measures: named grids and custom products.
+
+A `Config` is everything that identifies a measurement except the method; a sweep times all
+its methods for one config together (interleaved), so a method's row and its rivals' rows
+come from the same minutes of the machine's life.
+
+Named grids (all at float32 unless ``--dtype``):
+
+``quick``
+    attention, batch {2, 256} x e = h in {64, 128, 256, 512, 1024, 1536} x rank {1, 4}:
+    24 configs per method spread over six widths (enough for the analysis regressions to fit
+    4-5 parameters with cross-validation), spanning the sizes where the LoRA/full ratio
+    changes on a CPU, and small enough that three methods finish in about 40 s on a 2-core
+    CPU with the quick timing budget.
+``seed``
+    the blog's grid: batch {2, 64, 256, 1024} x e {256, 512, 1024, 2048} x
+    h {256, 512, 1024, 2048} x rank {1, 3, 5} = 192 configs, attention.
+``square``
+    e = h = d over powers of two 64 .. 4096, batch {8, 128, 1024}, rank {1, 8, 64}
+    (rank <= d): the crossover-fitting grid.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+LAYERS: tuple[str, ...] = ("linear", "attention", "block")
+METHODS: tuple[str, ...] = ("full", "lora", "lora_merged")
+DTYPES: tuple[str, ...] = ("float32", "bfloat16")
+VARIANTS: tuple[str, ...] = ("clean", "seed")
+TIMING_MODES: tuple[str, ...] = ("aot", "as_written")
+GRIDS: tuple[str, ...] = ("quick", "seed", "square")
+
+#: Per-config timing budget (seconds of the timing loop) each named grid is tuned for.
+DEFAULT_BUDGET_S: dict[str, float] = {"quick": 0.3, "seed": 2.0, "square": 2.0, "custom": 2.0}
+
+
+@dataclass(frozen=True)
+class Config:
+    """One measured configuration, all methods aside. Field names match `measure.schema`.
+
+    targets: the adapted matrices, or None for the kernel's default; the dataset's
+    ``targets`` column holds the resolved, sorted names.
+    """
+
+    layer: str
+    batch: int
+    embed: int
+    hidden: int
+    rank: int
+    variant: str = "clean"
+    timing_mode: str = "aot"
+    seq: int = 1
+    heads: int = 1
+    targets: tuple[str, ...] | None = None
+    input_requires_grad: bool = False
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.layer not in LAYERS:
+            raise ValueError(f"unknown layer {self.layer!r}; choose one of {', '.join(LAYERS)}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}; choose {', '.join(VARIANTS)}")
+        if self.timing_mode not in TIMING_MODES:
+            raise ValueError(
+                f"unknown timing mode {self.timing_mode!r}; choose {', '.join(TIMING_MODES)}"
+            )
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        for name in ("batch", "embed", "hidden", "rank", "seq", "heads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.variant == "seed":
+            if self.layer != "attention":
+                raise ValueError("the seed variant is the blog's attention layer only")
+            if self.dtype != "float32":
+                raise ValueError("the seed variant runs at float32 only, as the blog did")
+            if self.input_requires_grad or self.targets is not None:
+                raise ValueError("the seed variant fixes its targets and input gradients")
+        elif self.timing_mode != "aot":
+            raise ValueError("timing mode 'as_written' exists for the seed variant only")
+
+    def label(self) -> str:
+        extra = f" s={self.seq} nh={self.heads}" if self.layer == "block" else ""
+        tag = "" if self.variant == "clean" else f" [{self.variant}/{self.timing_mode}]"
+        return (
+            f"{self.layer} b={self.batch} e={self.embed} h={self.hidden} r={self.rank}"
+            f"{extra} {self.dtype}{tag}"
+        )
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    configs: tuple[Config, ...]
+    methods: tuple[str, ...]
+
+    def describe(self) -> dict:
+        return {"name": self.name, "n_configs": len(self.configs), "methods": list(self.methods)}
+
+
+def default_methods(variant: str) -> tuple[str, ...]:
+    return ("full", "lora_merged") if variant == "seed" else METHODS
+
+
+def check_methods(methods: Sequence[str], variant: str) -> tuple[str, ...]:
+    """Validate and de-duplicate `methods` (order kept); ValueError names the first bad one."""
+    allowed = default_methods(variant)
+    out: list[str] = []
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+        if m not in allowed:
+            raise ValueError(f"method {m!r} does not exist in the {variant} variant ({', '.join(allowed)})")
+        if m not in out:
+            out.append(m)
+    if not out:
+        raise ValueError("no methods to measure")
+    return tuple(out)
+
+
+def product_configs(
+    *,
+    batch: Sequence[int],
+    embed: Sequence[int],
+    hidden: Sequence[int] | None,
+    rank: Sequence[int],
+    square: bool = False,
+    drop_rank_above_width: bool = False,
+    **common,
+) -> tuple[Config, ...]:
+    """Configs of the product batch x embed x hidden x rank (hidden = embed when `square`).
+
+    With `drop_rank_above_width`, ranks above min(e, h) are skipped (named grids); otherwise
+    they are kept and the cost model's validation rejects them (custom grids: a user error).
+    """
+    out = []
+    widths = [(e, e) for e in embed] if square else list(itertools.product(embed, hidden or embed))
+    for b, (e, h), r in itertools.product(batch, widths, rank):
+        if drop_rank_above_width and r > min(e, h):
+            continue
+        out.append(Config(batch=int(b), embed=int(e), hidden=int(h), rank=int(r), **common))
+    return tuple(out)
+
+
+def named_grid(
+    name: str,
+    *,
+    layer: str | None = None,
+    methods: Sequence[str] | None = None,
+    variant: str = "clean",
+    timing_mode: str = "aot",
+    dtype: str = "float32",
+    input_requires_grad: bool = False,
+    targets: tuple[str, ...] | None = None,
+    seq: int = 1,
+    heads: int = 1,
+) -> Grid:
+    """The named grid `name` (see module docstring) with the given common settings."""
+    common = dict(
+        layer=layer or "attention",
+        variant=variant,
+        timing_mode=timing_mode,
+        dtype=dtype,
+        input_requires_grad=input_requires_grad,
+        targets=targets,
+        seq=seq,
+        heads=heads,
+    )
+    if name == "quick":
+        configs = product_configs(
+            batch=(2, 256), embed=(64, 128, 256, 512, 1024, 1536), hidden=None, rank=(1, 4),
+            square=True, **common,
+        )
+    elif name == "seed":
+        configs = product_configs(
+            batch=(2, 64, 256, 1024), embed=(256, 512, 1024, 2048),
+            hidden=(256, 512, 1024, 2048), rank=(1, 3, 5), **common,
+        )
+    elif name == "square":
+        configs = product_configs(
+            batch=(8, 128, 1024), embed=tuple(2**p for p in range(6, 13)), hidden=None,
+            rank=(1, 8, 64), square=True, drop_rank_above_width=True, **common,
+        )
+    else:
+        raise ValueError(f"unknown grid {name!r}; choose one of {', '.join(GRIDS)}")
+    return Grid(name, configs, check_methods(methods or default_methods(variant), variant))
+
+
+def custom_grid(
+    *,
+    batch: Sequence[int],
+    embed: Sequence[int],
+    hidden: Sequence[int] | None,
+    rank: Sequence[int],
+    layer: str | None = None,
+    methods: Sequence[str] | None = None,
+    variant: str = "clean",
+    timing_mode: str = "aot",
+    dtype: str = "float32",
+    input_requires_grad: bool = False,
+    targets: tuple[str, ...] | None = None,
+    seq: int = 1,
+    heads: int = 1,
+) -> Grid:
+    """The product of the given sizes (hidden defaults to embed, i.e. square layers)."""
+    configs = product_configs(
+        batch=batch, embed=embed, hidden=hidden, rank=rank, square=hidden is None,
+        layer=layer or "attention", variant=variant, timing_mode=timing_mode, dtype=dtype,
+        input_requires_grad=input_requires_grad, targets=targets, seq=seq, heads=heads,
+    )
+    return Grid("custom", configs, check_methods(methods or default_methods(variant), variant))

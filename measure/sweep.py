@@ -1,0 +1,368 @@
+"""Sweep a grid of configurations, timing every method, into a resumable tidy dataset.
+
+    python -m measure.sweep --grid quick --out results/
+    python -m measure.sweep --batch 2,64 --embed 256,1024 --rank 1,4 --out results/
+    python -m measure.sweep --grid seed --variant seed --timing as_written --out results/
+
+Configs run in an order shuffled with ``--order-seed`` (recorded); the methods of one config
+are compiled, warmed up and timed together, interleaved (see `measure.timing`). Each
+finished (config, method) is appended to ``<out>/measurements.jsonl`` at once, so Ctrl-C
+(exit 130) or a crash loses at most the config in progress, and rerunning with the same
+``--out`` resumes (see `measure.dataset`). A config that fails (out of memory, say) is
+recorded with its error and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from measure import grids
+from measure.cli import (
+    OneLineParser,
+    UserError,
+    choice_list,
+    non_negative_float,
+    one_line,
+    positive_int,
+    positive_int_list,
+)
+from measure.grids import Config, Grid
+from measure.schema import COLUMNS, SCHEMA_VERSION
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
+
+
+# ----------------------------------------------------------------------------- describing
+
+def _layer_config(config: Config, method: str):
+    """The cost model's LayerConfig for (config, method); ValueError on bad sizes."""
+    from costmodel.layers import LayerConfig
+
+    from measure import seed
+
+    targets = seed.COSTMODEL_TARGETS if config.variant == "seed" else config.targets
+    return LayerConfig(
+        config.layer, method, batch=config.batch, embed=config.embed, hidden=config.hidden,
+        rank=config.rank, targets=targets, input_requires_grad=config.input_requires_grad,
+        dtype=config.dtype, seq=config.seq, heads=config.heads,
+    )
+
+
+def describe(config: Config, method: str) -> dict[str, Any]:
+    """Key and cost-model columns of (config, method); ValueError for an invalid config.
+
+    The cost model validates sizes, ranks and targets (one-line ValueError messages), so the
+    sweep does not duplicate those checks.
+    """
+    from costmodel.layers import build as cost_of
+
+    cfg = _layer_config(config, method)
+    cost = cost_of(cfg)
+    return {
+        "layer": config.layer,
+        "method": method,
+        "variant": config.variant,
+        "timing_mode": config.timing_mode,
+        "batch": config.batch,
+        "embed": config.embed,
+        "hidden": config.hidden,
+        "rank": config.rank,
+        "seq": config.seq,
+        "heads": config.heads,
+        "targets": "" if method == "full" else ",".join(sorted(cfg.targets)),
+        "input_requires_grad": config.input_requires_grad,
+        "dtype": config.dtype,
+        "model_flops": float(cost.flops),
+        "model_bytes": float(cost.bytes_moved),
+        "model_kernels": float(cost.kernels),
+        "trainable_params": int(cost.trainable_params),
+    }
+
+
+def make_record(
+    base: dict[str, Any], *, run_id: str, backend: str, device_kind: str,
+    summary=None, prepared=None, error: str = "",
+) -> dict[str, Any]:
+    """A complete schema row for one (config, method): timings NaN when it failed."""
+    nan = float("nan")
+    rec: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION, "run_id": run_id, "backend": backend,
+        "device_kind": device_kind, **base,
+        "n_repeats": 0, "calls_per_repeat": 0, "time_median_s": nan, "time_iqr_s": nan,
+        "time_min_s": nan, "time_ci_low_s": nan, "time_ci_high_s": nan, "time_cv": nan,
+        "unstable": False, "compile_s": nan, "xla_flops": nan, "xla_bytes": nan,
+        "error": error, "timestamp": _utc_now(),
+    }
+    if summary is not None:
+        rec.update(summary.as_record())
+    if prepared is not None:
+        rec.update(
+            compile_s=prepared.compile_s, xla_flops=prepared.xla_flops, xla_bytes=prepared.xla_bytes
+        )
+    return {k: rec[k] for k in COLUMNS}
+
+
+def _utc_now() -> str:
+    from measure.dataset import utc_now
+
+    return utc_now()
+
+
+# ----------------------------------------------------------------------------- running
+
+def prepare(config: Config, method: str, param_seed: int):
+    """Build, place and compile one (config, method) kernel for timing."""
+    from measure import timing
+
+    if config.variant == "seed":
+        from measure import seed
+
+        return seed.build(
+            method, batch=config.batch, embed=config.embed, hidden=config.hidden,
+            rank=config.rank, timing_mode=config.timing_mode,
+        )
+    from measure import kernels
+
+    kernel = kernels.build(
+        config.layer, method, batch=config.batch, embed=config.embed, hidden=config.hidden,
+        rank=config.rank, targets=config.targets, input_requires_grad=config.input_requires_grad,
+        dtype=config.dtype, seq=config.seq, heads=config.heads, seed=param_seed,
+    )
+    return timing.prepare(kernel.name, kernel.fn, kernel.args)
+
+
+def run_config(
+    config: Config, methods: Sequence[str], policy, param_seed: int
+) -> dict[str, tuple[Any, Any, str]]:
+    """Time `methods` of `config`: method -> (summary or None, prepared or None, error).
+
+    Exceptions other than KeyboardInterrupt become error strings. If the interleaved loop
+    fails, each method is retried alone, so one method's out-of-memory does not cost the
+    others their measurement.
+    """
+    from measure import timing
+
+    results: dict[str, tuple[Any, Any, str]] = {}
+    prepared: dict[str, Any] = {}
+    for method in methods:
+        try:
+            prepared[method] = prepare(config, method, param_seed)
+        except Exception as exc:  # noqa: BLE001 -- recorded, the sweep goes on
+            results[method] = (None, None, f"{type(exc).__name__}: {one_line(exc)}")
+    if not prepared:
+        return results
+    try:
+        report = timing.time_interleaved(prepared, policy)
+        for method, prep in prepared.items():
+            results[method] = (report.summaries[method], prep, "")
+    except Exception:  # noqa: BLE001
+        for method, prep in prepared.items():
+            try:
+                alone = timing.time_interleaved({method: prep}, policy)
+                results[method] = (alone.summaries[method], prep, "")
+            except Exception as exc:  # noqa: BLE001
+                results[method] = (None, prep, f"{type(exc).__name__}: {one_line(exc)}")
+    return {m: results[m] for m in methods if m in results}
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def build_parser() -> OneLineParser:
+    p = OneLineParser(
+        prog="python -m measure.sweep",
+        description="Time full fine-tuning against LoRA over a grid of layer sizes.",
+    )
+    p.add_argument("--out", required=True, help="output folder (created; resumed if it exists)")
+    p.add_argument("--grid", choices=grids.GRIDS, help="a named grid (else give sizes)")
+    p.add_argument("--batch", type=positive_int_list, help="custom grid: batch sizes, e.g. 2,64")
+    p.add_argument("--embed", type=positive_int_list, help="custom grid: input widths e")
+    p.add_argument("--hidden", type=positive_int_list, help="custom grid: output widths h (default: = e)")
+    p.add_argument("--rank", type=positive_int_list, help="custom grid: LoRA ranks (default 1)")
+    p.add_argument("--layer", choices=grids.LAYERS, help="layer (default attention)")
+    p.add_argument("--methods", type=choice_list(grids.METHODS, "method"),
+                   help="comma-separated subset of full,lora,lora_merged")
+    p.add_argument("--dtype", type=choice_list(grids.DTYPES, "dtype"), default=("float32",),
+                   help="float32 or bfloat16")
+    p.add_argument("--targets", help="adapted matrices, e.g. q,v (default: the layer's)")
+    p.add_argument("--input-grad", action="store_true", help="also differentiate the layer input")
+    p.add_argument("--seq", type=positive_int, default=1, help="block layer: sequence length")
+    p.add_argument("--heads", type=positive_int, default=1, help="block layer: attention heads")
+    p.add_argument("--variant", choices=grids.VARIANTS, default="clean",
+                   help="clean (ours) or seed (the blog's code, bugs included)")
+    p.add_argument("--timing", choices=grids.TIMING_MODES, default="aot",
+                   help="aot (compile once) or as_written (the blog's re-jit per call; seed only)")
+    p.add_argument("--budget-s", type=non_negative_float,
+                   help="timing-loop seconds per config (default: the grid's, see measure.grids)")
+    p.add_argument("--min-repeats", type=positive_int, default=5)
+    p.add_argument("--max-repeats", type=positive_int, default=500)
+    p.add_argument("--target-ci", type=non_negative_float, default=0.02,
+                   help="stop once the median's 95%% CI is within this fraction (default 0.02)")
+    p.add_argument("--order-seed", type=int, default=0, help="seed of the shuffled config order")
+    p.add_argument("--param-seed", type=int, default=0, help="seed of the parameter init")
+    p.add_argument("--force-merge", action="store_true",
+                   help="add to an --out measured on another device or library versions")
+    p.add_argument("--retry-errors", action="store_true",
+                   help="rerun (config, method) pairs recorded with an error")
+    p.add_argument("--limit", type=positive_int, help="measure at most this many configs now")
+    return p
+
+
+def grid_from_args(args) -> Grid:
+    sizes = (args.batch, args.embed, args.hidden, args.rank)
+    if len(args.dtype) != 1:
+        raise UserError("give one --dtype per sweep")
+    common = dict(
+        layer=args.layer, methods=args.methods, variant=args.variant, timing_mode=args.timing,
+        dtype=args.dtype[0], input_requires_grad=args.input_grad, seq=args.seq, heads=args.heads,
+        targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()) if args.targets else None,
+    )
+    try:
+        if args.grid:
+            if any(s is not None for s in sizes):
+                raise UserError("give --grid or sizes (--batch/--embed/--hidden/--rank), not both")
+            return grids.named_grid(args.grid, **common)
+        if args.batch is None or args.embed is None:
+            raise UserError("give --grid NAME, or at least --batch and --embed for a custom grid")
+        return grids.custom_grid(
+            batch=args.batch, embed=args.embed, hidden=args.hidden, rank=args.rank or (1,), **common
+        )
+    except ValueError as exc:
+        raise UserError(one_line(exc)) from None
+
+
+def _log(bar, line: str) -> None:
+    if bar is not None and not bar.disable:
+        bar.write(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
+def _fmt_s(t: float) -> str:
+    if t != t:  # NaN
+        return "n/a"
+    return f"{t * 1e3:.3g} ms" if t < 1 else f"{t:.3g} s"
+
+
+def _summary_line(i: int, n: int, config: Config, results, elapsed_s: float) -> str:
+    parts = []
+    base = None
+    for method, (summary, _prep, error) in results.items():
+        if error:
+            parts.append(f"{method} FAILED ({error[:60]})")
+            continue
+        t = summary.time_median_s
+        ratio = f" ({t / base:.2f}x)" if base else ""
+        if method == "full":
+            base = t
+        flag = " unstable" if summary.unstable else ""
+        parts.append(f"{method} {_fmt_s(t)}{ratio} n={summary.n_repeats}{flag}")
+    return f"[{i}/{n}] {config.label()}: " + ", ".join(parts) + f" [{elapsed_s:.1f} s]"
+
+
+class _Terminate(KeyboardInterrupt):
+    """SIGTERM, treated like Ctrl-C: keep what is finished, mark the run interrupted."""
+
+
+def _on_sigterm(signum, frame):  # pragma: no cover - exercised through subprocess tests
+    raise _Terminate()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(argv)
+    except UserError as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    grid = grid_from_args(args)
+    todo_pairs: list[tuple[Config, list[dict[str, Any]]]] = []
+    for config in grid.configs:
+        try:
+            bases = [describe(config, m) for m in grid.methods]
+        except ValueError as exc:
+            raise UserError(f"{config.label()}: {one_line(exc)}") from None
+        todo_pairs.append((config, bases))
+
+    from measure import dataset, timing
+
+    budget = args.budget_s if args.budget_s is not None else grids.DEFAULT_BUDGET_S[grid.name]
+    try:
+        policy = timing.TimingPolicy(
+            min_repeats=args.min_repeats, max_repeats=max(args.max_repeats, args.min_repeats),
+            target_rel_ci=args.target_ci or 1e-9, budget_s=budget, seed=args.order_seed,
+        )
+    except ValueError as exc:
+        raise UserError(one_line(exc)) from None
+
+    fp = dataset.fingerprint()
+    session = dataset.Session(
+        session_id=dataset.new_session_id(), started_utc=dataset.utc_now(), argv=argv,
+        grid={**grid.describe(), "layer": grid.configs[0].layer if grid.configs else None,
+              "variant": args.variant, "timing_mode": args.timing, "dtype": args.dtype[0]},
+        seeds={"order_seed": args.order_seed, "param_seed": args.param_seed,
+               "bootstrap_seed": policy.seed},
+        policy={k: getattr(policy, k) for k in policy.__dataclass_fields__},
+    )
+    out = dataset.open_out_dir(args.out, fp=fp, session=session, force_merge=args.force_merge)
+
+    order = list(range(len(todo_pairs)))
+    random.Random(args.order_seed).shuffle(order)
+    work = []
+    for idx in order:
+        config, bases = todo_pairs[idx]
+        methods = [
+            b["method"] for b in bases
+            if not out.is_done(dataset.record_key(b), retry_errors=args.retry_errors)
+        ]
+        if methods:
+            work.append((config, bases, methods))
+    if args.limit is not None:
+        work = work[: args.limit]
+    skipped = len(grid.configs) * len(grid.methods) - sum(len(w[2]) for w in work)
+
+    from tqdm import tqdm
+
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    bar = tqdm(total=len(work), file=sys.stderr, unit="config", disable=not sys.stderr.isatty())
+    _log(bar, f"{grid.name}: {len(work)} configs to measure x {len(grid.methods)} methods "
+              f"({skipped} (config, method) pairs already in {args.out}); budget {budget:g} s/config")
+    t_start = time.perf_counter()
+    try:
+        for i, (config, bases, methods) in enumerate(work, 1):
+            t0 = time.perf_counter()
+            results = run_config(config, methods, policy, args.param_seed)
+            by_method = {b["method"]: b for b in bases}
+            for method, (summary, prep, error) in results.items():
+                out.append(make_record(
+                    by_method[method], run_id=out.session_id, backend=fp["backend"],
+                    device_kind=fp["device_kind"], summary=summary, prepared=prep, error=error,
+                ))
+            _log(bar, _summary_line(i, len(work), config, results, time.perf_counter() - t0))
+            bar.update(1)
+    except KeyboardInterrupt:
+        bar.close()
+        out.finish("interrupted")
+        _log(None, f"interrupted: {len(out.records)} records kept in {args.out}; "
+                   "rerun the same command to resume")
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    bar.close()
+    df = out.finish("complete")
+    n_err = int((df["error"] != "").sum())
+    _log(None, f"done in {time.perf_counter() - t_start:.1f} s: {len(df)} records in "
+               f"{args.out}/{dataset.CSV_NAME}" + (f" ({n_err} with errors)" if n_err else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,354 @@
+"""Timing JAX kernels correctly: compiled apart, placed first, warmed, blocked, interleaved.
+
+The recipe follows the JAX docs' "Benchmarking JAX code" and equinox/diffrax's benchmarking FAQ:
+
+1. compile ahead of time (``jax.jit(fn).lower(*args).compile()``) and record ``compile_s``
+   apart from run time;
+2. ``jax.device_put`` the inputs first and pass them as arguments (never closed over);
+3. warm up, then call ``jax.block_until_ready`` on every timed result, so the clock does
+   not stop before asynchronous work ends;
+4. interleave the methods of one config round-robin (A B C A B C ...) so drift (thermal,
+   frequency, a noisy neighbour) hits all alike;
+5. keep the garbage collector off while timing;
+6. repeat adaptively: at least ``min_repeats``, then until the 95% bootstrap interval of the
+   median is within ``target_rel_ci`` (2%) of the median, or the config's time budget is
+   spent. Kernels faster than ``min_repeat_s`` are called k times back to back per repeat,
+   and one sample is the mean of those k calls; k is recorded.
+
+Stability rule (``TimingPolicy.unstable_rel_ci`` / ``unstable_spread``): a summary is flagged
+``unstable`` when the bootstrap CI half-width of the median (the larger side) exceeds 5% of
+the median, or the interquartile range exceeds 25% of the median. The first says the median
+itself is uncertain; the second catches bimodal or broad samples whose median happens to be
+pinned down by many repeats. The spread test uses the IQR, not the coefficient of variation
+(which is recorded too): on a CPU a few preempted repeats among hundreds of 30 µs calls
+drive std/mean above 1 while leaving the median, which is what the analysis uses, exact.
+Cf. pyperf's ``format_checks`` warnings.
+"""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+
+@dataclass(frozen=True)
+class TimingPolicy:
+    """How hard to try for a stable median.
+
+    min_repeats: timed repeats always taken (google/benchmark warns below 9; 5 is our floor).
+    max_repeats: hard cap per method, whatever the CI.
+    target_rel_ci: stop once the CI half-width of the median is within this fraction of it.
+    budget_s: timing-loop seconds per config (all methods together) after which repeats stop
+        once every method has min_repeats. Compilation and warm-up are not counted.
+    min_repeat_s: a repeat shorter than this is made of k back-to-back calls.
+    max_calls_per_repeat: cap on k.
+    confidence: level of the bootstrap interval.
+    n_resamples: bootstrap resamples (small: the CI only decides when to stop and flags).
+    unstable_rel_ci / unstable_spread: the stability rule (see module docstring).
+    seed: seeds the bootstrap, so a summary is a function of its samples.
+    """
+
+    min_repeats: int = 5
+    max_repeats: int = 500
+    target_rel_ci: float = 0.02
+    budget_s: float = 2.0
+    min_repeat_s: float = 1e-3
+    max_calls_per_repeat: int = 1000
+    confidence: float = 0.95
+    n_resamples: int = 300
+    unstable_rel_ci: float = 0.05
+    unstable_spread: float = 0.25
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.min_repeats < 1 or self.max_repeats < self.min_repeats:
+            raise ValueError("need 1 <= min_repeats <= max_repeats")
+        if not (self.target_rel_ci > 0 and self.unstable_rel_ci > 0 and self.unstable_spread > 0):
+            raise ValueError("relative CI targets and the spread limit must be > 0")
+        if not (self.budget_s >= 0 and math.isfinite(self.budget_s)):
+            raise ValueError("budget_s must be a finite number >= 0")
+        if self.min_repeat_s < 0 or self.max_calls_per_repeat < 1:
+            raise ValueError("min_repeat_s must be >= 0 and max_calls_per_repeat >= 1")
+        if not 0 < self.confidence < 1 or self.n_resamples < 10:
+            raise ValueError("confidence must be in (0, 1) and n_resamples >= 10")
+
+
+@dataclass(frozen=True)
+class TimingSummary:
+    """Seconds per call of one (config, method); names match `measure.schema` columns."""
+
+    n_repeats: int
+    calls_per_repeat: int
+    time_median_s: float
+    time_iqr_s: float
+    time_min_s: float
+    time_ci_low_s: float
+    time_ci_high_s: float
+    time_cv: float
+    unstable: bool
+
+    def as_record(self) -> dict[str, Any]:
+        return {
+            "n_repeats": self.n_repeats,
+            "calls_per_repeat": self.calls_per_repeat,
+            "time_median_s": self.time_median_s,
+            "time_iqr_s": self.time_iqr_s,
+            "time_min_s": self.time_min_s,
+            "time_ci_low_s": self.time_ci_low_s,
+            "time_ci_high_s": self.time_ci_high_s,
+            "time_cv": self.time_cv,
+            "unstable": self.unstable,
+        }
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A callable ready to time: `call(*args)` with `args` already on the device."""
+
+    name: str
+    call: Callable[..., Any]
+    args: tuple
+    compile_s: float = float("nan")
+    xla_flops: float = float("nan")
+    xla_bytes: float = float("nan")
+
+
+@dataclass(frozen=True)
+class TimingReport:
+    """Summaries of one config's methods plus what the loop itself cost.
+
+    loop_wall_s: wall time of the interleaved timing loop (after warm-up).
+    timed_s: sum of the timed intervals inside it; the rest is harness overhead
+        (bookkeeping, bootstrap checks, the clock itself).
+    calls: kernel calls made inside the loop.
+    """
+
+    summaries: Mapping[str, TimingSummary]
+    samples_s: Mapping[str, tuple[float, ...]] = field(repr=False)
+    loop_wall_s: float
+    timed_s: float
+    calls: int
+
+    @property
+    def overhead_per_call_s(self) -> float:
+        return (self.loop_wall_s - self.timed_s) / self.calls if self.calls else float("nan")
+
+
+# ----------------------------------------------------------------------------- statistics
+
+_BOOTSTRAP_RNG_KW = "rng" if "rng" in inspect.signature(stats.bootstrap).parameters else "random_state"
+
+
+def _median_last_axis(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.median(x, axis=axis)
+
+
+def median_ci(
+    samples: Sequence[float], *, confidence: float = 0.95, n_resamples: int = 300, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval of the median (scipy.stats.bootstrap).
+
+    The percentile method, not BCa: BCa's jackknife is costly and degenerates on the tied
+    samples that a coarse clock produces. One sample gives a zero-width interval.
+    """
+    x = np.asarray(samples, dtype=float)
+    if x.size < 2 or np.all(x == x[0]):
+        m = float(np.median(x)) if x.size else float("nan")
+        return m, m
+    res = stats.bootstrap(
+        (x,),
+        _median_last_axis,
+        vectorized=True,
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method="percentile",
+        **{_BOOTSTRAP_RNG_KW: np.random.default_rng(seed)},
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def ci_half_width_rel(median: float, low: float, high: float) -> float:
+    """The larger side of the interval, as a fraction of the median."""
+    if not median > 0:
+        return float("inf")
+    return max(median - low, high - median) / median
+
+
+def summarize(
+    samples_s: Sequence[float], calls_per_repeat: int = 1, policy: TimingPolicy | None = None
+) -> TimingSummary:
+    """n, median, IQR, min, bootstrap CI of the median, CV and the stability flag.
+
+    `samples_s` are seconds per call (already divided by `calls_per_repeat`).
+    """
+    policy = policy or TimingPolicy()
+    x = np.asarray(samples_s, dtype=float)
+    if x.size == 0:
+        raise ValueError("no samples to summarize")
+    median = float(np.median(x))
+    q1, q3 = np.percentile(x, [25, 75])
+    low, high = median_ci(
+        x, confidence=policy.confidence, n_resamples=policy.n_resamples, seed=policy.seed
+    )
+    mean = float(np.mean(x))
+    cv = float(np.std(x, ddof=1) / mean) if x.size > 1 and mean > 0 else 0.0
+    iqr = float(q3 - q1)
+    unstable = (
+        ci_half_width_rel(median, low, high) > policy.unstable_rel_ci
+        or iqr > policy.unstable_spread * median
+    )
+    return TimingSummary(
+        n_repeats=int(x.size),
+        calls_per_repeat=int(calls_per_repeat),
+        time_median_s=median,
+        time_iqr_s=iqr,
+        time_min_s=float(np.min(x)),
+        time_ci_low_s=low,
+        time_ci_high_s=high,
+        time_cv=cv,
+        unstable=bool(unstable),
+    )
+
+
+def converged(samples_s: Sequence[float], policy: TimingPolicy) -> bool:
+    """True once the median's CI is within ±target_rel_ci of it."""
+    x = np.asarray(samples_s, dtype=float)
+    if x.size < policy.min_repeats:
+        return False
+    median = float(np.median(x))
+    low, high = median_ci(
+        x, confidence=policy.confidence, n_resamples=policy.n_resamples, seed=policy.seed
+    )
+    return ci_half_width_rel(median, low, high) <= policy.target_rel_ci
+
+
+# ----------------------------------------------------------------------------- JAX side
+
+def xla_cost(compiled: Any) -> tuple[float, float]:
+    """(flops, bytes accessed) from XLA's cost_analysis of a compiled executable; NaN if absent."""
+    try:
+        analysis = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 -- some backends do not implement it; advisory only
+        return float("nan"), float("nan")
+    if isinstance(analysis, (list, tuple)):  # older jax: one dict per computation
+        analysis = analysis[0] if analysis else {}
+    if not analysis:
+        return float("nan"), float("nan")
+    return (
+        float(analysis.get("flops", float("nan"))),
+        float(analysis.get("bytes accessed", float("nan"))),
+    )
+
+
+def prepare(name: str, fn: Callable[..., Any], args: Sequence[Any]) -> Prepared:
+    """device_put `args`, then compile `fn` for them ahead of time, timing the compile."""
+    import jax
+
+    placed = tuple(jax.block_until_ready(jax.device_put(a)) for a in args)
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*placed).compile()
+    compile_s = time.perf_counter() - t0
+    flops, bytes_ = xla_cost(compiled)
+    return Prepared(name, compiled, placed, compile_s, flops, bytes_)
+
+
+def _timed_repeat(
+    call: Callable[..., Any], args: tuple, k: int, clock: Callable[[], float], block: Callable
+) -> float:
+    if k == 1:
+        t0 = clock()
+        block(call(*args))
+        return clock() - t0
+    outs = []
+    t0 = clock()
+    for _ in range(k):
+        outs.append(call(*args))
+    block(outs)
+    return clock() - t0
+
+
+def time_interleaved(
+    kernels: Mapping[str, Prepared],
+    policy: TimingPolicy | None = None,
+    *,
+    clock: Callable[[], float] = time.perf_counter,
+    block: Callable[[Any], Any] | None = None,
+) -> TimingReport:
+    """Time every kernel of one config, interleaved round-robin, with adaptive repeats.
+
+    Each kernel is warmed up (one call), then one more blocked call calibrates k, the number
+    of back-to-back calls per repeat (so that a repeat lasts at least `min_repeat_s`). The
+    loop then takes one repeat of each still-running kernel per round, in a fixed order,
+    until each has `min_repeats` and either its median's CI meets the target or the budget is
+    spent. The garbage collector is off inside the loop. KeyboardInterrupt propagates.
+    """
+    if not kernels:
+        raise ValueError("nothing to time")
+    policy = policy or TimingPolicy()
+    if block is None:
+        import jax
+
+        block = jax.block_until_ready
+    names = list(kernels)
+    k: dict[str, int] = {}
+    for name in names:
+        prep = kernels[name]
+        block(prep.call(*prep.args))  # warm-up: first-call allocations, lazy init
+        t = _timed_repeat(prep.call, prep.args, 1, clock, block)
+        if policy.min_repeat_s > 0 and t < policy.min_repeat_s:
+            k[name] = int(min(policy.max_calls_per_repeat, math.ceil(policy.min_repeat_s / max(t, 1e-9))))
+        else:
+            k[name] = 1
+
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    next_check = {n: policy.min_repeats for n in names}
+    running = set(names)
+    timed_s = 0.0
+    calls = 0
+    gc.collect(1)  # the young generations hold the garbage of compile and warm-up; a full
+    # collection of JAX's heap costs ~80 ms per config for nothing
+    was_enabled = gc.isenabled()
+    gc.disable()
+    loop_t0 = time.perf_counter()
+    try:
+        while running:
+            for name in names:
+                if name not in running:
+                    continue
+                prep = kernels[name]
+                dt = _timed_repeat(prep.call, prep.args, k[name], clock, block)
+                timed_s += dt
+                calls += k[name]
+                samples[name].append(dt / k[name])
+            over_budget = time.perf_counter() - loop_t0 >= policy.budget_s
+            for name in list(running):
+                n = len(samples[name])
+                if n < policy.min_repeats:
+                    continue
+                if over_budget or n >= policy.max_repeats:
+                    running.discard(name)
+                elif n >= next_check[name]:
+                    # geometric schedule: the bootstrap costs ms, a fast kernel's repeat µs
+                    next_check[name] = max(n + 1, math.ceil(n * 1.2))
+                    if converged(samples[name], policy):
+                        running.discard(name)
+    finally:
+        loop_wall_s = time.perf_counter() - loop_t0
+        if was_enabled:
+            gc.enable()
+    summaries = {n: summarize(samples[n], k[n], policy) for n in names}
+    return TimingReport(
+        summaries=summaries,
+        samples_s={n: tuple(samples[n]) for n in names},
+        loop_wall_s=loop_wall_s,
+        timed_s=timed_s,
+        calls=calls,
+    )

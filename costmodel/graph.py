@@ -186,7 +186,6 @@ class Vjp:
     holds (key, numel) pairs for intermediates a fused op keeps for its backward.
     """
 
-    name: str
     kind: str
     terms: Terms
     reads: tuple[Tensor, ...] = ()
@@ -222,8 +221,9 @@ class Graph:
         return t
 
     def _add_node(self, name, kind, terms, inputs, out_shape, vjps) -> Tensor:
+        """Record op `name` ("OUT=expression"); its output tensor is called OUT."""
         requires_grad = any(t.requires_grad for t in inputs)
-        out = Tensor(name, tuple(out_shape), "activation", requires_grad)
+        out = Tensor(name.split("=")[0], tuple(out_shape), "activation", requires_grad)
         self.nodes.append(_Node(name, kind, terms, tuple(inputs), out, tuple(vjps)))
         return out
 
@@ -243,14 +243,14 @@ class Graph:
         shared_b = not blead
         s = self.itemsize
         fwd = Terms(matmul_flops(m, k, n, batch), 0, matmul_bytes(m, k, n, s, batch), 1)
-        da = Vjp(f"d{a.name}", "matmul",
+        da = Vjp("matmul",
                  Terms(matmul_flops(m, n, k, batch), 0, matmul_bytes(m, n, k, s, batch), 1),
                  reads=(b,))
         if shared_b:
             db_terms = Terms(matmul_flops(k, m * batch, n), 0, matmul_bytes(k, m * batch, n, s), 1)
         else:
             db_terms = Terms(matmul_flops(k, m, n, batch), 0, matmul_bytes(k, m, n, s, batch), 1)
-        db = Vjp(f"d{b.name}", "matmul", db_terms, reads=(a,))
+        db = Vjp("matmul", db_terms, reads=(a,))
         return self._add_node(name, "matmul", fwd, (a, b), (*lead, m, n), (da, db))
 
     def add(self, name: str, a: Tensor, b: Tensor) -> Tensor:
@@ -259,7 +259,7 @@ class Graph:
         fwd = Terms(elementwise_flops(n_out), 0, elementwise_bytes(n_out, (a.numel, b.numel), self.itemsize), 1)
         vjp_b = None
         if len(b.shape) < len(a.shape):
-            vjp_b = Vjp(f"d{b.name}", "reduction",
+            vjp_b = Vjp("reduction",
                         Terms(reduction_flops(n_out, b.numel), 0,
                               reduction_bytes(n_out, b.numel, self.itemsize), 1))
         return self._add_node(name, "elementwise", fwd, (a, b), a.shape, (None, vjp_b))
@@ -269,15 +269,15 @@ class Graph:
         n = a.numel
         terms = Terms(elementwise_flops(n), 0, elementwise_bytes(n, (n,), self.itemsize), 1)
         return self._add_node(name, "elementwise", terms, (a,), a.shape,
-                              (Vjp(f"d{a.name}", "elementwise", terms),))
+                              (Vjp("elementwise", terms),))
 
     def mul(self, name: str, a: Tensor, b: Tensor) -> Tensor:
         """a ⊙ b, same shapes. VJPs: da = g ⊙ b, db = g ⊙ a."""
         n = a.numel
         terms = Terms(elementwise_flops(n), 0, elementwise_bytes(n, (n, n), self.itemsize), 1)
         return self._add_node(name, "elementwise", terms, (a, b), a.shape,
-                              (Vjp(f"d{a.name}", "elementwise", terms, reads=(b,)),
-                               Vjp(f"d{b.name}", "elementwise", terms, reads=(a,))))
+                              (Vjp("elementwise", terms, reads=(b,)),
+                               Vjp("elementwise", terms, reads=(a,))))
 
     def causal_mask(self, name: str, a: Tensor) -> Tensor:
         """where(j <= i, a, -inf) with the mask built from iota: a compare and a select.
@@ -288,7 +288,7 @@ class Graph:
         fwd = Terms(elementwise_flops(n, 2), 0, elementwise_bytes(n, (n,), self.itemsize), 1)
         bwd = Terms(elementwise_flops(n, 2), 0, elementwise_bytes(n, (n,), self.itemsize), 1)
         return self._add_node(name, "elementwise", fwd, (a,), a.shape,
-                              (Vjp(f"d{a.name}", "elementwise", bwd),))
+                              (Vjp("elementwise", bwd),))
 
     def softmax(self, name: str, a: Tensor) -> Tensor:
         """Row softmax over the last axis of an (..., k) tensor, m rows.
@@ -316,7 +316,7 @@ class Graph:
                          + elementwise_bytes(mk, (mk, m), s) + elementwise_bytes(mk, (mk, mk), s)),
             kernels=4,
         )
-        vjp = Vjp(f"d{a.name}", "softmax", bwd, residuals=((f"{name}:y", mk),))
+        vjp = Vjp("softmax", bwd, residuals=((f"{name}:y", mk),))
         return self._add_node(name, "softmax", fwd, (a,), a.shape, (vjp,))
 
     def layernorm(self, name: str, a: Tensor, gamma: Tensor, beta: Tensor | None) -> Tensor:
@@ -350,17 +350,17 @@ class Graph:
         # dx: g·γ, mean(g·γ)*, g·γ·x̂, mean(...), x̂·that, subtract(s), ·r   (*centred only)
         dx_flops = ew + ew + (red + m) + ew + ew + ew + (red + m + ew if centred else 0)
         dx_passes = 7 if centred else 5
-        dx = Vjp(f"d{a.name}", "norm",
+        dx = Vjp("norm",
                  Terms(dx_flops, 0, dx_passes * elementwise_bytes(md, (md, md), s), dx_passes),
                  residuals=((f"{name}:xhat", md), (f"{name}:r", m)))
-        dgamma = Vjp(f"d{gamma.name}", "norm",
+        dgamma = Vjp("norm",
                      Terms(ew + reduction_flops(md, d), 0,
                            elementwise_bytes(md, (md, md), s) + reduction_bytes(md, d, s), 2),
                      residuals=((f"{name}:xhat", md),))
         inputs: tuple[Tensor, ...] = (a, gamma)
         vjps: tuple[Vjp | None, ...] = (dx, dgamma)
         if beta is not None:
-            dbeta = Vjp(f"d{beta.name}", "reduction",
+            dbeta = Vjp("reduction",
                         Terms(reduction_flops(md, d), 0, reduction_bytes(md, d, s), 1))
             inputs, vjps = inputs + (beta,), vjps + (dbeta,)
         return self._add_node(name, "norm", fwd, inputs, a.shape, vjps)
@@ -375,7 +375,7 @@ class Graph:
         n = a.numel
         s = self.itemsize
         fwd = Terms(elementwise_flops(n, 8), n, elementwise_bytes(n, (n,), s), 1)
-        vjp = Vjp(f"d{a.name}", "activation",
+        vjp = Vjp("activation",
                   Terms(elementwise_flops(n, 13), 0, elementwise_bytes(n, (n, n, n), s), 1),
                   reads=(a,), residuals=((f"{name}:t", n),))
         return self._add_node(name, "activation", fwd, (a,), a.shape, (vjp,))
@@ -389,7 +389,7 @@ class Graph:
         n = a.numel
         s = self.itemsize
         fwd = Terms(elementwise_flops(n, 4), n, elementwise_bytes(n, (n,), s), 1)
-        vjp = Vjp(f"d{a.name}", "activation",
+        vjp = Vjp("activation",
                   Terms(elementwise_flops(n, 5), 0, elementwise_bytes(n, (n, n, n), s), 1),
                   reads=(a,), residuals=((f"{name}:sigma", n),))
         return self._add_node(name, "activation", fwd, (a,), a.shape, (vjp,))
@@ -398,7 +398,7 @@ class Graph:
         """loss = Σ a. VJP: broadcast the scalar seed, no arithmetic."""
         n = a.numel
         fwd = Terms(reduction_flops(n, 1), 0, reduction_bytes(n, 1, self.itemsize), 1)
-        vjp = Vjp(f"d{a.name}", "broadcast", Terms(0, 0, n * self.itemsize, 1))
+        vjp = Vjp("broadcast", Terms(0, 0, n * self.itemsize, 1))
         return self._add_node(name, "reduction", fwd, (a,), (), (vjp,))
 
     def custom(self, name: str, kind: str, terms: Terms, inputs: Sequence[Tensor],
@@ -427,7 +427,7 @@ class Graph:
                 grad_tensors[inp.uid] = inp
                 if vjp is None:
                     continue
-                ops.append(OpCost(f"{vjp.name} ({node.name})", "backward", vjp.kind, *_fields(vjp.terms)))
+                ops.append(OpCost(f"d{inp.name} of {node.name}", "backward", vjp.kind, *_fields(vjp.terms)))
                 for t in vjp.reads:
                     if t.role != "param":
                         saved[t.uid] = t.numel

@@ -65,18 +65,24 @@ def parse_targets(layer: str, targets: str | tuple[str, ...] | list[str] | None)
 
 
 def _positive(name: str, value: Size) -> np.ndarray:
-    arr = np.asarray(value)
-    if arr.dtype.kind not in "iu":
-        if arr.dtype.kind != "f" or np.any(arr != np.round(arr)):
-            raise ValueError(f"{name} must be a whole number, got {value!r}")
-        arr = arr.astype(np.int64)
-    if np.any(arr <= 0):
-        raise ValueError(f"{name} must be > 0, got {_first(arr, arr <= 0)}")
-    return arr.astype(np.int64)
+    """`value` as float64, > 0 and finite.
+
+    Sizes are whole numbers in use; real values are accepted as the continuous relaxation
+    that root finding along a width needs (every cost is a polynomial in the sizes). float64
+    is exact for whole numbers below 2**53 and cannot overflow at GPT widths as int64 could.
+    """
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    bad = ~np.isfinite(arr) | (arr <= 0)
+    if np.any(bad):
+        raise ValueError(f"{name} must be > 0, got {_first(arr, bad):g}")
+    return arr
 
 
-def _first(arr: np.ndarray, mask: np.ndarray) -> int:
-    return int(np.broadcast_to(arr, np.shape(mask))[mask].flat[0])
+def _first(arr: np.ndarray, mask: np.ndarray) -> float:
+    return float(np.broadcast_to(arr, np.shape(mask))[mask].flat[0])
 
 
 @dataclass(frozen=True)
@@ -119,7 +125,8 @@ class LayerConfig:
         set_("hidden", _positive("hidden", self.hidden))
         set_("kv_heads", self.heads if self.kv_heads is None else _positive("kv_heads", self.kv_heads))
         if self.layer == "block":
-            if np.any(self.embed % self.heads):
+            whole = self.embed == np.round(self.embed)
+            if np.any((self.embed % self.heads != 0) & whole):
                 raise ValueError("heads must divide embed (the model width)")
             if np.any(self.heads % self.kv_heads):
                 raise ValueError("kv_heads must divide heads")
@@ -133,7 +140,7 @@ class LayerConfig:
         if np.any(rank > limit):
             bad = rank > limit
             raise ValueError(
-                f"rank {_first(rank, bad)} exceeds min(e, h) = {_first(limit, bad)} of an adapted matrix"
+                f"rank {_first(rank, bad):g} exceeds min(e, h) = {_first(limit, bad):g} of an adapted matrix"
             )
         set_("rank", rank)
 
@@ -163,7 +170,7 @@ def build(cfg: LayerConfig) -> Cost:
     g = Graph(cfg.dtype)
     x = g.input("X", (cfg.batch * cfg.seq, cfg.embed), requires_grad=cfg.input_requires_grad)
     out = {"linear": _linear, "attention": _attention, "block": _block}[cfg.layer](g, x, cfg)
-    return g.cost(g.sum_all("loss", out))
+    return g.cost(g.sum_all(f"loss=Σ{out.name}", out))
 
 
 def project(g: Graph, name: str, x: Tensor, e: Size, h: Size, cfg: LayerConfig,
@@ -171,21 +178,26 @@ def project(g: Graph, name: str, x: Tensor, e: Size, h: Size, cfg: LayerConfig,
     """y = xW (+ b) for W: e×h under `cfg.method`, adapted when `target` is true."""
     method = cfg.method if target else "frozen"
     trainable_w = cfg.method == "full"
+    Y, X = name.upper() or "Y", x.name
     W = g.param(f"W{name}", (e, h), trainable=trainable_w)
     if method == "lora_merged":
         A = g.param(f"A{name}", (e, cfg.rank), trainable=True)
         B = g.param(f"B{name}", (cfg.rank, h), trainable=True)
-        W = g.add(f"W{name}+A{name}B{name}", W, g.matmul(f"A{name}B{name}", A, B))
-    y = g.matmul(f"{name.upper() or 'Y'}=XW{name}", x, W)
+        dW = g.matmul(f"ΔW{name}=A{name}·B{name}", A, B)
+        W = g.add(f"W{name}'=W{name}+ΔW{name}", W, dW)
     if method == "lora":
         A = g.param(f"A{name}", (e, cfg.rank), trainable=True)
         B = g.param(f"B{name}", (cfg.rank, h), trainable=True)
-        xa = g.matmul(f"XA{name}", x, A)
-        xab = g.matmul(f"XA{name}B{name}", xa, B)
-        y = g.add(f"{name.upper() or 'Y'}+s·XAB", y, g.scale(f"s·XA{name}B{name}", xab))
+        xw = g.matmul(f"{X}W{name}={X}·W{name}", x, W)
+        xa = g.matmul(f"{X}A{name}={X}·A{name}", x, A)
+        xab = g.matmul(f"{X}A{name}B{name}={X}A{name}·B{name}", xa, B)
+        sxab = g.scale(f"s{X}A{name}B{name}=s·{X}A{name}B{name}", xab)
+        y = g.add(f"{Y}={X}W{name}+s{X}A{name}B{name}", xw, sxab)
+    else:
+        y = g.matmul(f"{Y}={X}·{W.name}", x, W)
     if bias:
         b = g.param(f"b{name}", (h,), trainable=trainable_w)
-        y = g.add(f"{name.upper() or 'Y'}+b{name}", y, b)
+        y = g.add(f"{Y}={Y}+b{name}", y, b)
     return y
 
 
@@ -198,9 +210,9 @@ def _attention(g: Graph, x: Tensor, cfg: LayerConfig) -> Tensor:
     q = project(g, "q", x, e, h, cfg, "q" in cfg.targets)
     k = project(g, "k", x, e, h, cfg, "k" in cfg.targets)
     v = project(g, "v", x, e, h, cfg, "v" in cfg.targets)
-    s = g.scale("S/√h", g.matmul("S=QKᵀ", q, k, transpose_b=True))
-    p = g.softmax("P=softmax(S)", s)
-    return g.matmul("O=PV", p, v)
+    s = g.scale("S'=S/√h", g.matmul("S=Q·Kᵀ", q, k, transpose_b=True))
+    p = g.softmax("P=softmax(S')", s)
+    return g.matmul("O=P·V", p, v)
 
 
 def _block(g: Graph, x: Tensor, cfg: LayerConfig) -> Tensor:
@@ -210,13 +222,14 @@ def _block(g: Graph, x: Tensor, cfg: LayerConfig) -> Tensor:
     kv = hd * nkv
     train_w = cfg.method == "full"
 
-    def norm(name: str, a: Tensor) -> Tensor:
-        gamma = g.param(f"γ{name}", (d,), trainable=train_w)
+    def norm(ln: str, out: str, a: Tensor) -> Tensor:
+        gamma = g.param(f"γ{ln}", (d,), trainable=train_w)
+        name = f"{out}={ln}({a.name})"
         if cfg.norm == "rmsnorm":
             return g.rmsnorm(name, a, gamma)
-        return g.layernorm(name, a, gamma, g.param(f"β{name}", (d,), trainable=train_w))
+        return g.layernorm(name, a, gamma, g.param(f"β{ln}", (d,), trainable=train_w))
 
-    h1 = norm("ln1", x)
+    h1 = norm("ln1", "H1", x)
     q = project(g, "q", h1, d, d, cfg, "q" in cfg.targets, cfg.bias)
     k = project(g, "k", h1, d, kv, cfg, "k" in cfg.targets, cfg.bias)
     v = project(g, "v", h1, d, kv, cfg, "v" in cfg.targets, cfg.bias)
@@ -224,27 +237,27 @@ def _block(g: Graph, x: Tensor, cfg: LayerConfig) -> Tensor:
     qh = _reshape(g, q, (b * nh, t, hd))
     kh = _repeat_kv(g, _reshape(g, k, (b * nkv, t, hd)), nh // nkv, (b * nh, t, hd))
     vh = _repeat_kv(g, _reshape(g, v, (b * nkv, t, hd)), nh // nkv, (b * nh, t, hd))
-    s = g.scale("S/√hd", g.matmul("S=QKᵀ", qh, kh, transpose_b=True))
+    s = g.scale("S'=S/√hd", g.matmul("S=Q·Kᵀ", qh, kh, transpose_b=True))
     if cfg.causal:
-        s = g.causal_mask("mask", s)
-    p = g.softmax("P=softmax(S)", s)
-    o = _reshape(g, g.matmul("O=PV", p, vh), (b * t, d))
+        s = g.causal_mask("S'=mask(S')", s)
+    p = g.softmax("P=softmax(S')", s)
+    o = _reshape(g, g.matmul("O=P·V", p, vh), (b * t, d))
     o = project(g, "o", o, d, d, cfg, "o" in cfg.targets, cfg.bias)
-    x2 = g.add("x+attn", x, o)
-    h2 = norm("ln2", x2)
+    x2 = g.add("X2=X+O", x, o)
+    h2 = norm("ln2", "H2", x2)
     adapt = "mlp" in cfg.targets
     if cfg.mlp == "gelu":
-        u = g.gelu("gelu", project(g, "fc", h2, d, ffn, cfg, adapt, cfg.bias))
+        u = g.gelu("U=gelu(FC)", project(g, "fc", h2, d, ffn, cfg, adapt, cfg.bias))
     else:
-        gate = g.silu("silu", project(g, "gate", h2, d, ffn, cfg, adapt, cfg.bias))
-        u = g.mul("silu·up", gate, project(g, "up", h2, d, ffn, cfg, adapt, cfg.bias))
+        gate = g.silu("G=silu(GATE)", project(g, "gate", h2, d, ffn, cfg, adapt, cfg.bias))
+        u = g.mul("U=G⊙UP", gate, project(g, "up", h2, d, ffn, cfg, adapt, cfg.bias))
     y = project(g, "proj", u, ffn, d, cfg, adapt, cfg.bias)
-    return g.add("x+mlp", x2, y)
+    return g.add("Z=X2+PROJ", x2, y)
 
 
 def _reshape(g: Graph, a: Tensor, shape: tuple) -> Tensor:
     """A view with a new shape: no cost, gradient passes through."""
-    return g.custom(f"{a.name}↦heads", "reshape", Terms(), (a,), shape, (None,))
+    return g.custom(f"{a.name}=heads({a.name})", "reshape", Terms(), (a,), shape, (None,))
 
 
 def _repeat_kv(g: Graph, a: Tensor, groups: Size, shape: tuple) -> Tensor:
@@ -252,6 +265,6 @@ def _repeat_kv(g: Graph, a: Tensor, groups: Size, shape: tuple) -> Tensor:
     if np.all(np.asarray(groups) == 1):
         return a
     n_out = a.numel * groups
-    vjp = Vjp(f"d{a.name}", "reduction",
+    vjp = Vjp("reduction",
               Terms(reduction_flops(n_out, a.numel), 0, reduction_bytes(n_out, a.numel, g.itemsize), 1))
-    return g.custom(f"repeat {a.name}", "broadcast", Terms(0, 0, 0, 0), (a,), shape, (vjp,))
+    return g.custom(f"{a.name}=repeat({a.name})", "broadcast", Terms(0, 0, 0, 0), (a,), shape, (vjp,))

@@ -1,0 +1,198 @@
+"""Command line of the cost model.
+
+    python -m costmodel --layer attention --batch 64 --embed 1024 --hidden 1024 --rank 4 --method lora
+    python -m costmodel ... --method full,lora --hardware a100-80gb --json
+    python -m costmodel --layer attention --batch 64 --rank 4 --crossover --hardware v100
+
+With --model (or --list) the whole-model training step is costed instead (`costmodel.cli_model`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import numpy as np
+
+from costmodel.cliutil import OneLineArgumentParser, UserError, csv_list, positive_int, run
+from costmodel.crossover import crossover
+from costmodel.graph import Cost
+from costmodel.hardware import DTYPE_BYTES, HardwareProfile
+from costmodel.layers import LAYERS, METHODS, MLPS, NORMS, LayerConfig, build
+from costmodel.roofline import RooflineTime, roofline
+
+PROG = "python -m costmodel"
+_MODEL_FLAGS = ("--model", "--list", "--d-model", "--layers")
+
+
+def _parser() -> OneLineArgumentParser:
+    p = OneLineArgumentParser(prog=PROG, description="FLOPs, bytes, kernels and roofline time of "
+                              "one training step of a layer under full training or LoRA.")
+    p.add_argument("--layer", choices=LAYERS, default="attention")
+    p.add_argument("--method", type=csv_list(METHODS, "method"), default=["full", "lora"],
+                   help="comma-separated: full, lora, lora_merged (default full,lora)")
+    p.add_argument("--batch", type=positive_int, default=64, help="rows n of X (default 64)")
+    p.add_argument("--embed", type=positive_int, default=1024, help="input width e / d_model")
+    p.add_argument("--hidden", type=positive_int, default=None,
+                   help="output width h (default e); for block, the MLP width (default 4e)")
+    p.add_argument("--rank", type=positive_int, default=4)
+    p.add_argument("--targets", default=None,
+                   help="adapted matrices, e.g. q,k (attention default q,k; block default q,v)")
+    p.add_argument("--dtype", choices=tuple(DTYPE_BYTES), default="float32")
+    p.add_argument("--input-grad", action="store_true",
+                   help="the layer input needs a gradient (a layer deep in a network)")
+    p.add_argument("--seq", type=positive_int, default=None, help="block: tokens per sequence")
+    p.add_argument("--heads", type=positive_int, default=None, help="block: attention heads")
+    p.add_argument("--kv-heads", type=positive_int, default=None, help="block: kv heads (GQA)")
+    p.add_argument("--mlp", choices=MLPS, default="gelu")
+    p.add_argument("--norm", choices=NORMS, default="layernorm")
+    p.add_argument("--bias", action="store_true", help="block/linear: projections have biases")
+    p.add_argument("--causal", action="store_true", help="block: causal attention mask")
+    p.add_argument("--hardware", default=None,
+                   help="preset name or measured profile JSON: adds roofline times")
+    p.add_argument("--crossover", action="store_true",
+                   help="solve the width d* (e = h = d) where LoRA becomes faster (needs --hardware)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def _config(args, method: str) -> LayerConfig:
+    shape = dict(batch=args.batch, embed=args.embed, hidden=args.hidden,
+                 rank=args.rank, targets=args.targets, input_requires_grad=args.input_grad,
+                 dtype=args.dtype, mlp=args.mlp, norm=args.norm, bias=args.bias,
+                 causal=args.causal)
+    if args.hidden is None and args.layer != "block":
+        shape["hidden"] = args.embed
+    for name in ("seq", "heads", "kv_heads"):
+        if getattr(args, name) is not None:
+            if args.layer != "block":
+                raise UserError(f"--{name.replace('_', '-')} applies to --layer block only")
+            shape[name] = getattr(args, name)
+    return LayerConfig(args.layer, method, **shape)
+
+
+def resolve_profile(name: str) -> HardwareProfile:
+    """A hardware preset by name, or a measured profile JSON by path."""
+    from costmodel.presets_hardware import resolve_hardware
+
+    return resolve_hardware(name)
+
+
+def method_record(cfg: LayerConfig, cost: Cost, rt: RooflineTime | None) -> dict:
+    """One method's numbers as plain JSON-ready values."""
+    rec = {
+        "method": cfg.method,
+        "flops": float(cost.flops),
+        "bytes": float(cost.bytes_moved),
+        "kernels": int(cost.kernels),
+        "transcendentals": float(cost.transcendentals),
+        "trainable_params": int(cost.trainable_params),
+        "saved_activation_bytes": float(cost.saved_bytes),
+        "forward_flops": float(cost.phase_total("flops", "forward")),
+        "backward_flops": float(cost.phase_total("flops", "backward")),
+        "ops": cost.table(),
+    }
+    if rt is not None:
+        rec["time"] = {k: float(getattr(rt, k)) for k in
+                       ("time_s", "lower_bound_s", "upper_bound_s", "t_math_s", "t_mem_s", "t_overhead_s")}
+        for row, t in zip(rec["ops"], rt.op_time_s):
+            row["time_s"] = float(t)
+    return rec
+
+
+def _config_record(cfg: LayerConfig) -> dict:
+    out = {"layer": cfg.layer, "targets": list(cfg.targets),
+           "input_requires_grad": cfg.input_requires_grad, "dtype": cfg.dtype}
+    for name in ("batch", "embed", "hidden", "seq", "heads", "kv_heads"):
+        out[name] = int(getattr(cfg, name))
+    if cfg.layer == "block":
+        out.update(mlp=cfg.mlp, norm=cfg.norm, bias=cfg.bias, causal=cfg.causal)
+    return out
+
+
+def _format_table(rec: dict) -> str:
+    has_time = "time" in rec
+    head = f"{'op':34s} {'phase':8s} {'kind':11s} {'MFLOP':>12s} {'MB':>10s} {'kern':>4s}"
+    lines = [head + (f" {'time µs':>10s}" if has_time else ""), "-" * (len(head) + (11 if has_time else 0))]
+    for r in rec["ops"]:
+        line = (f"{r['op'][:34]:34s} {r['phase']:8s} {r['kind']:11s} {r['flops'] / 1e6:12.3f} "
+                f"{r['bytes'] / 1e6:10.3f} {int(r['kernels']):4d}")
+        if has_time:
+            line += f" {r['time_s'] * 1e6:10.2f}"
+        lines.append(line)
+    lines.append(f"total: {rec['flops']:.6g} FLOPs, {rec['bytes']:.6g} bytes, {rec['kernels']} kernels, "
+                 f"{rec['trainable_params']:,} trainable params, "
+                 f"{rec['saved_activation_bytes']:.4g} bytes of saved activations")
+    if has_time:
+        t = rec["time"]
+        lines.append(f"roofline: {t['time_s'] * 1e6:.2f} µs (bounds {t['lower_bound_s'] * 1e6:.2f} – "
+                     f"{t['upper_bound_s'] * 1e6:.2f} µs; math {t['t_math_s'] * 1e6:.2f}, "
+                     f"memory {t['t_mem_s'] * 1e6:.2f}, overhead {t['t_overhead_s'] * 1e6:.2f})")
+    return "\n".join(lines)
+
+
+def _body(args) -> int:
+    profile = resolve_profile(args.hardware) if args.hardware else None
+    if args.crossover and profile is None:
+        raise UserError("--crossover needs --hardware (a preset name or a measured profile JSON)")
+    records, cfg = {}, None
+    for method in args.method:
+        cfg = _config(args, method)
+        cost = build(cfg)
+        rt = roofline(cost, profile, args.dtype) if profile else None
+        records[method] = method_record(cfg, cost, rt)
+    out: dict = {"config": _config_record(cfg)}
+    if profile is not None:
+        out["hardware"] = profile.name
+        if "full" in records and "lora" in records:
+            out["speedup"] = records["full"]["time"]["time_s"] / records["lora"]["time"]["time_s"]
+    if args.crossover:
+        extra = {k: getattr(cfg, k) for k in ("seq", "heads", "kv_heads")} if args.layer == "block" else {}
+        extra.update(targets=cfg.targets, input_requires_grad=cfg.input_requires_grad)
+        c = crossover(args.layer, profile, batch=args.batch, rank=args.rank, dtype=args.dtype, **extra)
+        out["crossover"] = {"d_star": c.d_star, "d_min": c.d_min, "d_max": c.d_max,
+                            "lora_faster_everywhere": c.lora_faster_everywhere,
+                            "limit_speedup": c.limit_speedup, "summary": c.describe()}
+    if args.json:
+        if len(records) == 1:
+            out.update(next(iter(records.values())))
+        else:
+            out["methods"] = records
+        print(json.dumps(out, indent=2, default=_json_default))
+        return 0
+    c = out["config"]
+    print(f"{args.layer}: batch {c['batch']}, e {c['embed']}, h {c['hidden']}, rank {args.rank}, "
+          f"targets {','.join(c['targets'])}, {args.dtype}, input grad {'yes' if args.input_grad else 'no'}"
+          + (f", hardware {profile.name}" if profile else ""))
+    for method, rec in records.items():
+        print(f"\n== {method}")
+        print(_format_table(rec))
+    if "speedup" in out:
+        print(f"\nfull/lora roofline time: {out['speedup']:.3f}×")
+    if "crossover" in out:
+        print(f"crossover along e = h = d: {out['crossover']['summary']}")
+    return 0
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o).__name__)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a.split("=")[0] in _MODEL_FLAGS for a in argv):
+        from costmodel import cli_model
+
+        return cli_model.main(argv)
+    args = _parser().parse_args(argv)
+    return run(PROG, lambda: _body(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -26,7 +26,13 @@ import numpy as np
 
 from costmodel.graph import Cost, Graph, Tensor, Terms, Vjp
 from costmodel.hardware import dtype_bytes
-from costmodel.primitives import Size, reduction_bytes, reduction_flops
+from costmodel.primitives import (
+    Size,
+    elementwise_bytes,
+    elementwise_flops,
+    reduction_bytes,
+    reduction_flops,
+)
 
 LAYERS = ("linear", "attention", "block")
 METHODS = ("full", "lora", "lora_merged")
@@ -105,6 +111,7 @@ class LayerConfig:
     norm: str = "layernorm"
     bias: bool = False
     causal: bool = False
+    lora_dropout: bool = False  # lora: dropout on the adapter's input path (PEFT's lora_dropout)
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
@@ -158,7 +165,7 @@ def layer_cost(layer: str, method: str, **shape) -> Cost:
     """FLOPs, bytes, kernels, trainable parameters and saved activations of one training step.
 
     `shape` takes the fields of `LayerConfig` (batch, embed, hidden, rank, targets,
-    input_requires_grad, dtype, seq, heads, kv_heads, mlp, norm, bias, causal). Raises
+    input_requires_grad, dtype, seq, heads, kv_heads, mlp, norm, bias, causal, lora_dropout). Raises
     ValueError with a one-line message for a size ≤ 0, a rank above min(e, h), an unknown
     layer, method, target or dtype.
     """
@@ -169,8 +176,17 @@ def build(cfg: LayerConfig) -> Cost:
     """Record the layer's forward ops for `cfg` and return the step's cost."""
     g = Graph(cfg.dtype)
     x = g.input("X", (cfg.batch * cfg.seq, cfg.embed), requires_grad=cfg.input_requires_grad)
-    out = {"linear": _linear, "attention": _attention, "block": _block}[cfg.layer](g, x, cfg)
+    out = record(g, x, cfg)
     return g.cost(g.sum_all(f"loss=Σ{out.name}", out))
+
+
+def record(g: Graph, x: Tensor, cfg: LayerConfig) -> Tensor:
+    """Record the layer's forward ops on `g` from input `x`; return its output (no loss).
+
+    For composing layers into a model (`costmodel.model`): the caller seeds the backward
+    with `g.cost(output)`, i.e. with the gradient arriving from the layer above.
+    """
+    return {"linear": _linear, "attention": _attention, "block": _block}[cfg.layer](g, x, cfg)
 
 
 def project(g: Graph, name: str, x: Tensor, e: Size, h: Size, cfg: LayerConfig,
@@ -189,7 +205,8 @@ def project(g: Graph, name: str, x: Tensor, e: Size, h: Size, cfg: LayerConfig,
         A = g.param(f"A{name}", (e, cfg.rank), trainable=True)
         B = g.param(f"B{name}", (cfg.rank, h), trainable=True)
         xw = g.matmul(f"{X}W{name}={X}·W{name}", x, W)
-        xa = g.matmul(f"{X}A{name}={X}·A{name}", x, A)
+        xd = _dropout(g, f"drop{X}{name}", x) if cfg.lora_dropout else x
+        xa = g.matmul(f"{X}A{name}={xd.name}·A{name}", xd, A)
         xab = g.matmul(f"{X}A{name}B{name}={X}A{name}·B{name}", xa, B)
         sxab = g.scale(f"s{X}A{name}B{name}=s·{X}A{name}B{name}", xab)
         y = g.add(f"{Y}={X}W{name}+s{X}A{name}B{name}", xw, sxab)
@@ -253,6 +270,26 @@ def _block(g: Graph, x: Tensor, cfg: LayerConfig) -> Tensor:
         u = g.mul("U=G⊙UP", gate, project(g, "up", h2, d, ffn, cfg, adapt, cfg.bias))
     y = project(g, "proj", u, ffn, d, cfg, adapt, cfg.bias)
     return g.add("Z=X2+PROJ", x2, y)
+
+
+#: Bytes per element of a dropout mask (a bool).
+MASK_BYTES = 1
+
+
+def _dropout(g: Graph, name: str, x: Tensor) -> Tensor:
+    """Inverted dropout, y = x ⊙ m / (1 − p), on LoRA's input path (Hu et al. 2021, sec. 6;
+    PEFT's ``lora_dropout``). Each adapted matrix draws its own mask.
+
+    Forward: draw the mask and apply it, 2 FLOPs per element (compare, multiply); reads x,
+    writes y and the 1-byte mask. VJP: dx = g ⊙ m / (1 − p), 1 FLOP per element; reads the
+    saved mask (kept as a residual, its numel in units of the graph's itemsize).
+    """
+    n = x.numel
+    s = g.itemsize
+    fwd = Terms(elementwise_flops(n, 2), 0, elementwise_bytes(n, (n,), s) + n * MASK_BYTES, 1)
+    bwd = Terms(elementwise_flops(n), 0, elementwise_bytes(n, (n,), s) + n * MASK_BYTES, 1)
+    vjp = Vjp("elementwise", bwd, residuals=((f"{name}:mask", n * MASK_BYTES / s),))
+    return g.custom(f"{name}=dropout({x.name})", "elementwise", fwd, (x,), x.shape, (vjp,))
 
 
 def _reshape(g: Graph, a: Tensor, shape: tuple) -> Tensor:

@@ -330,12 +330,21 @@ def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int | None]:
     return records, cut
 
 
+def read_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a measurements.csv back with the schema's dtypes (empty strings stay strings)."""
+    strings = {name: "string" for name, kind in COLUMNS.items() if kind == "string"}
+    df = pd.read_csv(path, dtype=strings, keep_default_na=False, na_values={
+        name: [""] for name, kind in COLUMNS.items() if kind != "string"
+    })
+    return validate(df)
+
+
 def _check_csv(path: Path) -> None:
     file = path / CSV_NAME
     if not file.exists():
         return
     try:
-        validate(pd.read_csv(file, keep_default_na=False, na_values=[""]))
+        read_csv(file)
     except (SchemaError, ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
         raise UserError(f"{file} is foreign or corrupt ({one_line(exc)}); choose another --out")
 
@@ -417,7 +426,7 @@ def new_session_id() -> str:
 
 
 __all__ = [
-    "CSV_NAME", "JSONL_NAME", "RUN_NAME", "OutDir", "Session", "consolidate", "fingerprint",
+    "read_csv", "CSV_NAME", "JSONL_NAME", "RUN_NAME", "OutDir", "Session", "consolidate", "fingerprint",
     "fingerprint_differences", "new_session_id", "open_out_dir", "record_key", "utc_now",
     "write_run",
 ]

@@ -1,0 +1,236 @@
+"""python -m measure.sweep end to end: bad input, resume, errors, Ctrl-C and kill -9 mid-way."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from measure import dataset, sweep
+
+REPO = Path(__file__).resolve().parents[2]
+#: tiny, fast sweeps: the blog's code at toy sizes, two methods, minimal repeats
+TINY = ["--variant", "seed", "--batch", "2", "--hidden", "8", "--rank", "1",
+        "--budget-s", "0", "--min-repeats", "2"]
+
+
+def _snapshot(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir())} if path.exists() else {}
+
+
+def _lines(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "measurements.jsonl").read_text().splitlines() if x]
+
+
+def _keys(out: Path) -> list[tuple]:
+    return [dataset.record_key(r) for r in _lines(out)]
+
+
+def _run_json(out: Path) -> dict:
+    return json.loads((out / "run.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--grid", "nope"], "invalid choice: 'nope'"),
+        (["--grid", "quick", "--methods", "full,qlora"], "unknown method 'qlora'"),
+        (["--grid", "quick", "--dtype", "float16"], "unknown dtype 'float16'"),
+        (["--batch", "0", "--embed", "8"], "0 is not > 0"),
+        (["--batch", "2", "--embed", "8", "--hidden", "-4"], "-4"),
+        (["--batch", "2", "--embed", "8", "--hidden", "4", "--rank", "5"], "rank 5 exceeds min"),
+        (["--batch", "2", "--embed", "8", "--variant", "seed", "--methods", "lora"], "seed variant"),
+        (["--batch", "2", "--embed", "8", "--timing", "as_written"], "seed variant only"),
+        (["--grid", "quick", "--batch", "2"], "not both"),
+        (["--embed", "8"], "at least --batch and --embed"),
+        (["--batch", "2", "--embed", "8", "--layer", "block", "--heads", "3"], "heads must divide"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv, match):
+    out = tmp_path / "out"
+    assert sweep.main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def _prepare_out(tmp_path: Path, name: str, content: str) -> Path:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).write_text(content)
+    return out
+
+
+@pytest.mark.parametrize(
+    "name, content, match",
+    [
+        ("run.json", '{"format": "something else"}', "not written by this tool"),
+        ("run.json", "\x00\x01garbage", "corrupt"),
+        ("measurements.jsonl", "not json\n{}\n", "corrupt"),
+    ],
+)
+def test_foreign_or_corrupt_out_is_refused_untouched(tmp_path, capsys, name, content, match):
+    out = _prepare_out(tmp_path, name, content)
+    before = _snapshot(out)
+    assert sweep.main([*TINY, "--embed", "8", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1
+    assert _snapshot(out) == before
+
+
+def test_unwritable_out_is_refused(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("keep")
+    assert sweep.main([*TINY, "--embed", "8", "--out", str(blocker / "out")]) == 2
+    assert "not writable" in capsys.readouterr().err
+    assert sweep.main([*TINY, "--embed", "8", "--out", str(blocker)]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    assert blocker.read_text() == "keep"
+
+
+def test_resume_skips_done_pairs_without_duplicates(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert sweep.main([*TINY, "--embed", "8,12,16", "--limit", "1", "--out", str(out)]) == 0
+    assert len(_keys(out)) == 2  # one config x two methods
+    first = (out / "measurements.jsonl").read_bytes()
+    assert sweep.main([*TINY, "--embed", "8,12,16", "--out", str(out)]) == 0
+    keys = _keys(out)
+    assert len(keys) == 6 and len(set(keys)) == 6
+    assert (out / "measurements.jsonl").read_bytes().startswith(first)
+    assert sweep.main([*TINY, "--embed", "8,12,16", "--out", str(out)]) == 0
+    assert len(_keys(out)) == 6
+    assert "6 (config, method) pairs already" in capsys.readouterr().err
+    df = dataset.read_csv(out / "measurements.csv")
+    assert len(df) == 6 and (df["error"] == "").all()
+    assert set(df["method"]) == {"full", "lora_merged"}
+    assert (df["time_median_s"] > 0).all() and (df["n_repeats"] >= 2).all()
+    assert (df["model_flops"] > 0).all() and (df["xla_flops"] > 0).all()
+    run = _run_json(out)
+    assert run["status"] == "complete" and len(run["sessions"]) == 3
+    assert run["fingerprint"]["backend"] == "cpu"
+    assert run["seeds"]["order_seed"] == 0
+
+
+def test_clean_kernels_sweep(tmp_path):
+    out = tmp_path / "out"
+    argv = ["--layer", "linear", "--batch", "2", "--embed", "8", "--rank", "1,2",
+            "--budget-s", "0", "--min-repeats", "2", "--out", str(out)]
+    assert sweep.main(argv) == 0
+    df = dataset.read_csv(out / "measurements.csv")
+    assert len(df) == 6 and (df["error"] == "").all()
+    assert set(df.loc[df["method"] != "full", "targets"]) == {"w"}
+    assert (df["variant"] == "clean").all() and (df["timing_mode"] == "aot").all()
+
+
+def test_a_failing_config_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    real = sweep.prepare
+
+    def flaky(config, method, param_seed):
+        if config.embed == 12 and method == "lora_merged":
+            raise MemoryError("RESOURCE_EXHAUSTED: out of memory\nsecond line")
+        return real(config, method, param_seed)
+
+    monkeypatch.setattr(sweep, "prepare", flaky)
+    out = tmp_path / "out"
+    assert sweep.main([*TINY, "--embed", "8,12", "--out", str(out)]) == 0
+    df = dataset.read_csv(out / "measurements.csv")
+    bad = df[df["error"] != ""]
+    assert len(df) == 4 and len(bad) == 1
+    assert bad.iloc[0]["error"] == "MemoryError: RESOURCE_EXHAUSTED: out of memory"
+    assert bad.iloc[0]["embed"] == 12 and bad.iloc[0]["method"] == "lora_merged"
+    monkeypatch.setattr(sweep, "prepare", real)
+    assert sweep.main([*TINY, "--embed", "8,12", "--out", str(out)]) == 0
+    assert len(_keys(out)) == 4  # errors count as done ...
+    assert sweep.main([*TINY, "--embed", "8,12", "--retry-errors", "--out", str(out)]) == 0
+    df = dataset.read_csv(out / "measurements.csv")
+    assert len(df) == 4 and (df["error"] == "").all()  # ... until retried; the last one wins
+
+
+def test_fingerprint_mismatch_refused_then_force_merged(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert sweep.main([*TINY, "--embed", "8", "--out", str(out)]) == 0
+    run = _run_json(out)
+    run["fingerprint"]["device_kind"] = "NVIDIA H100 80GB HBM3"
+    (out / "run.json").write_text(json.dumps(run))
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert sweep.main([*TINY, "--embed", "8,12", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "different device" in err and "--force-merge" in err and err.count("\n") == 1
+    assert _snapshot(out) == before
+    assert sweep.main([*TINY, "--embed", "8,12", "--force-merge", "--out", str(out)]) == 0
+    assert len(_keys(out)) == 4
+    assert _run_json(out)["sessions"][-1]["merged_fingerprint"]["device_kind"] == "cpu"
+
+
+# ----------------------------------------------------------------------------- real kills
+
+def _spawn(out: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-m", "measure.sweep", *TINY, "--budget-s", "0.15",
+            "--embed", "8,12,16,20,24,28,32,36", "--out", str(out), *extra]
+    return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_records(proc: subprocess.Popen, out: Path, n: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    jsonl = out / "measurements.jsonl"
+    while time.monotonic() < deadline:
+        if jsonl.exists() and jsonl.read_text().count("\n") >= n:
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"sweep ended early: {proc.communicate()}")
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail("sweep wrote no records in time")
+
+
+def _resume_and_check(out: Path, kept: list[tuple], prefix: bytes) -> None:
+    proc = _spawn(out)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    keys = _keys(out)
+    assert len(keys) == 16 and len(set(keys)) == 16  # 8 configs x 2 methods, once each
+    assert set(kept) <= set(keys)
+    assert (out / "measurements.jsonl").read_bytes().startswith(prefix)
+    assert len(dataset.read_csv(out / "measurements.csv")) == 16
+    assert _run_json(out)["status"] == "complete"
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_records_marks_interrupted_exits_130_and_resumes(tmp_path):
+    out = tmp_path / "out"
+    proc = _spawn(out)
+    _wait_for_records(proc, out, 2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    run = _run_json(out)
+    assert run["status"] == "interrupted" and run["sessions"][-1]["status"] == "interrupted"
+    kept = _keys(out)
+    assert 2 <= len(kept) < 16 and len(set(kept)) == len(kept)
+    assert len(dataset.read_csv(out / "measurements.csv")) == len(kept)
+    _resume_and_check(out, kept, (out / "measurements.jsonl").read_bytes())
+
+
+@pytest.mark.slow
+def test_kill_9_mid_sweep_loses_nothing_finished(tmp_path):
+    out = tmp_path / "out"
+    proc = _spawn(out)
+    _wait_for_records(proc, out, 4)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    raw = (out / "measurements.jsonl").read_bytes()
+    prefix = raw[: raw.rfind(b"\n") + 1]  # everything up to the last complete line
+    kept = _keys(out)
+    assert len(kept) >= 4
+    _resume_and_check(out, kept, prefix)

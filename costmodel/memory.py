@@ -1,0 +1,109 @@
+"""Memory of one training step: model states, saved activations and a peak estimate.
+
+Model states follow the ZeRO paper's accounting (Rajbhandari et al. 2020, "ZeRO: Memory
+Optimizations Toward Training Trillion Parameter Models", sec. 3.1): mixed-precision Adam
+holds per trainable parameter 2 bytes of fp16 weights + 2 of fp16 gradients + K = 12 bytes
+of optimizer state (fp32 master weights, momentum and variance, 4 each) = 16 bytes. We count
+the fp32 master copy with the optimizer states, as ZeRO does. Frozen parameters hold only
+their weights, in the compute dtype.
+
+    per trainable parameter        weights  grads  optimizer (master + states)
+    fp32,        AdamW             4        4      0 + 2·4        = 16
+    bf16,        AdamW             2        2      0 + 2·2        = 8
+    fp16/bf16-mixed, AdamW         2        2      4 + 2·4        = 16
+    fp16/bf16-mixed, SGD           2        2      4 + 0          = 8
+    fp32,        SGD               4        4      0              = 8
+
+Activations are the graph's `saved_bytes` (forward tensors the backward reads), per part and
+per block; LoRA's extra saved inputs for ∂A, its dropout masks and `lora_merged`'s merged
+weights are in them. The peak adds the largest transient buffer of the backward pass: the
+(tokens × vocab) logits gradient, plus, under recomputation, one block's re-materialised
+activations. Allocator fragmentation, CUDA context and workspace are not modelled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import numpy as np
+
+from costmodel.hardware import dtype_bytes
+from costmodel.model import OPTIMIZER_STATES, StepCost
+from costmodel.presets_models import param_count
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    """Bytes of one training step on one device (arrays broadcast over the step's shapes)."""
+
+    weights_bytes: np.ndarray
+    gradients_bytes: np.ndarray
+    optimizer_bytes: np.ndarray  # master weights (mixed precision) + optimizer states
+    activations_bytes: np.ndarray  # saved for the backward pass, all layers
+    transient_bytes: np.ndarray  # largest short-lived buffer on top (dlogits, a recomputed block)
+    per_layer_activation_bytes: Mapping[str, np.ndarray]
+    trainable_params: np.ndarray
+    total_params: np.ndarray
+    checkpoint_bytes: np.ndarray  # what saving the trained parameters takes
+
+    @property
+    def model_state_bytes(self) -> np.ndarray:
+        return self.weights_bytes + self.gradients_bytes + self.optimizer_bytes
+
+    @property
+    def total_bytes(self) -> np.ndarray:
+        """Peak estimate: model states + saved activations + the largest transient."""
+        return self.model_state_bytes + self.activations_bytes + self.transient_bytes
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return {
+            "weights_bytes": self.weights_bytes,
+            "gradients_bytes": self.gradients_bytes,
+            "optimizer_bytes": self.optimizer_bytes,
+            "activations_bytes": self.activations_bytes,
+            "transient_bytes": self.transient_bytes,
+            "total_bytes": self.total_bytes,
+        }
+
+
+def memory_breakdown(cost: StepCost) -> MemoryBreakdown:
+    """Memory of the step `cost` describes (see the module docstring for the accounting).
+
+    trainable_params is exact (counted on the cost graph); total_params = the model's
+    `param_count` + the adapter parameters LoRA adds.
+    """
+    spec = cost.spec
+    prec = spec.prec
+    compute = dtype_bytes(prec.compute_dtype)
+    trainable = np.asarray(cost.trainable_params, dtype=float)
+    base = float(param_count(spec.model))
+    adapters = trainable if spec.method != "full" else np.zeros(())
+    total_params = base + adapters
+    master = dtype_bytes(prec.master_dtype) if prec.master_dtype else 0
+    states = OPTIMIZER_STATES[spec.optimizer] * dtype_bytes(prec.state_dtype)
+
+    first = cost.parts["first_block"].saved_bytes
+    middle_one = cost.block_saved_bytes["middle"]
+    n_middle = spec.model.layers - spec.frozen_prefix - 1
+    per_layer = {
+        "embeddings": cost.parts["embeddings"].saved_bytes,
+        "first_block": first,
+        "each_middle_block": middle_one,
+        "middle_blocks": middle_one * n_middle,
+        "head": cost.parts["head"].saved_bytes,
+    }
+    activations = per_layer["embeddings"] + first + per_layer["middle_blocks"] + per_layer["head"]
+    dlogits = spec.tokens * spec.model.vocab * compute
+    return MemoryBreakdown(
+        weights_bytes=np.asarray(total_params * compute),
+        gradients_bytes=np.asarray(trainable * compute),
+        optimizer_bytes=np.asarray(trainable * (master + states)),
+        activations_bytes=np.asarray(activations, dtype=float),
+        transient_bytes=np.asarray(dlogits + cost.recompute_transient_bytes, dtype=float),
+        per_layer_activation_bytes=MappingProxyType(per_layer),
+        trainable_params=trainable,
+        total_params=np.asarray(total_params),
+        checkpoint_bytes=np.asarray(trainable * dtype_bytes(prec.storage_dtype)),
+    )

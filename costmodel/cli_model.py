@@ -1,0 +1,253 @@
+"""`python -m costmodel --model ...`: one whole-model training step, full vs LoRA.
+
+    python -m costmodel --model gpt3-175b --hardware v100 --method full,lora --rank 4 \\
+        --targets q,v --batch 1 --seq 2048 --precision fp16-mixed --optimizer adamw --json
+    python -m costmodel --list
+    python -m costmodel --d-model 4096 --layers 32 --heads 32 --ffn 11008 --vocab 32000 \\
+        --seq 4096 --mlp swiglu --hardware a100-80gb
+
+Defaults: --hardware a100-80gb, --method full,lora, --rank 4, --targets q,v (Hu et al. 2021,
+sec. 7.1), --batch 1, --seq the model's context, --precision bf16-mixed, --optimizer adamw,
+gradient clipping on, no activation recomputation, no LoRA dropout, no frozen prefix.
+
+Per method it reports the step time (roofline + overhead; with "unfitted" default
+efficiencies unless the profile carries fitted factors), tokens/s, FLOPs, bytes, kernels, the
+memory breakdown and its total, trainable_params and the checkpoint bytes of what was
+trained (the adapter, for LoRA); at the top level `speedup` = full / lora step time and
+`memory_ratio` = full / lora peak memory. Bad input prints one line and exits with 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+
+import numpy as np
+
+from costmodel.cliutil import OneLineArgumentParser, UserError, csv_list, positive_int, run
+from costmodel.hardware import HardwareProfile
+from costmodel.memory import MemoryBreakdown, memory_breakdown
+from costmodel.model import METHODS, OPTIMIZERS, PRECISIONS, StepCost, StepTime, step_cost, step_time
+from costmodel.presets_hardware import HARDWARE, resolve_hardware
+from costmodel.presets_models import MLP_KINDS, MODELS, NORM_KINDS, ModelShape, param_count, resolve_model
+
+PROG = "python -m costmodel"
+DEFAULT_HARDWARE = "a100-80gb"
+#: A custom shape without --model: GPT-2 style (gelu), or LLaMA style with --mlp swiglu.
+_CUSTOM_STYLE = {
+    "gelu": dict(norm="layernorm", bias=True, tied_embeddings=True, positional="learned"),
+    "swiglu": dict(norm="rmsnorm", bias=False, tied_embeddings=False, positional="rope"),
+}
+_SHAPE_FLAGS = ("d_model", "layers", "heads", "kv_heads", "ffn", "vocab")
+
+
+def _parser() -> OneLineArgumentParser:
+    p = OneLineArgumentParser(prog=PROG, description="Time and memory of one training step of a "
+                              "whole transformer under full fine-tuning and LoRA.")
+    p.add_argument("--model", default=None, help="preset name (see --list)")
+    p.add_argument("--list", action="store_true", help="print the model and hardware presets")
+    shape = p.add_argument_group("custom shape (alone, or overriding a --model preset)")
+    shape.add_argument("--d-model", type=positive_int)
+    shape.add_argument("--layers", type=positive_int)
+    shape.add_argument("--heads", type=positive_int, help="default d_model / 64")
+    shape.add_argument("--kv-heads", type=positive_int, help="grouped-query kv heads (default heads)")
+    shape.add_argument("--ffn", type=positive_int, help="MLP width (default 4·d_model)")
+    shape.add_argument("--vocab", type=positive_int, help="default 50257")
+    shape.add_argument("--mlp", choices=MLP_KINDS, default=None,
+                       help="custom shape: gelu (GPT-2 style, default) or swiglu (LLaMA style)")
+    shape.add_argument("--norm", choices=NORM_KINDS, default=None)
+    p.add_argument("--seq", type=positive_int, default=None,
+                   help="tokens per sequence (default: the model's context; 2048 for a custom shape)")
+    p.add_argument("--batch", type=positive_int, default=1, help="sequences per step (default 1)")
+    p.add_argument("--hardware", default=DEFAULT_HARDWARE,
+                   help=f"preset name or measured profile JSON (default {DEFAULT_HARDWARE})")
+    p.add_argument("--method", type=csv_list(METHODS, "method"), default=["full", "lora"],
+                   help="comma-separated: full, lora, lora_merged (default full,lora)")
+    p.add_argument("--rank", type=positive_int, default=4)
+    p.add_argument("--targets", default="q,v", help="adapted matrices of each block: q,k,v,o,mlp (default q,v)")
+    p.add_argument("--dropout", action="store_true", help="LoRA input dropout on")
+    p.add_argument("--frozen-prefix", type=int, default=0,
+                   help="freeze the first k blocks and the embedding lookup (default 0)")
+    p.add_argument("--precision", choices=tuple(PRECISIONS), default="bf16-mixed",
+                   help="fp32 | bf16 | fp16-mixed | bf16-mixed (default; fp32 master weights)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
+    p.add_argument("--recompute", action="store_true", help="activation recomputation per block")
+    p.add_argument("--no-clip", action="store_true", help="no gradient-norm clipping")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def model_from_args(args) -> ModelShape:
+    """The preset, or a custom shape from the flags (which override a preset's fields)."""
+    given = {f: getattr(args, f) for f in _SHAPE_FLAGS if getattr(args, f) is not None}
+    if args.model is not None:
+        shape = resolve_model(args.model)
+        overrides = dict(given)
+        if args.mlp is not None:
+            overrides["mlp"] = args.mlp
+        if args.norm is not None:
+            overrides["norm"] = args.norm
+        if args.seq is not None and shape.positional == "rope" and args.seq > shape.seq:
+            overrides["seq"] = args.seq
+        if not overrides:
+            return shape
+        if "heads" in overrides and "kv_heads" not in overrides and shape.kv_heads == shape.heads:
+            overrides["kv_heads"] = overrides["heads"]
+        return dataclasses.replace(shape, name=f"{shape.name} (modified)",
+                                   source=f"{shape.source}; modified by flags", **overrides)
+    missing = [f"--{f.replace('_', '-')}" for f in ("d_model", "layers") if f not in given]
+    if missing:
+        raise UserError(f"a custom shape needs {' and '.join(missing)} (or give --model; see --list)")
+    d = given["d_model"]
+    mlp = args.mlp or "gelu"
+    heads = given.get("heads", max(1, d // 64))
+    style = dict(_CUSTOM_STYLE[mlp])
+    if args.norm is not None:
+        style["norm"] = args.norm
+    return ModelShape(
+        name="custom", d_model=d, layers=given["layers"], heads=heads,
+        kv_heads=given.get("kv_heads", heads), ffn=given.get("ffn", 4 * d),
+        vocab=given.get("vocab", 50257), seq=args.seq or 2048, mlp=mlp, type_vocab=0,
+        causal=True, source="custom shape from command-line flags", **style,
+    )
+
+
+def _f(x) -> float:
+    return float(np.asarray(x, dtype=float).reshape(()))
+
+
+def method_record(cost: StepCost, t: StepTime, mem: MemoryBreakdown, profile: HardwareProfile) -> dict:
+    """One method's numbers as JSON-ready values (a single configuration)."""
+    rec = {
+        "method": cost.spec.method,
+        "step_time_s": _f(t.time_s),
+        "tokens_per_s": _f(t.tokens_per_s),
+        "flops": _f(cost.flops),
+        "bytes": _f(cost.bytes_moved),
+        "kernels": int(_f(cost.kernels)),
+        "time": {k: _f(getattr(t, k)) for k in
+                 ("t_math_s", "t_mem_s", "t_overhead_s", "lower_bound_s", "upper_bound_s")},
+        "part_time_s": {k: _f(v) for k, v in t.part_time_s.items()},
+        "part_flops": {k: _f(c.flops) for k, c in cost.parts.items()},
+        "memory": {k: _f(v) for k, v in mem.as_dict().items()},
+        "activation_bytes_by_layer": {k: _f(v) for k, v in mem.per_layer_activation_bytes.items()},
+        "trainable_params": int(_f(mem.trainable_params)),
+        "total_params": int(_f(mem.total_params)),
+        "adapter_checkpoint_bytes": _f(mem.checkpoint_bytes),
+    }
+    capacity = profile.extra.get("memory_bytes")
+    if capacity is not None:
+        rec["fits_in_memory"] = bool(rec["memory"]["total_bytes"] <= capacity)
+    return rec
+
+
+def evaluate(args) -> dict:
+    """Compute everything the command prints (render apart)."""
+    shape = model_from_args(args)
+    profile = resolve_hardware(args.hardware)
+    seq = args.seq if args.seq is not None else shape.seq
+    out: dict = {
+        "model": {"name": shape.name, "params": param_count(shape),
+                  **{f: getattr(shape, f) for f in ("d_model", "layers", "heads", "kv_heads", "ffn", "vocab",
+                                                    "seq", "mlp", "norm", "tied_embeddings", "causal")},
+                  "source": shape.source},
+        "hardware": {"name": profile.name, "source": profile.source, "measured": profile.measured},
+        "config": {"batch": args.batch, "seq": seq, "tokens": args.batch * seq, "precision": args.precision,
+                   "optimizer": args.optimizer, "rank": args.rank, "targets": args.targets,
+                   "dropout": args.dropout, "frozen_prefix": args.frozen_prefix,
+                   "recompute": args.recompute, "clip_grad": not args.no_clip},
+        "methods": {},
+    }
+    for method in args.method:
+        cost = step_cost(shape, method, batch=args.batch, seq=seq, rank=args.rank, targets=args.targets,
+                         dropout=args.dropout, frozen_prefix=args.frozen_prefix, precision=args.precision,
+                         optimizer=args.optimizer, recompute=args.recompute, clip_grad=not args.no_clip)
+        t = step_time(cost, profile)
+        out["methods"][method] = method_record(cost, t, memory_breakdown(cost), profile)
+        out["time_basis"] = {"label": t.efficiency.label, "flops_efficiency": t.efficiency.flops,
+                             "bandwidth_efficiency": t.efficiency.bandwidth,
+                             "overhead_scale": t.efficiency.overhead, "note": t.efficiency.note}
+    methods = out["methods"]
+    if "full" in methods and "lora" in methods:
+        out["speedup"] = methods["full"]["step_time_s"] / methods["lora"]["step_time_s"]
+        out["memory_ratio"] = methods["full"]["memory"]["total_bytes"] / methods["lora"]["memory"]["total_bytes"]
+    return out
+
+
+def _gb(x: float) -> str:
+    return f"{x / 1e9:,.2f} GB"
+
+
+def render(out: dict) -> str:
+    m, c, tb = out["model"], out["config"], out["time_basis"]
+    lines = [
+        f"{m['name']}: {m['params']:,} params, d {m['d_model']}, {m['layers']} layers, "
+        f"{m['heads']} heads ({m['kv_heads']} kv), ffn {m['ffn']}, vocab {m['vocab']}",
+        f"step: batch {c['batch']} × seq {c['seq']} = {c['tokens']:,} tokens, {c['precision']}, "
+        f"{c['optimizer']}, rank {c['rank']} on {c['targets']}"
+        + (", LoRA dropout" if c["dropout"] else "") + (", recompute" if c["recompute"] else "")
+        + (f", first {c['frozen_prefix']} blocks frozen" if c["frozen_prefix"] else ""),
+        f"hardware: {out['hardware']['name']} — times are {tb['label']} ({tb['note']})",
+        "",
+    ]
+    names = list(out["methods"])
+    rows = [
+        ("step time", lambda r: f"{r['step_time_s'] * 1e3:,.1f} ms"),
+        ("tokens/s", lambda r: f"{r['tokens_per_s']:,.0f}"),
+        ("TFLOP per step", lambda r: f"{r['flops'] / 1e12:,.2f}"),
+        ("kernels", lambda r: f"{r['kernels']:,}"),
+        ("trainable params", lambda r: f"{r['trainable_params']:,}"),
+        ("weights", lambda r: _gb(r["memory"]["weights_bytes"])),
+        ("gradients", lambda r: _gb(r["memory"]["gradients_bytes"])),
+        ("optimizer states", lambda r: _gb(r["memory"]["optimizer_bytes"])),
+        ("activations", lambda r: _gb(r["memory"]["activations_bytes"])),
+        ("transient", lambda r: _gb(r["memory"]["transient_bytes"])),
+        ("memory total", lambda r: _gb(r["memory"]["total_bytes"])),
+        ("checkpoint", lambda r: _gb(r["adapter_checkpoint_bytes"])),
+    ]
+    if all("fits_in_memory" in out["methods"][n] for n in names):
+        rows.append(("fits on one device", lambda r: "yes" if r["fits_in_memory"] else "no"))
+    width = max(16, *(len(n) for n in names))
+    lines.append(f"{'':20s}" + "".join(f"{n:>{width + 2}s}" for n in names))
+    for label, fmt in rows:
+        lines.append(f"{label:20s}" + "".join(f"{fmt(out['methods'][n]):>{width + 2}s}" for n in names))
+    if "speedup" in out:
+        lines += ["", f"speedup (full / lora step time): {out['speedup']:.3f}×",
+                  f"memory ratio (full / lora peak): {out['memory_ratio']:.3f}×"]
+    return "\n".join(lines)
+
+
+def render_list() -> str:
+    lines = ["models:"]
+    for name, s in MODELS.items():
+        lines.append(f"  {name:14s} {param_count(s) / 1e9:8.3f}B  d {s.d_model:5d}  L {s.layers:3d}  "
+                     f"heads {s.heads:3d}/{s.kv_heads:<3d} ffn {s.ffn:6d}  vocab {s.vocab:6d}  seq {s.seq}")
+    lines.append("hardware:")
+    for name, h in HARDWARE.items():
+        half = h.peak("bfloat16")
+        lines.append(f"  {name:10s} fp32 {h.peak('float32') / 1e12:6.1f}  16-bit {half / 1e12:6.1f} TFLOP/s  "
+                     f"{h.mem_bandwidth_bytes_per_s / 1e9:6.0f} GB/s  {h.extra.get('memory_bytes', 0) / 1e9:4.0f} GB")
+    lines.append("  (or the path of a profile JSON written by python -m measure.device)")
+    return "\n".join(lines)
+
+
+def _body(args) -> int:
+    if args.list:
+        print(render_list())
+        return 0
+    if args.frozen_prefix < 0:
+        raise UserError(f"--frozen-prefix must be >= 0, got {args.frozen_prefix}")
+    out = evaluate(args)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(render(out))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import sys
+
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    return run(PROG, lambda: _body(args))

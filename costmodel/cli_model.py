@@ -168,6 +168,13 @@ def evaluate(args) -> dict:
         out["time_basis"] = {"label": t.efficiency.label, "flops_efficiency": t.efficiency.flops,
                              "bandwidth_efficiency": t.efficiency.bandwidth,
                              "overhead_scale": t.efficiency.overhead, "note": t.efficiency.note}
+    notes = []
+    compute = PRECISIONS[args.precision].compute_dtype
+    if compute not in profile.peak_flops_per_s:
+        notes.append(f"{profile.name} lists no {compute} peak; {profile.peak(compute) / 1e12:g} TFLOP/s "
+                     f"of its other 16-bit type is used")
+    if notes:
+        out["notes"] = notes
     methods = out["methods"]
     if "full" in methods and "lora" in methods:
         out["speedup"] = methods["full"]["step_time_s"] / methods["lora"]["step_time_s"]
@@ -189,6 +196,7 @@ def render(out: dict) -> str:
         + (", LoRA dropout" if c["dropout"] else "") + (", recompute" if c["recompute"] else "")
         + (f", first {c['frozen_prefix']} blocks frozen" if c["frozen_prefix"] else ""),
         f"hardware: {out['hardware']['name']} — times are {tb['label']} ({tb['note']})",
+        *(f"note: {n}" for n in out.get("notes", [])),
         "",
     ]
     names = list(out["methods"])

@@ -239,3 +239,21 @@ def test_bad_step_input_raises_one_line_value_error(kwargs, needle):
     with pytest.raises(ValueError, match=needle) as info:
         step_cost(MODELS["gpt2-small"], method, **args)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_every_preset_both_methods_100_settings_is_fast():
+    """The issue's budget is one second for the sweep (benchmarks/bench_presets.py prints the
+    figure); the bound here is loose so a loaded test machine does not fail it."""
+    import importlib.util
+    import pathlib
+    import time
+
+    path = pathlib.Path(__file__).parents[2] / "benchmarks" / "bench_presets.py"
+    spec = importlib.util.spec_from_file_location("bench_presets", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    t0 = time.perf_counter()
+    n = bench.sweep("a100-80gb")
+    assert n == len(MODELS) * 2 * 100
+    assert time.perf_counter() - t0 < 5.0

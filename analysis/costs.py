@@ -1,0 +1,120 @@
+"""The one door from `analysis` to `costmodel`: counts and roofline times for table rows.
+
+Nothing here computes a FLOP, a byte or a kernel: every figure comes from
+`costmodel.layer_cost` and `costmodel.roofline`, evaluated once per group of rows that share
+a layer, method and the other non-size settings, vectorised over the sizes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+
+import costmodel
+from costmodel.hardware import HardwareProfile
+
+#: Columns passed to costmodel as non-size settings; rows sharing them are costed together.
+SETTING_COLUMNS = ("layer", "method", "targets", "input_requires_grad", "dtype", "seq", "heads")
+
+
+def _targets_arg(targets: str) -> tuple[str, ...] | None:
+    targets = str(targets)
+    return tuple(t for t in targets.split(",") if t) or None
+
+
+def _groups(rows: pd.DataFrame) -> Iterator[tuple[np.ndarray, "costmodel.Cost", str]]:
+    """(row positions, Cost over those rows' sizes, dtype) per group of shared settings."""
+    keys = rows[list(SETTING_COLUMNS)].astype(str).agg("|".join, axis=1).to_numpy()
+    for key in pd.unique(keys):
+        pos = np.flatnonzero(keys == key)
+        first = rows.iloc[pos[0]]
+        cost = costmodel.layer_cost(
+            str(first["layer"]), str(first["method"]),
+            batch=rows["batch"].to_numpy()[pos].astype(float),
+            embed=rows["embed"].to_numpy()[pos].astype(float),
+            hidden=rows["hidden"].to_numpy()[pos].astype(float),
+            rank=rows["rank"].to_numpy()[pos].astype(float),
+            targets=_targets_arg(first["targets"]),
+            input_requires_grad=bool(first["input_requires_grad"]),
+            dtype=str(first["dtype"]),
+            seq=int(first["seq"]),
+            heads=int(first["heads"]),
+        )
+        yield pos, cost, str(first["dtype"])
+
+
+def counts(rows: pd.DataFrame) -> pd.DataFrame:
+    """flops, bytes_moved, kernels and trainable_params of each row, from costmodel."""
+    n = len(rows)
+    out = {k: np.full(n, np.nan) for k in ("flops", "bytes_moved", "kernels", "trainable_params")}
+    for pos, cost, _ in _groups(rows):
+        for k in out:
+            out[k][pos] = np.broadcast_to(np.asarray(getattr(cost, k), dtype=float), pos.shape)
+    return pd.DataFrame(out, index=rows.index)
+
+
+def roofline_time_s(rows: pd.DataFrame, profile: HardwareProfile | None) -> np.ndarray:
+    """The unfitted roofline time of each row on `profile` (NaN without a profile)."""
+    out = np.full(len(rows), np.nan)
+    if profile is None:
+        return out
+    for pos, cost, dtype in _groups(rows):
+        roof = costmodel.roofline(cost, profile, dtype)
+        out[pos] = np.broadcast_to(np.asarray(roof.time_s, dtype=float), pos.shape)
+    return out
+
+
+def fill_model_columns(df: pd.DataFrame, overwrite: bool = False) -> pd.DataFrame:
+    """Schema rows with model_flops/model_bytes/model_kernels/trainable_params from costmodel
+    (only where missing, unless `overwrite`)."""
+    df = df.copy()
+    need = df.index if overwrite else df.index[df[["model_flops", "model_bytes",
+                                                   "model_kernels"]].isna().any(axis=1)]
+    if len(need):
+        c = counts(df.loc[need])
+        df.loc[need, "model_flops"] = c["flops"].to_numpy()
+        df.loc[need, "model_bytes"] = c["bytes_moved"].to_numpy()
+        df.loc[need, "model_kernels"] = c["kernels"].to_numpy()
+        df.loc[need, "trainable_params"] = c["trainable_params"].to_numpy().astype("int64")
+    return df
+
+
+def op_table(row: pd.Series) -> pd.DataFrame:
+    """The cost model's per-op rows (name, phase, kind, flops, bytes_moved, kernels) of one
+    config and method."""
+    frame = row.to_frame().T.reset_index(drop=True)
+    for c in ("batch", "embed", "hidden", "rank", "seq", "heads"):
+        frame[c] = frame[c].astype("int64")
+    (_, cost, _), = list(_groups(frame))
+    rows = []
+    for op in cost.ops:
+        rows.append({
+            "op": op.name, "phase": op.phase, "kind": op.kind,
+            "flops": float(np.sum(op.flops)), "bytes_moved": float(np.sum(op.bytes_moved)),
+            "kernels": float(np.sum(op.kernels)),
+        })
+    return pd.DataFrame(rows)
+
+
+def square_counts(template: pd.Series, method: str, targets: str, widths: np.ndarray,
+                  profile: HardwareProfile | None) -> tuple[np.ndarray, ...]:
+    """(flops, bytes_moved, kernels, roofline_s) at embed = hidden = widths for the template's
+    other settings: the lean path for root finding (no DataFrame per call)."""
+    w = np.asarray(widths, dtype=float)
+    cost = costmodel.layer_cost(
+        str(template["layer"]), method, batch=float(template["batch"]), embed=w, hidden=w,
+        rank=float(template["rank"]), targets=_targets_arg(targets),
+        input_requires_grad=bool(template["input_requires_grad"]),
+        dtype=str(template["dtype"]), seq=int(template["seq"]), heads=int(template["heads"]),
+    )
+    shape = w.shape
+    flops = np.broadcast_to(cost.flops, shape)
+    bytes_moved = np.broadcast_to(cost.bytes_moved, shape)
+    kernels = np.broadcast_to(cost.kernels, shape)
+    if profile is None:
+        roof = np.full(shape, np.nan)
+    else:
+        roof = np.broadcast_to(costmodel.roofline(cost, profile, str(template["dtype"])).time_s, shape)
+    return flops, bytes_moved, kernels, roof

@@ -1,0 +1,231 @@
+"""The main job: measure (or load) timings, fit the overhead factors, validate, find the
+LoRA/full crossover with bootstrap intervals, extrapolate to GPT-scale widths, report.
+
+    python -m analysis.crossover                      # quick grid into ./crossover-results/
+    python -m analysis.crossover --data results/      # a finished sweep directory
+    python -m analysis.crossover --data results_gpu.csv --out blog-report   # the blog's file
+    python -m analysis.crossover --json --no-plots    # one JSON object on stdout
+
+Bad input (a missing, empty or foreign file; too few configs; mixed devices; an unknown
+width or grid) prints one line and exits 2, before anything is written to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from analysis import data, solve
+from analysis.errors import UserError
+
+DEFAULT_RESULTS = "crossover-results"
+GRIDS = ("quick", "seed", "square")  # measure.grids.GRIDS, listed here so --help needs no import
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one-line UserErrors (exit 2 through `main`)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UserError(message)
+
+
+def width_list(text: str) -> tuple[int, ...]:
+    """'768,1024' -> (768, 1024); each a whole number >= 1."""
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            w = int(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"unknown width {part!r}: widths are whole numbers") from None
+        if w < 1:
+            raise argparse.ArgumentTypeError(f"unknown width {w}: widths must be >= 1")
+        out.append(w)
+    if not out:
+        raise argparse.ArgumentTypeError("--widths is empty")
+    return tuple(sorted(set(out)))
+
+
+def grid_name(text: str) -> str:
+    if text not in GRIDS:
+        raise argparse.ArgumentTypeError(f"unknown grid {text!r}; choose one of {', '.join(GRIDS)}")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m analysis.crossover", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", help="our sweep directory or CSV/JSONL, or the blog's results CSV "
+                                  "(default: measure --grid into ./crossover-results/)")
+    p.add_argument("--grid", type=grid_name, default="quick",
+                   help="grid to measure when --data is not given (default quick)")
+    p.add_argument("--out", default=None,
+                   help="where the report, tables and figures go (default: the measured "
+                        f"results directory, or ./{DEFAULT_RESULTS}/ with --data)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--widths", type=width_list, default=solve.GPT_WIDTHS,
+                   help="extrapolation widths, comma-separated (default "
+                        + ",".join(map(str, solve.GPT_WIDTHS)) + ")")
+    p.add_argument("--profile", help="a device profile JSON (python -m measure.device); default: "
+                                     "the dataset directory's profile.json, else measured now")
+    p.add_argument("--bootstrap", type=int, default=solve.N_BOOT,
+                   help=f"bootstrap refits (default {solve.N_BOOT})")
+    p.add_argument("--model", help="issue 5: whole-model presets table for this model "
+                                   "(a preset name, or 'all')")
+    p.add_argument("--hardware", help="issue 5: hardware preset name or profile JSON")
+    return p
+
+
+def _check_out(out: str) -> None:
+    """Fail before any work if --out cannot be a directory we can write; create nothing."""
+    if os.path.exists(out):
+        if not os.path.isdir(out):
+            raise UserError(f"--out {out!r} exists and is not a directory")
+        if not os.access(out, os.W_OK):
+            raise UserError(f"--out {out!r} is not writable")
+        return
+    parent = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise UserError(f"--out {out!r} cannot be created under {parent!r}")
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _sweep_complete(path: str) -> bool:
+    try:
+        with open(os.path.join(path, "run.json"), encoding="utf-8") as fh:
+            return json.load(fh).get("status") == "complete"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def measure_grid(grid: str, path: str) -> None:
+    """Run `python -m measure.sweep --grid GRID --out PATH` unless a finished one is there
+    (an unfinished one resumes). The sweep's output goes to stderr, keeping stdout clean."""
+    if _sweep_complete(path):
+        _log(f"reusing the finished {grid} sweep in {path}")
+        return
+    _log(f"measuring the {grid} grid into {path} (python -m measure.sweep)")
+    cmd = [sys.executable, "-m", "measure.sweep", "--grid", grid, "--out", path]
+    rc = subprocess.call(cmd, stdout=sys.stderr)
+    if rc != 0:
+        raise UserError(f"the {grid} sweep failed (python -m measure.sweep exited {rc})")
+
+
+def measure_profile(path: str) -> bool:
+    """Run `python -m measure.device --out PATH`; False when it is unavailable or fails."""
+    _log(f"measuring a device profile into {path} (python -m measure.device)")
+    cmd = [sys.executable, "-m", "measure.device", "--out", path]
+    try:
+        rc = subprocess.call(cmd, stdout=sys.stderr)
+    except OSError:
+        return False
+    return rc == 0 and os.path.isfile(path)
+
+
+def resolve_profile(args, dataset: data.Dataset, out: str):
+    """(profile or None, a note saying where it came from)."""
+    from costmodel.hardware import HardwareProfile
+
+    def load(path: str, how: str):
+        try:
+            return HardwareProfile.from_json(path), f"{how} {path}"
+        except ValueError as exc:
+            raise UserError(f"bad device profile: {exc}") from None
+
+    if args.profile:
+        return load(args.profile, "given")
+    if dataset.profile_path:
+        return load(dataset.profile_path, "the dataset's")
+    if dataset.kind == "sweep":
+        target = os.path.join(out, "profile.json")
+        if os.path.isfile(target):
+            return load(target, "measured earlier,")
+        os.makedirs(out, exist_ok=True)
+        if measure_profile(target):
+            return load(target, "measured now on this machine,")
+        return None, "none (measure.device unavailable): roofline baseline and log-link form skipped"
+    return None, (f"none for a {dataset.kind} table of device {_device_of(dataset)}: "
+                  "roofline baseline and log-link form skipped (give --profile)")
+
+
+def _device_of(dataset: data.Dataset) -> str:
+    f = dataset.frame
+    return ", ".join(sorted(set(f["backend"].astype(str) + "/" + f["device_kind"].astype(str))))
+
+
+def run(args) -> int:
+    t0 = time.perf_counter()
+    if args.bootstrap < 20:
+        raise UserError(f"--bootstrap {args.bootstrap} is too few; use at least 20")
+    if args.data:
+        out = args.out or DEFAULT_RESULTS
+        _check_out(out)
+        dataset = data.load(args.data)
+    else:
+        path = DEFAULT_RESULTS if args.grid == "quick" else f"{DEFAULT_RESULTS}-{args.grid}"
+        out = args.out or path
+        _check_out(out)
+        _check_out(path)
+        measure_grid(args.grid, path)
+        dataset = data.load(path)
+    # Fail on the data before writing anything (a profile measurement writes into --out).
+    data.select(dataset, _min_configs())
+    extras_fn = None
+    if args.model or args.hardware:
+        from analysis import presets
+        extras_fn = presets.prepare(args.model, args.hardware)
+    profile, note = resolve_profile(args, dataset, out)
+
+    from analysis import pipeline, report
+
+    t_fit = time.perf_counter()
+    result = pipeline.run(dataset, profile, note, widths=args.widths, n_boot=args.bootstrap)
+    if extras_fn is not None:
+        result.extras.update(extras_fn(result))
+    os.makedirs(out, exist_ok=True)
+    figures: list[str] = []
+    if not args.no_plots:
+        from analysis import plots
+
+        figures = plots.all_figures(result, out)
+        if extras_fn is not None:
+            from analysis import presets
+
+            figures += presets.figures(result, out)
+    files = report.write_files(result, out, figures)
+    elapsed = time.perf_counter() - t0
+    _log(f"analysis took {time.perf_counter() - t_fit:.1f} s ({elapsed:.1f} s in all)")
+    if args.json:
+        print(json.dumps(report.to_json(result), indent=1, allow_nan=False))
+    else:
+        print(report.stdout_report(result, files, out))
+    return 0
+
+
+def _min_configs() -> int:
+    from analysis.fit import MIN_CONFIGS
+
+    return MIN_CONFIGS
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return run(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,361 @@
+"""Fit the overhead factors that turn the cost model's counts into measured time.
+
+The model. For one forward+backward call of a (config, method),
+
+    t = t_dispatch + flops / F_eff · (1 + λ_m − 1) + bytes_moved / B_eff + kernels · τ
+
+i.e. the roofline's *upper bound* (compute time + memory time + per-kernel overhead, the
+scaling-book's "sum" form) with its three rates fitted instead of taken from a datasheet, a
+fixed dispatch cost per call, and a LoRA-specific multiplier λ_m on the compute time of the
+LoRA methods (m = lora, lora_merged): λ_m > 1 says LoRA's FLOPs run slower than full
+fine-tuning's (skinny rank-r products, the extra merge, different fusion). It is linear in
+the parameters (1/F_eff, 1/B_eff, τ, t_dispatch and (λ_m − 1)/F_eff), so every candidate form
+below is a (generalised) linear model over one pinned design matrix.
+
+Candidate forms (`FORMS`), compared by `analysis.validate` and chosen by out-of-scale error:
+
+* ``ols_additive``     OLS of t on the additive terms. Large configs dominate the loss.
+* ``wls_additive``     WLS with weights 1/t²: least squares on *relative* error, which is what
+                       the validation scores; the weights use the noisy observed t.
+* ``gamma_identity``   Gamma GLM, identity link, same terms: variance ∝ mean², i.e. constant
+                       coefficient of variation -- what repeated timings show -- with weights
+                       from the fitted mean instead of the observation (McCullagh & Nelder,
+                       "Generalized Linear Models", 2nd ed., §8).
+* ``gamma_log_offset`` Gamma GLM, log link, log(roofline time from the measured device profile)
+                       as offset, plus an intercept and one multiplier per LoRA method:
+                       the datasheet/measured roofline, rescaled. Needs a device profile.
+
+Standard errors are clustered by config (the rows of one config share its conditions); with
+fewer than `MIN_CLUSTERS` configs, HC3. Units inside the design: milliseconds, GFLOP, GB, so
+the matrices are well conditioned; `factors` converts back to FLOP/s, bytes/s and µs.
+
+The formula engine is pinned: design matrices are built by patsy directly (`design_matrix`),
+never through statsmodels' configurable formula layer, so an installed formulaic or
+``SM_FORMULA_ENGINE`` cannot change them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import patsy
+import statsmodels.api as sm
+from scipy import stats
+
+from analysis.errors import UserError
+
+#: The terms of the additive forms, as a patsy formula over `terms_frame`'s columns.
+ADDITIVE_FORMULA = "1 + gflops + gbytes + kernels + gflops:lora + gflops:lora_merged"
+#: The terms of the log-link form (the roofline time enters as an offset).
+LOG_FORMULA = "1 + lora + lora_merged"
+#: Config clusters below which the cluster-robust covariance is not trusted (HC3 instead).
+MIN_CLUSTERS = 10
+#: Fewest configs (each timed under at least two methods) a fit needs: 6 parameters, and
+#: enough held-out configs for 5-fold cross-validation.
+MIN_CONFIGS = 8
+CI_LEVEL = 0.95
+
+FORMS: dict[str, str] = {
+    "ols_additive": "OLS on additive roofline terms",
+    "wls_additive": "WLS (weights 1/t^2) on additive roofline terms",
+    "gamma_identity": "Gamma GLM, identity link, additive roofline terms",
+    "gamma_log_offset": "Gamma GLM, log link, offset log(roofline time)",
+}
+ADDITIVE_FORMS = ("ols_additive", "wls_additive", "gamma_identity")
+#: Terms whose coefficient is a time per unit and so cannot be negative.
+PHYSICAL = ("Intercept", "gflops", "gbytes", "kernels")
+
+
+def terms_frame(
+    flops: np.ndarray,
+    bytes_moved: np.ndarray,
+    kernels: np.ndarray,
+    method: Sequence[str],
+    roofline_s: np.ndarray | None = None,
+    time_s: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """The regressors of every form, in the design's units (ms, GFLOP, GB).
+
+    flops, bytes_moved, kernels: the cost model's totals for each row; method: full | lora |
+    lora_merged; roofline_s: the unfitted roofline time with the device profile (NaN or None
+    when there is no profile); time_s: measured time, None when predicting.
+    """
+    method = np.asarray(method, dtype=object)
+    n = len(method)
+    out = pd.DataFrame({
+        "gflops": np.asarray(flops, dtype=float) / 1e9,
+        "gbytes": np.asarray(bytes_moved, dtype=float) / 1e9,
+        "kernels": np.asarray(kernels, dtype=float),
+        "lora": (method == "lora").astype(float),
+        "lora_merged": (method == "lora_merged").astype(float),
+        "roof_ms": (np.full(n, np.nan) if roofline_s is None
+                    else np.asarray(roofline_s, dtype=float) * 1e3),
+        "time_ms": np.full(n, np.nan) if time_s is None else np.asarray(time_s, float) * 1e3,
+    })
+    return out
+
+
+def design_matrix(form: str, terms: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(X, offset, column names) of `form` for the rows of `terms`, built by patsy itself.
+
+    Missing values raise instead of silently dropping rows.
+    """
+    formula = LOG_FORMULA if form == "gamma_log_offset" else ADDITIVE_FORMULA
+    dm = patsy.dmatrix(formula, terms, NA_action=patsy.NAAction(NA_types=[]),
+                       return_type="dataframe")
+    if form == "gamma_log_offset":
+        offset = np.log(terms["roof_ms"].to_numpy())
+    else:
+        offset = np.zeros(len(terms))
+    return dm.to_numpy(), offset, list(dm.columns)
+
+
+def predict_many(form: str, X: np.ndarray, offset: np.ndarray, params: np.ndarray) -> np.ndarray:
+    """Predicted mean time (ms) for each parameter vector: params (p,) or (B, p) → (n,) or (n, B)."""
+    eta = X @ np.asarray(params).T
+    if form == "gamma_log_offset":
+        return np.exp(eta + (offset[:, None] if eta.ndim == 2 else offset))
+    return eta
+
+
+def predict_ms(form: str, terms: pd.DataFrame, params: np.ndarray) -> np.ndarray:
+    """Predicted time (ms) of the rows of `terms` under full-design `params`."""
+    X, off, _ = design_matrix(form, terms)
+    return predict_many(form, X, off, params)
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One fitted factor as a physical quantity with its 95% interval."""
+
+    name: str
+    estimate: float
+    ci_low: float
+    ci_high: float
+    unit: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """A fitted form: parameters in design units, their robust covariance, and diagnostics."""
+
+    form: str
+    columns: tuple[str, ...]
+    params: np.ndarray
+    cov: np.ndarray
+    cov_type: str
+    n_obs: int
+    n_configs: int
+    rel_resid: np.ndarray  # measured / fitted, for every training row
+    summary_text: str
+    factors: tuple[Factor, ...] = field(default=())
+    dropped: tuple[str, ...] = ()  # physical terms fitted negative and removed
+
+    def __post_init__(self) -> None:
+        if self.form not in FORMS:
+            raise ValueError(f"unknown model form {self.form!r}")
+        if self.params.shape != (len(self.columns),):
+            raise ValueError("params and columns disagree")
+
+    def predict_ms(self, terms: pd.DataFrame, params: np.ndarray) -> np.ndarray:
+        """Predicted time in ms for the rows of `terms` under full-design `params`."""
+        return predict_ms(self.form, terms, params)
+
+
+def _fit_arrays(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray,
+                groups: np.ndarray | None, start: np.ndarray | None = None):
+    """Fit one form on arrays. With groups, the statsmodels result carries the robust covariance;
+    without, only the point estimate is needed (bootstrap, cross-validation) and the fit is lean."""
+    robust = {}
+    if groups is not None:
+        n_clusters = len(np.unique(groups))
+        robust = ({"cov_type": "cluster", "cov_kwds": {"groups": groups}}
+                  if n_clusters >= MIN_CLUSTERS else {"cov_type": "HC3"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if form == "ols_additive":
+            if not robust:
+                return np.linalg.lstsq(X, y, rcond=None)[0], None
+            return None, sm.OLS(y, X).fit(**robust)
+        if form == "wls_additive":
+            w = 1.0 / y**2
+            if not robust:
+                sw = np.sqrt(w)
+                return np.linalg.lstsq(X * sw[:, None], y * sw, rcond=None)[0], None
+            return None, sm.WLS(y, X, weights=w).fit(**robust)
+        if start is None:
+            if form == "gamma_identity":
+                sw = 1.0 / y
+                start = np.linalg.lstsq(X * sw[:, None], y * sw, rcond=None)[0]
+            else:
+                start = np.linalg.lstsq(X, np.log(y) - off, rcond=None)[0]
+        if form == "gamma_identity":
+            family = sm.families.Gamma(link=sm.families.links.Identity())
+            model = sm.GLM(y, X, family=family)
+        else:
+            model = sm.GLM(y, X, family=sm.families.Gamma(link=sm.families.links.Log()),
+                           offset=off)
+        res = model.fit(start_params=start, maxiter=100, **robust)
+        if not robust:
+            return np.asarray(res.params), None
+        return None, res
+
+
+def _fit_dropping(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray, cols: list[str],
+                  groups: np.ndarray | None):
+    """Fit, and while a physical term (time per FLOP, byte, kernel or call) comes out
+    negative, drop the most negative one and refit: a negative time is not physical, it says
+    the data cannot see that term (e.g. kernel counts that barely vary). LoRA multipliers may
+    fall below 1 and stay. Returns (params, kept columns, statsmodels result or None, dropped)."""
+    cols = list(cols)
+    dropped: list[str] = []
+    while True:
+        params, res = _fit_arrays(form, X, off, y, groups)
+        if res is not None:
+            params = np.asarray(res.params)
+        bad = [(params[j], c) for j, c in enumerate(cols) if c in PHYSICAL and params[j] < 0]
+        if form == "gamma_log_offset" or not bad or len(cols) <= 2:
+            return params, cols, res, dropped
+        j = cols.index(min(bad)[1])
+        X = np.delete(X, j, axis=1)
+        dropped.append(cols.pop(j))
+
+
+def fit_params(form: str, terms: pd.DataFrame) -> np.ndarray:
+    """Point estimate only (no covariance), over all design columns (zeros for the LoRA
+    columns of methods absent from `terms`): the fast path for cross-validation."""
+    X, off, cols = design_matrix(form, terms)
+    y = terms["time_ms"].to_numpy()
+    keep = np.flatnonzero(np.any(X != 0, axis=0))
+    p, kept, _, _ = _fit_dropping(form, X[:, keep], off, y, [cols[j] for j in keep], None)
+    params = np.zeros(len(cols))
+    params[[cols.index(c) for c in kept]] = p
+    return params
+
+
+def fit_params_arrays(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray,
+                      start: np.ndarray | None = None) -> np.ndarray:
+    """Point estimate on ready arrays (the bootstrap's inner loop); X holds only kept columns."""
+    params, _ = _fit_arrays(form, X, off, y, None, start)
+    return params
+
+
+def fit(form: str, terms: pd.DataFrame, groups: np.ndarray) -> FitResult:
+    """Fit `form` to the measured rows of `terms`, with config-clustered standard errors.
+
+    groups: the config id of each row (rows of one config are one cluster).
+    Raises UserError when the data cannot identify the parameters.
+    """
+    if form not in FORMS:
+        raise ValueError(f"unknown model form {form!r}; choose one of {', '.join(FORMS)}")
+    X, off, cols = design_matrix(form, terms)
+    y = terms["time_ms"].to_numpy()
+    if not np.all(np.isfinite(y) & (y > 0)):
+        raise ValueError("fit needs positive finite times")
+    # Drop LoRA columns for methods the data does not hold (e.g. the blog has no factored lora).
+    keep = [j for j, c in enumerate(cols) if np.any(X[:, j] != 0)]
+    X, cols = X[:, keep], [cols[j] for j in keep]
+    if np.linalg.matrix_rank(X) < X.shape[1]:
+        raise UserError(
+            f"the data cannot separate the {X.shape[1]} terms of the {form} model "
+            "(too few distinct sizes or methods)")
+    params, cols, res, dropped = _fit_dropping(form, X, off, y, cols, groups)
+    cov = np.asarray(res.cov_params())
+    fitted = np.asarray(res.fittedvalues) if form != "gamma_log_offset" else np.asarray(
+        res.predict(X, offset=off))
+    summary = res.summary(yname="time_ms", xname=cols).as_text()
+    n_configs = len(np.unique(groups))
+    cov_type = "cluster(config)" if n_configs >= MIN_CLUSTERS else "HC3"
+    factors = _factors(form, cols, params, cov)
+    return FitResult(
+        form=form, columns=tuple(cols), params=params, cov=cov, cov_type=cov_type,
+        n_obs=len(y), n_configs=n_configs, rel_resid=y / fitted, summary_text=summary,
+        factors=factors, dropped=tuple(dropped),
+    )
+
+
+def expand_params(result: FitResult, params: np.ndarray) -> np.ndarray:
+    """Parameters (B, k) over the result's kept columns → full design columns (B, p), zeros
+    for dropped LoRA columns, so `predict_many` can use the full design matrix."""
+    _, _, all_cols = design_matrix(result.form, _dummy_terms())
+    out = np.zeros((params.shape[0], len(all_cols)))
+    for j, c in enumerate(result.columns):
+        out[:, all_cols.index(c)] = params[:, j]
+    return out
+
+
+def _dummy_terms() -> pd.DataFrame:
+    return terms_frame([1.0], [1.0], [1.0], ["full"], [1.0])
+
+
+def _z() -> float:
+    return float(stats.norm.ppf(0.5 + CI_LEVEL / 2))
+
+
+def _rate_from_inverse(beta: float, se: float, scale: float) -> tuple[float, float, float]:
+    """A rate r = scale/β with the interval from β's (monotone inversion); inf when β's
+    interval reaches 0 (the data cannot bound the rate from above)."""
+    z = _z()
+    lo_b, hi_b = beta - z * se, beta + z * se
+    est = scale / beta if beta > 0 else np.inf
+    lo = scale / hi_b if hi_b > 0 else np.inf
+    hi = scale / lo_b if lo_b > 0 else np.inf
+    return est, lo, hi
+
+
+def _factors(form: str, cols: list[str], params: np.ndarray, cov: np.ndarray) -> tuple[Factor, ...]:
+    z = _z()
+    se = np.sqrt(np.clip(np.diag(cov), 0, None))
+    idx = {c: j for j, c in enumerate(cols)}
+    out: list[Factor] = []
+    if form == "gamma_log_offset":
+        j = idx["Intercept"]
+        out.append(Factor("time / roofline (all methods)", *np.exp(
+            [params[j], params[j] - z * se[j], params[j] + z * se[j]]), "x",
+            "measured time over the device profile's roofline"))
+        for m in ("lora", "lora_merged"):
+            if m in idx:
+                j = idx[m]
+                out.append(Factor(f"LoRA multiplier ({m})", *np.exp(
+                    [params[j], params[j] - z * se[j], params[j] + z * se[j]]), "x",
+                    f"{m} time over full's at equal roofline time"))
+        return tuple(out)
+    # ms per GFLOP -> FLOP/s: 1e9 FLOP / (beta * 1e-3 s); a dropped term is unbounded.
+    for col, name, unit, note in (("gflops", "effective FLOP/s", "FLOP/s", "dense compute rate"),
+                                  ("gbytes", "effective bytes/s", "bytes/s", "memory traffic rate")):
+        if col in idx:
+            f, lo, hi = _rate_from_inverse(params[idx[col]], se[idx[col]], 1e12)
+            out.append(Factor(name, f, lo, hi, unit, note))
+        else:
+            out.append(Factor(name, np.inf, np.inf, np.inf, unit, "term dropped: fitted negative"))
+    for col, name, note in (("kernels", "time per kernel", "per launched op"),
+                            ("Intercept", "dispatch per call", "fixed cost of one call")):
+        if col in idx:
+            j = idx[col]
+            out.append(Factor(name, params[j] * 1e3, (params[j] - z * se[j]) * 1e3,
+                              (params[j] + z * se[j]) * 1e3, "us", note))
+        else:
+            out.append(Factor(name, 0.0, 0.0, 0.0, "us", "term dropped: fitted negative"))
+    if "gflops" not in idx:
+        return tuple(out)
+    jf = idx["gflops"]
+    for m in ("lora", "lora_merged"):
+        name = f"gflops:{m}"
+        if name not in idx:
+            continue
+        jm = idx[name]
+        # lambda = (b_f + b_m) / b_f = 1 + b_m / b_f; delta method for the ratio.
+        ratio = params[jm] / params[jf]
+        grad = np.zeros(len(params))
+        grad[jm] = 1.0 / params[jf]
+        grad[jf] = -params[jm] / params[jf] ** 2
+        se_r = float(np.sqrt(max(grad @ cov @ grad, 0.0)))
+        out.append(Factor(f"LoRA multiplier ({m})", 1 + ratio, 1 + ratio - z * se_r,
+                          1 + ratio + z * se_r, "x",
+                          f"time per FLOP under {m} over full's (delta method)"))
+    return tuple(out)

@@ -1,0 +1,100 @@
+"""Compute everything the report shows, once, from a loaded dataset: `run(...) -> Analysis`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from analysis import costs, data, factors, solve
+from analysis import fit as fitmod
+from analysis import validate as valmod
+from analysis.prepare import terms_for
+from costmodel.hardware import HardwareProfile
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """All computed results; `analysis.report` and `analysis.plots` only render these."""
+
+    dataset: data.Dataset
+    slice: data.Slice
+    rows: pd.DataFrame  # the fitted rows: terms, ids, measured time
+    profile: HardwareProfile | None
+    profile_note: str
+    validation: valmod.Validation
+    fit: fitmod.FitResult
+    boot: solve.Bootstrap
+    crossover: solve.CrossoverTable
+    curves: solve.Curves
+    extrapolation: solve.Extrapolation
+    factor_analysis: factors.FactorAnalysis
+    blog_summary: pd.DataFrame
+    op_breakdown: pd.DataFrame
+    fitted: np.ndarray  # in-sample fitted time (s) of each row of `rows`
+    extras: dict = field(default_factory=dict)  # e.g. issue 5's model-preset tables
+
+
+def run(dataset: data.Dataset, profile: HardwareProfile | None, profile_note: str,
+        widths: tuple[int, ...] = solve.GPT_WIDTHS, n_boot: int = solve.N_BOOT,
+        seed: int = 0) -> Analysis:
+    sl = data.select(dataset, fitmod.MIN_CONFIGS)
+    rows = terms_for(sl.frame, profile, measured=True)
+    forms = tuple(f for f in fitmod.FORMS if f != "gamma_log_offset" or profile is not None)
+    validation = valmod.validate(rows, forms)
+    result = fitmod.fit(validation.chosen, rows, rows["config_id"].to_numpy())
+    boot = solve.bootstrap(result, rows, n_boot=n_boot, seed=seed)
+    xo = solve.crossover_table(result, boot, rows, profile)
+    curves = solve.curves(result, boot, rows, profile)
+    extra = solve.extrapolate(result, boot, rows, widths, profile, sl.device)
+    fa = factors.analyse(rows)
+    summary = factors.blog_summary(dataset.frame)
+    fitted = result.predict_ms(rows, solve.full_params(result)) / 1e3
+    ops = op_breakdown(result, rows, profile)
+    return Analysis(dataset, sl, rows, profile, profile_note, validation, result, boot, xo,
+                    curves, extra, fa, summary, ops, fitted)
+
+
+def op_breakdown(result: fitmod.FitResult, rows: pd.DataFrame,
+                 profile: HardwareProfile | None) -> pd.DataFrame:
+    """Fitted time per op of the cost model, for the largest measured config, per method.
+
+    Each op is priced by the fitted factors as if it were a call of its own, without the
+    per-call dispatch, which is reported as its own row.
+    """
+    big = rows.sort_values(["embed", "hidden", "batch", "rank"],
+                           ascending=[False, False, False, True])
+    key = big.iloc[0]
+    same = np.ones(len(rows), dtype=bool)
+    for c in list(data.CONTEXT_COLUMNS) + ["batch", "embed", "hidden", "rank"]:
+        same &= (rows[c] == key[c]).to_numpy()
+    params = solve.full_params(result)
+    _, _, cols = fitmod.design_matrix(result.form, rows.iloc[:1])
+    out = []
+    for _, row in rows[same].iterrows():
+        ops = costs.op_table(row)
+        if ops.empty:
+            continue
+        roof = None
+        if profile is not None:
+            peak = profile.peak(str(row["dtype"]))
+            roof = (np.maximum(ops["flops"] / peak, ops["bytes_moved"] / profile.mem_bandwidth_bytes_per_s)
+                    + ops["kernels"] * profile.kernel_overhead_s).to_numpy()
+        terms = fitmod.terms_frame(ops["flops"], ops["bytes_moved"], ops["kernels"],
+                                   [row["method"]] * len(ops), roof)
+        p = params.copy()
+        if result.form != "gamma_log_offset":
+            p[cols.index("Intercept")] = 0.0
+        t = fitmod.predict_ms(result.form, terms, p) / 1e3
+        part = ops.assign(method=row["method"], time_s=t)
+        if result.form != "gamma_log_offset":
+            part = pd.concat([part, pd.DataFrame([{
+                "op": "dispatch (per call)", "phase": "call", "kind": "overhead", "flops": 0.0,
+                "bytes_moved": 0.0, "kernels": 0.0, "method": row["method"],
+                "time_s": params[cols.index("Intercept")] / 1e3}])], ignore_index=True)
+        out.append(part)
+    table = pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+    for c in ("batch", "embed", "hidden", "rank"):
+        table[c] = int(key[c])
+    return table

@@ -1,0 +1,329 @@
+"""Render an `Analysis`: the short stdout report, report.md, the CSV tables and the JSON.
+
+Nothing here fits or solves; every number comes from the `Analysis` it is given.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from analysis.pipeline import Analysis
+
+VALIDATION_COLUMNS = ["model", "kind", "scheme", "quantity", "n", "median_ape_pct", "p90_ape_pct"]
+
+
+# ------------------------------------------------------------------------ number formatting
+
+
+def fmt_width(d: float) -> str:
+    if d is None or (isinstance(d, float) and math.isnan(d)):
+        return "-"
+    if math.isinf(d):
+        return "none in range"
+    return f"{d:,.0f}"
+
+
+def fmt_rate(x: float) -> str:
+    if not math.isfinite(x):
+        return "unbounded"
+    for scale, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g} {unit}"
+    return f"{x:.3g} "
+
+
+def fmt_time(t: float) -> str:
+    if not math.isfinite(t):
+        return "-"
+    if abs(t) >= 1:
+        return f"{t:.3g} s"
+    if abs(t) >= 1e-3:
+        return f"{t * 1e3:.3g} ms"
+    return f"{t * 1e6:.3g} us"
+
+
+def fmt_factor(f) -> str:
+    if f.unit in ("FLOP/s", "bytes/s"):
+        return f"{fmt_rate(f.estimate)}{f.unit} [{fmt_rate(f.ci_low)}, {fmt_rate(f.ci_high)}]"
+    if f.unit == "us":
+        return f"{f.estimate:.3g} us [{f.ci_low:.3g}, {f.ci_high:.3g}]"
+    return f"{f.estimate:.3g}x [{f.ci_low:.3g}, {f.ci_high:.3g}]"
+
+
+def text_table(df: pd.DataFrame, floatfmt: str = "{:.3g}") -> str:
+    """A plain fixed-width table (no third-party formatter)."""
+    cells = [[str(c) for c in df.columns]]
+    for _, r in df.iterrows():
+        cells.append([floatfmt.format(v) if isinstance(v, (float, np.floating)) else str(v)
+                      for v in r])
+    widths = [max(len(row[j]) for row in cells) for j in range(len(cells[0]))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def md_table(df: pd.DataFrame, floatfmt: str = "{:.3g}") -> str:
+    head = "| " + " | ".join(str(c) for c in df.columns) + " |"
+    sep = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = []
+    for _, r in df.iterrows():
+        body.append("| " + " | ".join(
+            floatfmt.format(v) if isinstance(v, (float, np.floating)) else str(v) for v in r) + " |")
+    return "\n".join([head, sep, *body])
+
+
+# ------------------------------------------------------------------------ tables
+
+
+def factors_table(a: Analysis) -> pd.DataFrame:
+    return pd.DataFrame([{"name": f.name, "estimate": f.estimate, "ci_low": f.ci_low,
+                          "ci_high": f.ci_high, "unit": f.unit, "note": f.note}
+                         for f in a.fit.factors])
+
+
+def crossover_display(a: Analysis) -> pd.DataFrame:
+    t = a.crossover.table
+    if t.empty:
+        return pd.DataFrame()
+    return pd.DataFrame({
+        "layer": t["layer"], "batch": t["batch"], "rank": t["rank"], "method": t["method"],
+        "d*": [fmt_width(x) for x in t["d_star"]],
+        "LoRA faster": t["lora_faster"],
+        "95% CI": [f"[{fmt_width(lo)}, {fmt_width(hi)}]" for lo, hi in zip(t["ci_low"], t["ci_high"])],
+        "measured d*": [fmt_width(x) if math.isfinite(x) else "-" for x in t["measured_d_star"]],
+        "full/LoRA as d->inf": [f"{x:.3g}x" for x in t["asymptotic_speedup"]],
+        "note": ["; ".join(x for x in (n, m) if x) for n, m in zip(t["note"], t["measured_note"])],
+    })
+
+
+def validation_display(a: Analysis) -> pd.DataFrame:
+    """Wide: one row per model and scheme; per quantity 'median / p90' APE in %."""
+    t = a.validation.table
+    t = t.assign(cell=[f"{m:.1f} / {p:.1f}" for m, p in zip(t["median_ape_pct"], t["p90_ape_pct"])])
+    wide = t.pivot_table(index=["model", "scheme"], columns="quantity", values="cell",
+                         aggfunc="first").reset_index()
+    order = {m: i for i, m in enumerate(pd.unique(t["model"]))}
+    wide = wide.sort_values(["scheme", "model"], key=lambda s: s.map(order) if s.name == "model" else s)
+    wide["model"] = [m + (" (chosen)" if m == a.validation.chosen else "") for m in wide["model"]]
+    return wide.fillna("-").reset_index(drop=True)
+
+
+def extrapolation_reference(a: Analysis) -> tuple[int, int]:
+    """The (batch, rank) the short report shows: the largest batch, the smallest rank."""
+    t = a.extrapolation.table
+    b = int(t["batch"].max())
+    r = int(t.loc[t["batch"] == b, "rank"].min())
+    return b, r
+
+
+def extrapolation_display(a: Analysis) -> pd.DataFrame:
+    t = a.extrapolation.table
+    b, r = extrapolation_reference(a)
+    t = t[(t["batch"] == b) & (t["rank"] == r)]
+    rows = []
+    for w, g in t.groupby("width"):
+        row = {"width": int(w)}
+        for _, x in g.iterrows():
+            row[x["method"]] = f"{fmt_time(x['time_s'])} [{fmt_time(x['pi_low_s'])}, {fmt_time(x['pi_high_s'])}]"
+            if x["method"] != "full":
+                row[f"full/{x['method']}"] = (f"{x['speedup_vs_full']:.2f} "
+                                              f"[{x['speedup_ci_low']:.2f}, {x['speedup_ci_high']:.2f}]")
+        row["note"] = "extrapolation" if bool(g["extrapolated"].iloc[0]) else "within measured widths"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def validation_verdict(a: Analysis) -> str:
+    t = a.validation.table
+    per_time = t[~t["quantity"].str.startswith("ratio") & (t["scheme"] == "out_of_scale")]
+    med = per_time.groupby("model")["median_ape_pct"].median()
+    chosen = a.validation.chosen
+    parts = [f"median out-of-scale error of the chosen form {med[chosen]:.1f}% "
+             f"({'meets' if med[chosen] <= 10 else 'misses'} the 10% target)"]
+    for b in ("flops_proportional", "roofline_unfitted"):
+        if b in med:
+            parts.append(f"{b} {med[b]:.1f}%")
+    beats = all(med[chosen] < med[b] for b in ("flops_proportional", "roofline_unfitted") if b in med)
+    parts.append("lower than every baseline" if beats else "NOT lower than every baseline")
+    return "; ".join(parts)
+
+
+# ------------------------------------------------------------------------ stdout / markdown
+
+
+def header(a: Analysis) -> str:
+    s = a.slice
+    lines = [
+        f"lora-crossover analysis of {a.dataset.source} ({a.dataset.kind})",
+        f"device {s.device}; variant {s.variant}, timing {s.timing_mode}; "
+        f"{s.n_configs} configs, {len(a.rows)} rows; profile: {a.profile_note}",
+        f"model form: {a.fit.form} -- {a.validation.reason}",
+    ]
+    for d in s.dropped:
+        lines.append(f"left out: {d}")
+    return "\n".join(lines)
+
+
+def stdout_report(a: Analysis, files: Sequence[str], out: str) -> str:
+    b, r = extrapolation_reference(a)
+    parts = [
+        header(a), "",
+        "Crossover along e = h = d (d*: fitted; CI: case bootstrap, "
+        f"{a.boot.params.shape[0]} refits):",
+        text_table(crossover_display(a)), "",
+        f"Fitted factors (95% CI, SE {a.fit.cov_type}):",
+        *[f"  {f.name:32s} {fmt_factor(f)}" for f in a.fit.factors], "",
+        "Validation, absolute % error of predicted time, median / p90:",
+        text_table(validation_display(a)),
+        "  " + validation_verdict(a), "",
+        f"Extrapolation at e = h = width, batch {b}, rank {r}, on {a.extrapolation.device} "
+        f"(95% PI; beyond width {a.extrapolation.max_measured_width:g} = extrapolation):",
+        text_table(extrapolation_display(a)), "",
+    ]
+    for name, tbl in a.extras.items():
+        if isinstance(tbl, pd.DataFrame) and not tbl.empty and name == "model_speedups":
+            parts += ["Whole-model step, predicted (issue 5 presets):", text_table(tbl), ""]
+    parts.append(f"wrote {len(files)} files to {out}")
+    return "\n".join(parts)
+
+
+def markdown_report(a: Analysis, figures: Sequence[str]) -> str:
+    b, r = extrapolation_reference(a)
+    parts = [
+        "# LoRA vs full fine-tuning: crossover analysis", "",
+        "```", header(a), "```", "",
+        "## Crossover", "",
+        f"Along e = h = d. d* from the fitted model; 95% CI from a case bootstrap over configs "
+        f"({a.boot.params.shape[0]} refits, {a.boot.n_failed} failed); measured d* where the "
+        "measured ratio changes sign; the last column is the fitted full/LoRA time ratio as "
+        "d grows without bound.", "",
+        md_table(crossover_display(a)), "",
+        "## Fitted factors", "",
+        f"Form `{a.fit.form}`, standard errors {a.fit.cov_type}.", "",
+        md_table(factors_table(a)), "",
+        "## Validation", "",
+        "Absolute percentage error of predicted time (median / p90), per method, and of the "
+        "LoRA/full time ratio per config.", "",
+        md_table(validation_display(a)), "",
+        validation_verdict(a), "",
+        "## Extrapolation", "",
+        f"Batch {b}, rank {r}, device {a.extrapolation.device}; 95% prediction intervals; "
+        f"every width above {a.extrapolation.max_measured_width:g} is an extrapolation "
+        "beyond the data. All (batch, rank) pairs are in extrapolation.csv.", "",
+        md_table(extrapolation_display(a)), "",
+        "## Factor analysis (the blog's question)", "",
+        "Share of variance of log(t_lora / t_full) per factor (type-II ANOVA):", "",
+        md_table(a.factor_analysis.anova) if not a.factor_analysis.anova.empty else "(too few configs)",
+        "", "LoRA vs full over every slice of the dataset:", "",
+        md_table(a.blog_summary) if not a.blog_summary.empty else "(no pairs)", "",
+    ]
+    for name, tbl in a.extras.items():
+        if isinstance(tbl, pd.DataFrame) and not tbl.empty:
+            parts += [f"## {name.replace('_', ' ')}", "", md_table(tbl), ""]
+    if figures:
+        parts += ["## Figures", ""]
+        parts += [f"![{os.path.splitext(f)[0]}]({f})" for f in figures]
+    return "\n".join(parts) + "\n"
+
+
+# ------------------------------------------------------------------------ JSON
+
+
+def _clean(x):
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+def to_json(a: Analysis) -> dict:
+    """The --json object: crossover, factors, validation, extrapolation (+ context).
+    Non-finite numbers (an unbounded interval end, no crossover) become null."""
+    xo = a.crossover.table
+    ex = a.extrapolation.table
+    return _clean({
+        "source": a.dataset.source,
+        "device": a.slice.device,
+        "variant": a.slice.variant,
+        "timing_mode": a.slice.timing_mode,
+        "model_form": a.fit.form,
+        "model_form_reason": a.validation.reason,
+        "profile": a.profile_note,
+        "crossover": [
+            {"layer": r["layer"], "batch": r["batch"], "rank": r["rank"], "method": r["method"],
+             "d_star": r["d_star"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+             "lora_faster": r["lora_faster"],
+             "measured_d_star": r["measured_d_star"],
+             "asymptotic_speedup": r["asymptotic_speedup"], "note": r["note"]}
+            for _, r in xo.iterrows()],
+        "factors": [{"name": f.name, "estimate": f.estimate, "ci_low": f.ci_low,
+                     "ci_high": f.ci_high, "unit": f.unit} for f in a.fit.factors],
+        "validation": a.validation.table[VALIDATION_COLUMNS].to_dict(orient="records"),
+        "extrapolation": [
+            {"width": r["width"], "method": r["method"], "time_s": r["time_s"],
+             "pi_low": r["pi_low_s"], "pi_high": r["pi_high_s"], "batch": r["batch"],
+             "rank": r["rank"], "speedup_vs_full": r["speedup_vs_full"],
+             "extrapolated": r["extrapolated"]}
+            for _, r in ex.iterrows()],
+        **{k: v.to_dict(orient="records") for k, v in a.extras.items()
+           if isinstance(v, pd.DataFrame)},
+    })
+
+
+# ------------------------------------------------------------------------ files
+
+
+def write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def tables(a: Analysis) -> dict[str, pd.DataFrame]:
+    """File name -> table, one CSV per table."""
+    out = {
+        "validation.csv": a.validation.table[VALIDATION_COLUMNS],
+        "factors.csv": factors_table(a),
+        "crossover.csv": a.crossover.table,
+        "extrapolation.csv": a.extrapolation.table,
+        "anova.csv": a.factor_analysis.anova,
+        "factor_pair_medians.csv": a.factor_analysis.pair_medians,
+        "lora_vs_full_by_slice.csv": a.blog_summary,
+        "op_breakdown.csv": a.op_breakdown,
+        "fitted_curves.csv": a.curves.table,
+    }
+    for name, tbl in a.extras.items():
+        if isinstance(tbl, pd.DataFrame):
+            out[f"{name}.csv"] = tbl
+    return out
+
+
+def write_files(a: Analysis, out: str, figures: Sequence[str]) -> list[str]:
+    """Write report.md, fit_summary.txt and the CSVs into `out`; return the names written."""
+    written = []
+    for name, tbl in tables(a).items():
+        write_atomic(os.path.join(out, name), tbl.to_csv(index=False))
+        written.append(name)
+    write_atomic(os.path.join(out, "fit_summary.txt"),
+                 f"model form: {a.fit.form} ({a.validation.reason})\n"
+                 f"standard errors: {a.fit.cov_type}\n"
+                 f"units: time_ms ~ GFLOP (gflops), GB (gbytes), kernels\n\n"
+                 + a.fit.summary_text + "\n")
+    written.append("fit_summary.txt")
+    write_atomic(os.path.join(out, "report.md"), markdown_report(a, figures))
+    written.append("report.md")
+    return written + list(figures)

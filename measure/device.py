@@ -1,0 +1,237 @@
+"""Measure this device's achieved rates into a `costmodel.hardware.HardwareProfile` file.
+
+    python -m measure.device --out profile.json
+
+What it measures (each the best of a few blocked calls of an AOT-compiled kernel, since a
+rate's best case is the one the hardware can reach; cf. the roofline's peak terms):
+
+- ``peak_flops_per_s[dtype]``: an n x n by n x n matmul (2·n³ FLOPs), n doubled from 256
+  until one call takes ``--target-call-s`` or n reaches ``--max-n``; the best rate of any n;
+- ``mem_bandwidth_bytes_per_s``: y = x/2 + 1 in place (donated input) over ``--copy-mib``
+  MiB of float32 (read once, write once: 2 x the array's bytes moved);
+- ``kernel_overhead_s``: a chain of L tiny (8 x 8) matmuls, each its own kernel (XLA does not
+  fuse dots into each other), timed at L = 1 and L = 65: the slope per added kernel;
+- ``extra["dispatch_overhead_s"]``: a blocked call of a one-element add, end to end: what
+  Python + JAX dispatch + one launch + the sync cost per call;
+- ``extra["async_dispatch_s"]``: the same call issued back to back without blocking, per call.
+
+On a 2-core CPU the defaults take a few seconds. On a GPU use larger ``--max-n`` and
+``--copy-mib`` (say 16384 and 2048) to saturate it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from measure.cli import OneLineParser, UserError, choice_list, one_line, positive_float, positive_int
+
+DTYPES = ("float32", "bfloat16")
+
+
+def _best_time(call: Callable, args: tuple, repeats: int, k: int = 1) -> float:
+    """Fastest of `repeats` blocked runs of `k` back-to-back calls, per call (seconds)."""
+    import jax
+
+    jax.block_until_ready(call(*args))  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        outs = [call(*args) for _ in range(k)]
+        jax.block_until_ready(outs)
+        best = min(best, (time.perf_counter() - t0) / k)
+    return best
+
+
+def _compiled(fn: Callable, *args):
+    import jax
+
+    placed = tuple(jax.block_until_ready(jax.device_put(a)) for a in args)
+    return jax.jit(fn).lower(*placed).compile(), placed
+
+
+def matmul_flops_per_s(dtype: str, *, max_n: int, target_call_s: float, repeats: int) -> tuple[float, int]:
+    """Best achieved FLOP/s of a square matmul at `dtype`, and the n that reached it."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    best_rate, best_n, n = 0.0, 0, min(256, max_n)
+    while n <= max_n:
+        a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype=dtype)
+        call, args = _compiled(lambda x, y: x @ y, a, a)
+        t = _best_time(call, args, repeats)
+        rate = 2.0 * n**3 / t  # 2: one multiply and one add per term
+        if rate > best_rate:
+            best_rate, best_n = rate, n
+        if t >= target_call_s:
+            break
+        n *= 2
+    return best_rate, best_n
+
+
+def copy_bandwidth(copy_mib: float, repeats: int) -> tuple[float, float]:
+    """Bytes/s of y = x/2 + 1 on a float32 array of `copy_mib` MiB, and bytes moved per call.
+
+    The input is donated and each output fed back as the next input, so the kernel writes in
+    place: a fresh output buffer per call would time the OS's page faults, not the memory.
+    (x/2 + 1 converges to 2: no overflow, no denormals.)
+    """
+    import jax
+    import jax.numpy as jnp
+
+    n = max(1, int(copy_mib * 2**20) // 4)
+    x = jax.block_until_ready(jax.device_put(jnp.ones((n,), jnp.float32)))
+    call = jax.jit(lambda v: v * 0.5 + 1.0, donate_argnums=0).lower(x).compile()
+    bytes_moved = 2.0 * n * 4  # read x once, write y once
+    x = jax.block_until_ready(call(x))  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        x = jax.block_until_ready(call(x))
+        best = min(best, time.perf_counter() - t0)
+    return bytes_moved / best, bytes_moved
+
+
+def kernel_overhead(repeats: int, long_chain: int = 65) -> float:
+    """Seconds per extra kernel in a chain of dependent tiny matmuls (slope, L=1 -> L=long)."""
+    import jax.numpy as jnp
+
+    def chain(length: int):
+        def f(x, w):
+            for _ in range(length):
+                x = x @ w  # a dot is never fused into another dot: one kernel each
+            return x
+
+        return f
+
+    x = jnp.ones((8, 8), jnp.float32)
+    w = jnp.eye(8, dtype=jnp.float32)
+    times = {}
+    for length in (1, long_chain):
+        call, args = _compiled(chain(length), x, w)
+        times[length] = _best_time(call, args, repeats, k=20)
+    return max(0.0, (times[long_chain] - times[1]) / (long_chain - 1))
+
+
+def dispatch_overheads(repeats: int) -> tuple[float, float]:
+    """(blocked seconds per call, unblocked back-to-back seconds per call) of a tiny add."""
+    import jax.numpy as jnp
+
+    call, args = _compiled(lambda x: x + 1.0, jnp.ones((1,), jnp.float32))
+    blocked = float("inf")
+    import jax
+
+    jax.block_until_ready(call(*args))
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(50):
+            jax.block_until_ready(call(*args))
+        blocked = min(blocked, (time.perf_counter() - t0) / 50)
+    return blocked, _best_time(call, args, repeats, k=200)
+
+
+def measure(
+    *, dtypes: Sequence[str] = DTYPES, max_n: int = 2048, target_call_s: float = 0.05,
+    copy_mib: float = 256.0, repeats: int = 5,
+):
+    """Run every measurement and return a `HardwareProfile` (imports JAX)."""
+    import jax
+
+    from costmodel.hardware import HardwareProfile
+
+    t0 = time.perf_counter()
+    peaks, extra = {}, {}
+    for dtype in dtypes:
+        rate, n = matmul_flops_per_s(dtype, max_n=max_n, target_call_s=target_call_s, repeats=repeats)
+        peaks[dtype] = rate
+        extra[f"matmul_n_{dtype}"] = float(n)
+    extra["matmul_wall_s"] = time.perf_counter() - t0
+    bandwidth, copy_bytes = copy_bandwidth(copy_mib, repeats)
+    per_kernel = kernel_overhead(repeats)
+    blocked, unblocked = dispatch_overheads(repeats)
+    extra.update(
+        copy_bytes=copy_bytes, dispatch_overhead_s=blocked, async_dispatch_s=unblocked,
+        device_count=float(len(jax.devices())), measure_wall_s=time.perf_counter() - t0,
+    )
+    device = jax.devices()[0]
+    kind = device.device_kind
+    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return HardwareProfile(
+        name=f"measured {jax.default_backend()} {kind}",
+        peak_flops_per_s=peaks,
+        mem_bandwidth_bytes_per_s=bandwidth,
+        kernel_overhead_s=per_kernel,
+        source=(
+            f"measured by measure.device on {when} ({kind}, jax {jax.__version__}); "
+            f"achieved rates, not datasheet peaks"
+        ),
+        measured=True,
+        extra=extra,
+    )
+
+
+def _check_out(path: Path) -> None:
+    """Refuse an --out that exists but is not a hardware profile, or cannot be written."""
+    from costmodel.hardware import HardwareProfile
+
+    if path.is_dir():
+        raise UserError(f"--out {path} is a directory; give a file name such as profile.json")
+    if path.exists():
+        try:
+            HardwareProfile.from_json(path)
+        except ValueError as exc:
+            raise UserError(f"--out {path} holds something else ({one_line(exc)}); not overwriting it")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"--out {path}: folder {parent} does not exist")
+    import os
+
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"--out {path} is not writable")
+
+
+def build_parser() -> OneLineParser:
+    p = OneLineParser(prog="python -m measure.device", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="profile JSON to write (loads as HardwareProfile)")
+    p.add_argument("--dtypes", type=choice_list(DTYPES, "dtype"), default=DTYPES)
+    p.add_argument("--max-n", type=positive_int, default=2048, help="largest matmul side tried")
+    p.add_argument("--target-call-s", type=positive_float, default=0.05,
+                   help="stop growing the matmul once one call takes this long")
+    p.add_argument("--copy-mib", type=positive_float, default=256.0,
+                   help="size of the bandwidth copy in MiB")
+    p.add_argument("--repeats", type=positive_int, default=5)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        out = Path(args.out)
+        _check_out(out)
+        profile = measure(
+            dtypes=args.dtypes, max_n=args.max_n, target_call_s=args.target_call_s,
+            copy_mib=args.copy_mib, repeats=args.repeats,
+        )
+        try:
+            profile.to_json(out)
+        except OSError as exc:
+            raise UserError(f"cannot write --out {out}: {one_line(exc)}") from None
+    except UserError as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    peaks = ", ".join(f"{d} {r / 1e9:.1f} GFLOP/s" for d, r in profile.peak_flops_per_s.items())
+    print(
+        f"{profile.name}: {peaks}; bandwidth {profile.mem_bandwidth_bytes_per_s / 1e9:.1f} GB/s; "
+        f"kernel overhead {profile.kernel_overhead_s * 1e6:.2f} µs; dispatch "
+        f"{profile.extra['dispatch_overhead_s'] * 1e6:.1f} µs/call blocked, "
+        f"{profile.extra['async_dispatch_s'] * 1e6:.1f} µs/call async -> {out}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

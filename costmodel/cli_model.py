@@ -7,7 +7,8 @@
         --seq 4096 --mlp swiglu --hardware a100-80gb
 
 Defaults: --hardware a100-80gb, --method full,lora, --rank 4, --targets q,v (Hu et al. 2021,
-sec. 7.1), --batch 1, --seq the model's context, --precision bf16-mixed, --optimizer adamw,
+sec. 7.1), --batch 1, --seq the model's context capped at 4096 (Llama 3.2's 131072 would
+materialise 131072² attention scores per head), --precision bf16-mixed, --optimizer adamw,
 gradient clipping on, no activation recomputation, no LoRA dropout, no frozen prefix.
 
 Per method it reports the step time (roofline + overhead; with "unfitted" default
@@ -34,6 +35,8 @@ from costmodel.presets_models import MLP_KINDS, MODELS, NORM_KINDS, ModelShape, 
 
 PROG = "python -m costmodel"
 DEFAULT_HARDWARE = "a100-80gb"
+#: --seq defaults to the model's context, capped here.
+DEFAULT_MAX_SEQ = 4096
 #: A custom shape without --model: GPT-2 style (gelu), or LLaMA style with --mlp swiglu.
 _CUSTOM_STYLE = {
     "gelu": dict(norm="layernorm", bias=True, tied_embeddings=True, positional="learned"),
@@ -58,7 +61,8 @@ def _parser() -> OneLineArgumentParser:
                        help="custom shape: gelu (GPT-2 style, default) or swiglu (LLaMA style)")
     shape.add_argument("--norm", choices=NORM_KINDS, default=None)
     p.add_argument("--seq", type=positive_int, default=None,
-                   help="tokens per sequence (default: the model's context; 2048 for a custom shape)")
+                   help=f"tokens per sequence (default: the model's context, at most {DEFAULT_MAX_SEQ}; "
+                        "for a custom shape also its context, default 2048)")
     p.add_argument("--batch", type=positive_int, default=1, help="sequences per step (default 1)")
     p.add_argument("--hardware", default=DEFAULT_HARDWARE,
                    help=f"preset name or measured profile JSON (default {DEFAULT_HARDWARE})")
@@ -146,7 +150,7 @@ def evaluate(args) -> dict:
     """Compute everything the command prints (render apart)."""
     shape = model_from_args(args)
     profile = resolve_hardware(args.hardware)
-    seq = args.seq if args.seq is not None else shape.seq
+    seq = args.seq if args.seq is not None else min(shape.seq, DEFAULT_MAX_SEQ)
     out: dict = {
         "model": {"name": shape.name, "params": param_count(shape),
                   **{f: getattr(shape, f) for f in ("d_model", "layers", "heads", "kv_heads", "ffn", "vocab",

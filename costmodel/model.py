@@ -25,6 +25,8 @@ The step is built from the same cost graph as the single layers (`costmodel.grap
   or AdamW update, all per trainable parameter.
 
 Post-norm (BERT) blocks are costed as the pre-norm block: the same ops in another order.
+Attention materialises its (seq × seq) scores per head, as the measured kernels do (no
+FlashAttention-style fusion), so long contexts are costed as the unfused computation.
 Dropout inside the base model (attention/residual dropout) is not modelled; LoRA's own
 input dropout (`dropout=True`) is. GPT-3's locally banded sparse layers are costed as dense.
 """
@@ -94,6 +96,7 @@ PRECISIONS: Mapping[str, Precision] = MappingProxyType({
 
 
 def resolve_precision(name: str) -> Precision:
+    """The policy called `name`; ValueError (one line, listing the valid names) otherwise."""
     try:
         return PRECISIONS[name]
     except KeyError:
@@ -302,6 +305,7 @@ def step_cost(model: ModelShape, method: str, **options) -> StepCost:
 
 
 def build_step(spec: StepSpec) -> StepCost:
+    """The step's parts for `spec` (see the module docstring); two block graphs, whatever L."""
     m = spec.model
     k = spec.frozen_prefix
     n_middle = m.layers - k - 1

@@ -6,6 +6,8 @@ import dataclasses
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from costmodel.hardware import HardwareProfile
 from costmodel.layers import layer_cost
@@ -257,3 +259,26 @@ def test_every_preset_both_methods_100_settings_is_fast():
     n = bench.sweep("a100-80gb")
     assert n == len(MODELS) * 2 * 100
     assert time.perf_counter() - t0 < 5.0
+
+
+@settings(max_examples=30, deadline=None)
+@given(name=st.sampled_from(SMALL), method=st.sampled_from(["full", "lora", "lora_merged"]),
+       batch=st.integers(1, 64), seq=st.integers(8, 512), rank=st.integers(1, 64))
+def test_costs_grow_with_batch_and_seq(name, method, batch, seq, rank):
+    m = MODELS[name]
+    base = step_cost(m, method, batch=batch, seq=seq, rank=rank)
+    for bigger in (dict(batch=batch + 1, seq=seq), dict(batch=batch, seq=min(seq + 1, 512))):
+        c = step_cost(m, method, rank=rank, **bigger)
+        assert float(c.flops) >= float(base.flops)
+        assert float(memory_breakdown(c).total_bytes) >= float(memory_breakdown(base).total_bytes)
+        assert float(step_time(c, HARDWARE["t4"]).time_s) >= float(step_time(base, HARDWARE["t4"]).time_s)
+
+
+@settings(max_examples=30, deadline=None)
+@given(name=st.sampled_from(list(MODELS)), rank=st.integers(1, 256),
+       targets=st.sets(st.sampled_from(["q", "k", "v", "o", "mlp"]), min_size=1))
+def test_lora_trainable_params_linear_in_rank(name, rank, targets):
+    m = MODELS[name]
+    tgt = ",".join(sorted(targets))
+    one = int(step_cost(m, "lora", batch=1, seq=8, rank=1, targets=tgt).trainable_params)
+    assert int(step_cost(m, "lora", batch=1, seq=8, rank=rank, targets=tgt).trainable_params) == rank * one

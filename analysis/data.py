@@ -89,9 +89,14 @@ def load(path: str | os.PathLike) -> Dataset:
         raise UserError(f"data file {path_table!r} is empty")
     raw = _read_table(path_table)
     if raw is None or raw.empty:
-        raise UserError(f"data file {path_table!r} holds no rows")
+        raise UserError(f"data file {path_table!r} holds no rows: neither a lora-crossover "
+                        "dataset nor the blog's results file")
     if _is_blog(raw):
         return Dataset(from_blog(raw, path_table), path, "blog")
+    for name, dtype in schema.COLUMNS.items():
+        # An all-empty string column reads back as float NaN; give it object dtype first.
+        if dtype == "string" and name in raw and raw[name].dtype != object:
+            raw[name] = raw[name].astype(object)
     try:
         frame = schema.validate(raw)
     except schema.SchemaError as exc:

@@ -92,11 +92,11 @@ def anova(ratios: pd.DataFrame) -> pd.DataFrame:
         if not factors:
             continue
         formula = "log_ratio ~ " + " + ".join(f"C({f})" for f in factors)
-        with pinned_formula_engine():
+        with pinned_formula_engine():  # anova_lm reads the engine option too
             model = smf.ols(formula, data=g).fit()
-        if model.df_resid < 1:
-            continue
-        table = anova_lm(model, typ=2)
+            if model.df_resid < 1:
+                continue
+            table = anova_lm(model, typ=2)
         total = table["sum_sq"].sum()
         table = table.reset_index().rename(columns={"index": "term", "PR(>F)": "p_value"})
         table["term"] = table["term"].str.replace(r"^C\((.*)\)$", r"\1", regex=True)

@@ -131,9 +131,32 @@ def validate(rows: pd.DataFrame, forms: tuple[str, ...]) -> Validation:
         pred_os = _predict_model(model, rows[train_small], rows[~train_small])
         for r in _scores(pred_os, rows[~train_small]):
             records.append({"model": model, "kind": kind, "scheme": "out_of_scale", **r})
+    records += replicate_noise(rows)
     table = pd.DataFrame.from_records(records)
     chosen, reason = choose(table, models)
     return Validation(table, chosen, reason)
+
+
+def replicate_noise(rows: pd.DataFrame) -> list[dict]:
+    """The noise floor: full fine-tuning ignores the rank, so full rows of configs that differ
+    only in rank are replicates of one measurement. The APE of each against the others'
+    median is what no model can beat; it puts the models' errors in proportion."""
+    full = rows[rows["method"] == "full"]
+    keys = [c for c in rows.columns if c in ("layer", "variant", "timing_mode", "seq", "heads",
+                                             "input_requires_grad", "dtype", "batch", "embed",
+                                             "hidden")]
+    ape = []
+    for _, g in full.groupby(keys):
+        t = g["time_ms"].to_numpy()
+        if t.size < 2:
+            continue
+        for i in range(t.size):
+            ref = np.median(np.delete(t, i))
+            ape.append(abs(t[i] - ref) / ref * 100)
+    if not ape:
+        return []
+    r = _row("full", np.asarray(ape))
+    return [{"model": "replicates (noise floor)", "kind": "noise", "scheme": "replicates", **r}]
 
 
 def choose(table: pd.DataFrame, models: list[str]) -> tuple[str, str]:

@@ -1,0 +1,135 @@
+"""`python -m analysis.crossover`: exit codes, one-line errors, --out untouched on bad input,
+the --json keys, and a figure smoke test (all on the recorded fixture, no sweep)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pandas as pd
+import pytest
+
+from analysis import crossover
+from analysis.data import load
+
+
+def _snapshot(path):
+    return sorted((p, os.path.getmtime(os.path.join(path, p))) for p in os.listdir(path))
+
+
+@pytest.fixture()
+def out_dir(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    return out
+
+
+def _bad(capsys, out, argv):
+    before = _snapshot(out)
+    rc = crossover.main([*argv, "--out", str(out), "--no-plots"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    assert _snapshot(out) == before
+    return err
+
+
+def test_missing_file(capsys, out_dir, tmp_path):
+    err = _bad(capsys, out_dir, ["--data", str(tmp_path / "nope.csv")])
+    assert "does not exist" in err
+
+
+def test_empty_file(capsys, out_dir, tmp_path):
+    p = tmp_path / "empty.csv"
+    p.write_text("")
+    assert "is empty" in _bad(capsys, out_dir, ["--data", str(p)])
+
+
+def test_foreign_file(capsys, out_dir, tmp_path):
+    p = tmp_path / "foreign.csv"
+    p.write_text("name,score\nada,3\n")
+    assert "neither a lora-crossover dataset nor the blog's" in _bad(capsys, out_dir, ["--data", str(p)])
+
+
+def test_too_few_configs(capsys, out_dir, tmp_path, fixture_csv):
+    p = tmp_path / "small.csv"
+    f = pd.read_csv(fixture_csv)
+    f[f["embed"] <= 64].to_csv(p, index=False)
+    err = _bad(capsys, out_dir, ["--data", str(p)])
+    assert "too few configs" in err and "at least 8" in err
+
+
+def test_mixed_devices(capsys, out_dir, tmp_path, fixture_csv):
+    p = tmp_path / "mixed.csv"
+    f = pd.read_csv(fixture_csv)
+    f.loc[f.index[:6], "device_kind"] = "NVIDIA H100"
+    f.to_csv(p, index=False)
+    assert "mixes devices" in _bad(capsys, out_dir, ["--data", str(p)])
+
+
+@pytest.mark.parametrize("widths", ["0", "abc", "768,-1"])
+def test_unknown_width(capsys, out_dir, fixture_csv, widths):
+    assert "width" in _bad(capsys, out_dir, ["--data", fixture_csv, "--widths", widths])
+
+
+def test_unknown_grid(capsys, out_dir):
+    assert "unknown grid 'huge'" in _bad(capsys, out_dir, ["--grid", "huge"])
+
+
+def test_json_run_on_fixture(capsys, tmp_path, fixture_csv, fixture_profile):
+    out = tmp_path / "report"
+    rc = crossover.main(["--data", fixture_csv, "--profile", fixture_profile, "--out", str(out),
+                         "--no-plots", "--json", "--bootstrap", "50", "--widths", "768,4096"])
+    assert rc == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert {"crossover", "factors", "validation", "extrapolation"} <= set(obj)
+    assert {"batch", "rank", "d_star", "ci_low", "ci_high", "measured_d_star"} <= set(obj["crossover"][0])
+    assert {"name", "estimate", "ci_low", "ci_high", "unit"} <= set(obj["factors"][0])
+    assert {"width", "method", "time_s", "pi_low", "pi_high"} <= set(obj["extrapolation"][0])
+    assert {r["width"] for r in obj["extrapolation"]} == {768, 4096}
+    models = {r["model"] for r in obj["validation"]}
+    assert {"flops_proportional", "roofline_unfitted"} <= models
+    for name in ("report.md", "fit_summary.txt", "validation.csv", "crossover.csv",
+                 "extrapolation.csv", "factors.csv", "anova.csv"):
+        assert (out / name).stat().st_size > 0, name
+    v = pd.read_csv(out / "validation.csv")
+    assert {"model", "scheme", "quantity", "median_ape_pct", "p90_ape_pct"} <= set(v.columns)
+
+
+def test_blog_file_runs_end_to_end(capsys, tmp_path):
+    """A hand-made blog results file (unnamed header) through the whole job."""
+    import numpy as np
+
+    from synthetic import TRUE, true_time_s  # noqa: F401
+
+    recs = {"vanilla": {}, "lora": {}}
+    rng = np.random.default_rng(0)
+    for b in (2, 64, 256):
+        for e in (256, 512, 1024):
+            for r in (1, 3):
+                base = 1e-9 * b * e * e * 4 + 2e-4
+                recs["vanilla"][(b, e, e, r)] = base * rng.lognormal(0, 0.02)
+                recs["lora"][(b, e, e, r)] = 1.15 * base * rng.lognormal(0, 0.02)
+    path = tmp_path / "results.csv"
+    pd.DataFrame(recs).to_csv(path)
+    out = tmp_path / "blog"
+    rc = crossover.main(["--data", str(path), "--out", str(out), "--no-plots", "--bootstrap", "30"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "variant seed, timing as_written" in captured.out
+    assert "roofline baseline and log-link form skipped" in captured.out
+    assert load(path).kind == "blog"
+
+
+def test_figures_are_written(capsys, tmp_path, fixture_csv, fixture_profile):
+    out = tmp_path / "figs"
+    rc = crossover.main(["--data", fixture_csv, "--profile", fixture_profile, "--out", str(out),
+                         "--bootstrap", "30"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    for name in ("factor_pairs.png", "predicted_vs_measured.png", "residuals_by_factor.png",
+                 "time_vs_width.png", "extrapolation.png", "op_breakdown.png"):
+        assert (out / name).stat().st_size > 1000, name
+        assert name in (out / "report.md").read_text()
+    assert "Crossover" in text and "Validation" in text

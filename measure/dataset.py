@@ -247,10 +247,11 @@ class OutDir:
         _atomic_write_text(self.path / CSV_NAME, df.to_csv(index=False))
         return df
 
-    def finish(self, status: str) -> pd.DataFrame:
-        """Write the consolidated CSV and mark the session and folder `status`."""
+    def finish(self, status: str, reason: str = "") -> pd.DataFrame:
+        """Write the consolidated CSV and mark the session and folder `status` (and why)."""
         df = self.write_csv()
         self._session["status"] = status
+        self._session["stop_reason"] = reason
         self._session["ended_utc"] = utc_now()
         self.run["status"] = status
         self.run["updated_utc"] = self._session["ended_utc"]

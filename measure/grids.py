@@ -34,7 +34,7 @@ TIMING_MODES: tuple[str, ...] = ("aot", "as_written")
 GRIDS: tuple[str, ...] = ("quick", "seed", "square")
 
 #: Per-config timing budget (seconds of the timing loop) each named grid is tuned for.
-DEFAULT_BUDGET_S: dict[str, float] = {"quick": 0.3, "seed": 2.0, "square": 2.0, "custom": 2.0}
+DEFAULT_BUDGET_S: dict[str, float] = {"quick": 0.3, "seed": 1.5, "square": 2.0, "custom": 2.0}
 
 
 @dataclass(frozen=True)

@@ -209,6 +209,9 @@ def build_parser() -> OneLineParser:
     p.add_argument("--retry-errors", action="store_true",
                    help="rerun (config, method) pairs recorded with an error")
     p.add_argument("--limit", type=positive_int, help="measure at most this many configs now")
+    p.add_argument("--time-limit-s", type=non_negative_float,
+                   help="start no new config after this many seconds; the run is marked "
+                        "interrupted (exit 0) and the same command resumes it")
     return p
 
 
@@ -338,6 +341,12 @@ def _main(argv: list[str]) -> int:
     t_start = time.perf_counter()
     try:
         for i, (config, bases, methods) in enumerate(work, 1):
+            if args.time_limit_s is not None and time.perf_counter() - t_start >= args.time_limit_s:
+                bar.close()
+                out.finish("interrupted", reason=f"--time-limit-s {args.time_limit_s:g} reached")
+                _log(None, f"time limit reached after {time.perf_counter() - t_start:.1f} s: "
+                           f"{len(work) - i + 1} configs left; rerun the same command to resume")
+                return 0
             t0 = time.perf_counter()
             results = run_config(config, methods, policy, args.param_seed)
             by_method = {b["method"]: b for b in bases}
@@ -348,9 +357,9 @@ def _main(argv: list[str]) -> int:
                 ))
             _log(bar, _summary_line(i, len(work), config, results, time.perf_counter() - t0))
             bar.update(1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         bar.close()
-        out.finish("interrupted")
+        out.finish("interrupted", reason="SIGTERM" if isinstance(exc, _Terminate) else "SIGINT")
         _log(None, f"interrupted: {len(out.records)} records kept in {args.out}; "
                    "rerun the same command to resume")
         return EXIT_INTERRUPTED

@@ -117,6 +117,17 @@ def test_resume_skips_done_pairs_without_duplicates(tmp_path, capsys):
     assert run["seeds"]["order_seed"] == 0
 
 
+def test_time_limit_stops_cleanly_and_resumes(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert sweep.main([*TINY, "--embed", "8,12", "--time-limit-s", "0", "--out", str(out)]) == 0
+    assert "time limit reached" in capsys.readouterr().err
+    run = _run_json(out)
+    assert run["status"] == "interrupted" and "time-limit" in run["sessions"][-1]["stop_reason"]
+    assert not (out / "measurements.jsonl").exists()
+    assert sweep.main([*TINY, "--embed", "8,12", "--out", str(out)]) == 0
+    assert len(_keys(out)) == 4 and _run_json(out)["status"] == "complete"
+
+
 def test_clean_kernels_sweep(tmp_path):
     out = tmp_path / "out"
     argv = ["--layer", "linear", "--batch", "2", "--embed", "8", "--rank", "1,2",

@@ -95,14 +95,15 @@ def test_loop_interleaves_round_robin_blocks_and_batches_fast_kernels():
     assert s["A"].calls_per_repeat == s["C"].calls_per_repeat == 1
     assert s["A"].time_median_s == pytest.approx(2e-3)
     assert s["B"].time_median_s == pytest.approx(1e-4)
-    # after warm-up (1 call) and calibration (1 call) of each, rounds go A, B x10, C
-    timed = log[6:]
+    # after warm-up (1 call) and calibration (1 call; 3 for the sub-ms B), rounds go A, B x10, C
+    assert log[:8] == ["A", "A", "B", "B", "B", "B", "C", "C"]
+    timed = log[8:]
     one_round = ["A"] + ["B"] * 10 + ["C"]
     assert timed == one_round * 6
-    # every timed repeat is blocked on: 2 per kernel before the loop + 1 per repeat
-    assert len(blocked) == 6 + 18
+    # every timed repeat is blocked on: 2 per kernel before the loop (4 for B) + 1 per repeat
+    assert len(blocked) == 8 + 18
     assert gc.isenabled()
-    assert not any(gc_states[6:]) and all(gc_states[:6])
+    assert not any(gc_states[8:]) and all(gc_states[:8])
     assert report.calls == 6 * 12
 
 

@@ -169,9 +169,14 @@ def evaluate(args) -> dict:
                          optimizer=args.optimizer, recompute=args.recompute, clip_grad=not args.no_clip)
         t = step_time(cost, profile)
         out["methods"][method] = method_record(cost, t, memory_breakdown(cost), profile)
-        out["time_basis"] = {"label": t.efficiency.label, "flops_efficiency": t.efficiency.flops,
-                             "bandwidth_efficiency": t.efficiency.bandwidth,
-                             "overhead_scale": t.efficiency.overhead, "note": t.efficiency.note}
+        basis = {"label": t.basis, "note": t.note}
+        if t.efficiency is not None:
+            basis.update(flops_efficiency=t.efficiency.flops, bandwidth_efficiency=t.efficiency.bandwidth,
+                         overhead_scale=t.efficiency.overhead)
+        if t.fitted is not None:
+            basis.update({f.name: getattr(t.fitted, f.name) for f in dataclasses.fields(t.fitted)
+                          if f.name != "note"})
+        out["time_basis"] = basis
     notes = []
     compute = PRECISIONS[args.precision].compute_dtype
     if compute not in profile.peak_flops_per_s:

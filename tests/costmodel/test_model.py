@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from costmodel.hardware import HardwareProfile
 from costmodel.layers import layer_cost
 from costmodel.memory import memory_breakdown
-from costmodel.model import PARTS, UNFITTED, efficiency_for, step_cost, step_time
+from costmodel.model import PARTS, UNFITTED, FittedRates, efficiency_for, step_cost, step_time
 from costmodel.presets_hardware import HARDWARE
 from costmodel.presets_models import MODELS, param_count
 
@@ -209,7 +209,7 @@ def test_step_time_labels_and_tokens_per_s(tmp_path):
     lora = step_cost(m, "lora", batch=1, seq=2048, rank=4, precision="fp16-mixed")
     v100 = HARDWARE["v100"]
     tf, tl = step_time(full, v100), step_time(lora, v100)
-    assert tf.efficiency is UNFITTED and tf.efficiency.label == "unfitted"
+    assert tf.efficiency is UNFITTED and tf.basis == "unfitted"
     assert float(tf.tokens_per_s) == pytest.approx(2048 / float(tf.time_s))
     assert float(tf.time_s) / float(tl.time_s) > 1.2
     assert float(tf.lower_bound_s) <= float(tf.time_s) <= float(tf.upper_bound_s)
@@ -217,11 +217,28 @@ def test_step_time_labels_and_tokens_per_s(tmp_path):
 
     measured = HardwareProfile("mine", {"float16": 1e14}, 8e11, 4e-6, measured=True)
     assert efficiency_for(measured).label == "measured"
-    fitted = dataclasses.replace(measured, extra={"fit_flops_efficiency": 0.6, "fit_bandwidth_efficiency": 0.9,
-                                                  "fit_overhead_scale": 1.5})
-    eff = efficiency_for(fitted)
-    assert (eff.label, eff.flops, eff.bandwidth, eff.overhead) == ("fitted", 0.6, 0.9, 1.5)
-    assert float(step_time(lora, fitted).time_s) != float(step_time(lora, measured).time_s)
+    assert step_time(lora, measured).basis == "measured"
+
+
+def test_fitted_rates_use_the_additive_form_and_say_so(tmp_path):
+    m = MODELS["gpt2-small"]
+    lora = step_cost(m, "lora", batch=4, seq=256, rank=4, precision="fp32")
+    rates = {"fit_flops_per_s": 5e12, "fit_bytes_per_s": 4e11, "fit_kernel_overhead_s": 6e-6,
+             "fit_dispatch_s": 1e-4, "fit_lora_multiplier": 1.5}
+    profile = HardwareProfile("mine", {"float32": 1e13}, 8e11, 4e-6, measured=True, extra=rates)
+    path = tmp_path / "fitted.json"
+    profile.to_json(path)
+    t = step_time(lora, HardwareProfile.from_json(path))
+    assert t.basis == "fitted" and t.fitted == FittedRates.from_profile(profile)
+    total = lora.total
+    expected = (1e-4 + float(total.flops) * 1.5 / 5e12 + float(total.bytes_moved) / 4e11
+                + float(total.kernels) * 6e-6)
+    assert float(t.time_s) == pytest.approx(expected, rel=1e-12)
+    assert float(t.time_s) == pytest.approx(sum(float(v) for v in t.part_time_s.values()), rel=1e-12)
+    # an explicit efficiency overrides the profile's fitted rates
+    assert step_time(lora, profile, efficiency=UNFITTED).basis == "unfitted"
+    with pytest.raises(ValueError):
+        FittedRates(flops_per_s=0, bytes_per_s=1, kernel_overhead_s=0)
 
 
 @pytest.mark.parametrize("kwargs,needle", [

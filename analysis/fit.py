@@ -24,6 +24,9 @@ Candidate forms (`FORMS`), compared by `analysis.validate` and chosen by out-of-
 * ``gamma_log_offset`` Gamma GLM, log link, log(roofline time from the measured device profile)
                        as offset, plus an intercept and one multiplier per LoRA method:
                        the datasheet/measured roofline, rescaled. Needs a device profile.
+* ``gamma_log_roofline`` the same with log(roofline time) as a covariate instead of an offset:
+                       a free elasticity lets time grow faster than the roofline as working
+                       sets fall out of cache (CPU). Needs a device profile.
 
 Standard errors are clustered by config (the rows of one config share its conditions); with
 fewer than `MIN_CLUSTERS` configs, HC3. Units inside the design: milliseconds, GFLOP, GB, so
@@ -64,7 +67,12 @@ FORMS: dict[str, str] = {
     "wls_additive": "WLS (weights 1/t^2) on additive roofline terms",
     "gamma_identity": "Gamma GLM, identity link, additive roofline terms",
     "gamma_log_offset": "Gamma GLM, log link, offset log(roofline time)",
+    "gamma_log_roofline": "Gamma GLM, log link, log(roofline time) as covariate",
 }
+#: Forms with a log link whose terms are relative to the device profile's roofline.
+LOG_FORMS = ("gamma_log_offset", "gamma_log_roofline")
+#: The terms of the free-elasticity form.
+LOG_ROOF_FORMULA = "1 + log_roof + lora + lora_merged"
 ADDITIVE_FORMS = ("ols_additive", "wls_additive", "gamma_identity")
 #: Terms whose coefficient is a time per unit and so cannot be negative.
 PHYSICAL = ("Intercept", "gflops", "gbytes", "kernels")
@@ -94,6 +102,8 @@ def terms_frame(
         "lora_merged": (method == "lora_merged").astype(float),
         "roof_ms": (np.full(n, np.nan) if roofline_s is None
                     else np.asarray(roofline_s, dtype=float) * 1e3),
+        "log_roof": (np.full(n, np.nan) if roofline_s is None
+                     else np.log(np.asarray(roofline_s, dtype=float) * 1e3)),
         "time_ms": np.full(n, np.nan) if time_s is None else np.asarray(time_s, float) * 1e3,
     })
     return out
@@ -104,7 +114,8 @@ def design_matrix(form: str, terms: pd.DataFrame) -> tuple[np.ndarray, np.ndarra
 
     Missing values raise instead of silently dropping rows.
     """
-    formula = LOG_FORMULA if form == "gamma_log_offset" else ADDITIVE_FORMULA
+    formula = {"gamma_log_offset": LOG_FORMULA, "gamma_log_roofline": LOG_ROOF_FORMULA}.get(
+        form, ADDITIVE_FORMULA)
     dm = patsy.dmatrix(formula, terms, NA_action=patsy.NAAction(NA_types=[]),
                        return_type="dataframe")
     if form == "gamma_log_offset":
@@ -117,7 +128,7 @@ def design_matrix(form: str, terms: pd.DataFrame) -> tuple[np.ndarray, np.ndarra
 def predict_many(form: str, X: np.ndarray, offset: np.ndarray, params: np.ndarray) -> np.ndarray:
     """Predicted mean time (ms) for each parameter vector: params (p,) or (B, p) → (n,) or (n, B)."""
     eta = X @ np.asarray(params).T
-    if form == "gamma_log_offset":
+    if form in LOG_FORMS:
         return np.exp(eta + (offset[:, None] if eta.ndim == 2 else offset))
     return eta
 
@@ -219,7 +230,7 @@ def _fit_dropping(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray, cols
         if res is not None:
             params = np.asarray(res.params)
         bad = [(params[j], c) for j, c in enumerate(cols) if c in PHYSICAL and params[j] < 0]
-        if form == "gamma_log_offset" or not bad or len(cols) <= 2:
+        if form in LOG_FORMS or not bad or len(cols) <= 2:
             return params, cols, res, dropped
         j = cols.index(min(bad)[1])
         X = np.delete(X, j, axis=1)
@@ -266,7 +277,7 @@ def fit(form: str, terms: pd.DataFrame, groups: np.ndarray) -> FitResult:
             "(too few distinct sizes or methods)")
     params, cols, res, dropped = _fit_dropping(form, X, off, y, cols, groups)
     cov = np.asarray(res.cov_params())
-    fitted = np.asarray(res.fittedvalues) if form != "gamma_log_offset" else np.asarray(
+    fitted = np.asarray(res.fittedvalues) if form not in LOG_FORMS else np.asarray(
         res.predict(X, offset=off))
     summary = res.summary(yname="time_ms", xname=cols).as_text()
     n_configs = len(np.unique(groups))
@@ -313,9 +324,15 @@ def _factors(form: str, cols: list[str], params: np.ndarray, cov: np.ndarray) ->
     se = np.sqrt(np.clip(np.diag(cov), 0, None))
     idx = {c: j for j, c in enumerate(cols)}
     out: list[Factor] = []
-    if form == "gamma_log_offset":
+    if form in LOG_FORMS:
         j = idx["Intercept"]
-        out.append(Factor("time / roofline (all methods)", *np.exp(
+        if form == "gamma_log_roofline":
+            jr = idx["log_roof"]
+            out.append(Factor("elasticity of time in roofline time", params[jr],
+                              params[jr] - z * se[jr], params[jr] + z * se[jr], "",
+                              "1: time proportional to the roofline"))
+        out.append(Factor("time / roofline (all methods)" if form == "gamma_log_offset"
+                          else "time / roofline at 1 ms", *np.exp(
             [params[j], params[j] - z * se[j], params[j] + z * se[j]]), "x",
             "measured time over the device profile's roofline"))
         for m in ("lora", "lora_merged"):

@@ -41,7 +41,7 @@ def run(dataset: data.Dataset, profile: HardwareProfile | None, profile_note: st
         seed: int = 0) -> Analysis:
     sl = data.select(dataset, fitmod.MIN_CONFIGS)
     rows = terms_for(sl.frame, profile, measured=True)
-    forms = tuple(f for f in fitmod.FORMS if f != "gamma_log_offset" or profile is not None)
+    forms = tuple(f for f in fitmod.FORMS if f not in fitmod.LOG_FORMS or profile is not None)
     validation = valmod.validate(rows, forms)
     result = fitmod.fit(validation.chosen, rows, rows["config_id"].to_numpy())
     boot = solve.bootstrap(result, rows, n_boot=n_boot, seed=seed)
@@ -84,11 +84,11 @@ def op_breakdown(result: fitmod.FitResult, rows: pd.DataFrame,
         terms = fitmod.terms_frame(ops["flops"], ops["bytes_moved"], ops["kernels"],
                                    [row["method"]] * len(ops), roof)
         p = params.copy()
-        if result.form != "gamma_log_offset":
+        if result.form not in fitmod.LOG_FORMS:
             p[cols.index("Intercept")] = 0.0
         t = fitmod.predict_ms(result.form, terms, p) / 1e3
         part = ops.assign(method=row["method"], time_s=t)
-        if result.form != "gamma_log_offset":
+        if result.form not in fitmod.LOG_FORMS:
             part = pd.concat([part, pd.DataFrame([{
                 "op": "dispatch (per call)", "phase": "call", "kind": "overhead", "flops": 0.0,
                 "bytes_moved": 0.0, "kernels": 0.0, "method": row["method"],

@@ -286,6 +286,30 @@ def to_json(a: Analysis) -> dict:
 # ------------------------------------------------------------------------ files
 
 
+def fitted_profile(a: Analysis) -> dict | None:
+    """The measured device profile with the fitted rates under `costmodel.model.FIT_KEYS`,
+    so the whole-model step (`python -m costmodel --hardware PATH`) uses them."""
+    from analysis.presets import fitted_rates
+
+    rates = fitted_rates(a)
+    if a.profile is None or rates is None:
+        return None
+    try:
+        from costmodel.model import FIT_KEYS
+    except ImportError:
+        return None
+    d = a.profile.to_dict()
+    extra = dict(d.get("extra", {}))
+    for key, field_ in FIT_KEYS.items():
+        value = getattr(rates, field_)
+        if not math.isfinite(value):
+            return None
+        extra[key] = float(value)
+    d["extra"] = extra
+    d["source"] = f"{d.get('source', '')}; {rates.note}"
+    return d
+
+
 def write_atomic(path: str, text: str) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -326,4 +350,8 @@ def write_files(a: Analysis, out: str, figures: Sequence[str]) -> list[str]:
     written.append("fit_summary.txt")
     write_atomic(os.path.join(out, "report.md"), markdown_report(a, figures))
     written.append("report.md")
+    fitted = fitted_profile(a)
+    if fitted is not None:
+        write_atomic(os.path.join(out, "fitted_profile.json"), json.dumps(fitted, indent=2) + "\n")
+        written.append("fitted_profile.json")
     return written + list(figures)

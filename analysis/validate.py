@@ -114,7 +114,7 @@ def validate(rows: pd.DataFrame, forms: tuple[str, ...]) -> Validation:
     rows: a `terms_frame` with measured times plus config_id, method, embed and hidden.
     """
     has_profile = bool(np.all(np.isfinite(rows["roof_ms"].to_numpy())))
-    models = [m for m in forms if m != "gamma_log_offset" or has_profile]
+    models = [m for m in forms if m not in fitmod.LOG_FORMS or has_profile]
     baselines = [b for b in BASELINES if b != "roofline_unfitted" or has_profile]
     fold = folds(rows["config_id"].to_numpy())
     train_small = out_of_scale_split(rows["embed"].to_numpy(), rows["hidden"].to_numpy())

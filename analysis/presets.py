@@ -1,0 +1,159 @@
+"""Issue 5's part of the main job: `--model NAME --hardware NAME` adds a table and a plot of
+predicted LoRA/full speedup and memory across the model presets (DistilBERT to GPT-3 175B) on
+the chosen hardware, and a stacked bar plot of the chosen model's memory per method.
+
+Everything is `costmodel`'s whole-step model (`step_cost`, `step_time`, `memory_breakdown`).
+The only thing `analysis` adds is the fitted factors: when the hardware is the very device
+the timings were measured on (its measured profile JSON), the fitted rates go in as
+`costmodel.model.FittedRates` and the table's `time_basis` says "fitted"; for any other
+hardware the cost model's own basis is used ("unfitted" datasheet efficiencies, or
+"measured" achieved rates) and labelled so. The run also writes `fitted_profile.json`, the
+measured profile with the fitted rates under its `extra` keys, which
+`python -m costmodel --hardware PATH` picks up.
+
+Step settings are the cost-model CLI's defaults: batch 1, the model's context capped at
+2048 tokens, LoRA rank 4 on q,v, bf16 mixed precision, AdamW.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+from analysis.errors import UserError
+
+DEFAULT_MODEL = "gpt2-small"
+DEFAULT_HARDWARE = "a100-80gb"
+SETTINGS = {"batch": 1, "rank": 4, "targets": "q,v", "precision": "bf16-mixed",
+            "optimizer": "adamw"}
+MAX_SEQ = 2048
+
+
+def prepare(model: str | None, hardware: str | None) -> Callable:
+    """Check the names now (before any work); return the function that computes the tables."""
+    from costmodel.presets_hardware import resolve_hardware
+    from costmodel.presets_models import MODELS, resolve_model
+
+    try:
+        shape = resolve_model(model or DEFAULT_MODEL) if model != "all" else MODELS[DEFAULT_MODEL]
+        profile = resolve_hardware(hardware or DEFAULT_HARDWARE)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+    def compute(a) -> dict[str, pd.DataFrame]:
+        rates = _rates_for(profile, a)
+        return {"model_speedups": speedup_table(profile, rates),
+                "memory_breakdown": memory_table(shape.name)}
+
+    return compute
+
+
+def fitted_rates(a):
+    """The fitted additive factors as `costmodel.model.FittedRates`, or None (log-link form,
+    an unbounded rate, or a cost model without `FittedRates`)."""
+    try:
+        from costmodel.model import FittedRates
+    except ImportError:
+        return None
+    if a.fit.form not in ("ols_additive", "wls_additive", "gamma_identity"):
+        return None
+    f = {x.name: x.estimate for x in a.fit.factors}
+    try:
+        return FittedRates(
+            flops_per_s=float(f["effective FLOP/s"]), bytes_per_s=float(f["effective bytes/s"]),
+            kernel_overhead_s=max(float(f["time per kernel"]), 0.0) * 1e-6,
+            dispatch_s=max(float(f["dispatch per call"]), 0.0) * 1e-6,
+            lora_multiplier=float(f.get("LoRA multiplier (lora)", 1.0)),
+            lora_merged_multiplier=float(f.get("LoRA multiplier (lora_merged)", 1.0)),
+            note=f"rates fitted by analysis ({a.fit.form}) to timings on {a.slice.device}")
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def _rates_for(profile, a):
+    """Fitted rates when `profile` is the analysed device's own measured profile, else None."""
+    if a.profile is None or not profile.measured or profile.name != a.profile.name:
+        return None
+    rates = fitted_rates(a)
+    if rates is None or not all(np.isfinite([rates.flops_per_s, rates.bytes_per_s])):
+        return None
+    return rates
+
+
+def speedup_table(profile, rates=None) -> pd.DataFrame:
+    from costmodel.memory import memory_breakdown
+    from costmodel.model import step_cost, step_time
+    from costmodel.presets_models import MODELS, param_count
+
+    rows = []
+    for name, shape in MODELS.items():
+        seq = min(shape.seq, MAX_SEQ)
+        rec = {"model": name, "params": param_count(shape), "seq": seq}
+        for method in ("full", "lora"):
+            cost = step_cost(shape, method, seq=seq, **SETTINGS)
+            t = step_time(cost, profile, fitted=rates) if rates is not None else step_time(cost, profile)
+            mem = memory_breakdown(cost)
+            rec[f"{method}_step_s"] = float(np.asarray(t.time_s))
+            rec[f"{method}_memory_gb"] = float(np.asarray(mem.total_bytes)) / 1e9
+            rec[f"{method}_trainable_params"] = int(np.asarray(mem.trainable_params))
+            rec["time_basis"] = getattr(t, "basis", None) or t.efficiency.label
+        rec["speedup_full_over_lora"] = rec["full_step_s"] / rec["lora_step_s"]
+        rec["memory_ratio_full_over_lora"] = rec["full_memory_gb"] / rec["lora_memory_gb"]
+        rec["hardware"] = profile.name
+        rows.append(rec)
+    return pd.DataFrame(rows).sort_values("params").reset_index(drop=True)
+
+
+def memory_table(model: str) -> pd.DataFrame:
+    from costmodel.memory import memory_breakdown
+    from costmodel.model import step_cost
+    from costmodel.presets_models import MODELS
+
+    shape = MODELS[model]
+    seq = min(shape.seq, MAX_SEQ)
+    rows = []
+    for method in ("full", "lora"):
+        mem = memory_breakdown(step_cost(shape, method, seq=seq, **SETTINGS))
+        rec = {"model": model, "method": method}
+        rec.update({k: float(np.asarray(v)) / 1e9 for k, v in mem.as_dict().items()})
+        rows.append(rec)
+    out = pd.DataFrame(rows)
+    out.columns = [c.replace("_bytes", "_gb") for c in out.columns]
+    return out
+
+
+def figures(a, out: str) -> list[str]:
+    import matplotlib.pyplot as plt
+
+    from analysis.plots import _save
+
+    names = []
+    t = a.extras.get("model_speedups")
+    if t is not None and not t.empty:
+        fig, ax = plt.subplots(figsize=(8, 3.4))
+        x = np.arange(len(t))
+        ax.plot(x, t["speedup_full_over_lora"], "o-", label="step time full / LoRA")
+        ax.plot(x, t["memory_ratio_full_over_lora"], "s-", label="memory full / LoRA")
+        ax.axhline(1, color="k", lw=0.7)
+        ax.set_xticks(x, t["model"], rotation=60, ha="right", fontsize=7)
+        ax.set_yscale("log")
+        ax.set_title(f"predicted whole-step ratios on {t['hardware'].iloc[0]} "
+                     f"({t['time_basis'].iloc[0]} efficiencies)", fontsize=9)
+        ax.legend(fontsize=7)
+        names.append(_save(fig, out, "model_speedups.png"))
+    m = a.extras.get("memory_breakdown")
+    if m is not None and not m.empty:
+        parts = ["weights_gb", "gradients_gb", "optimizer_gb", "activations_gb", "transient_gb"]
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        bottom = np.zeros(len(m))
+        for p in parts:
+            ax.bar(m["method"], m[p], bottom=bottom, label=p.replace("_gb", ""))
+            bottom += m[p].to_numpy()
+        ax.set_ylabel("GB")
+        ax.set_title(f"memory of one training step, {m['model'].iloc[0]}", fontsize=9)
+        ax.legend(fontsize=7)
+        names.append(_save(fig, out, "memory_breakdown.png"))
+    return names
+

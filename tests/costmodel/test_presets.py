@@ -11,7 +11,6 @@ from costmodel.hardware import HardwareProfile
 from costmodel.presets_hardware import DEFAULT_KERNEL_OVERHEAD_S, HARDWARE, resolve_hardware
 from costmodel.presets_models import (
     MODELS,
-    ModelShape,
     linear_shapes,
     param_breakdown,
     param_count,

@@ -87,6 +87,12 @@ def factors_table(a: Analysis) -> pd.DataFrame:
                          for f in a.fit.factors])
 
 
+def _ci(lo: float, hi: float) -> str:
+    if math.isinf(lo) and math.isinf(hi):
+        return "none in any replicate"
+    return f"[{fmt_width(lo)}, {fmt_width(hi)}]"
+
+
 def crossover_display(a: Analysis) -> pd.DataFrame:
     t = a.crossover.table
     if t.empty:
@@ -95,7 +101,7 @@ def crossover_display(a: Analysis) -> pd.DataFrame:
         "layer": t["layer"], "batch": t["batch"], "rank": t["rank"], "method": t["method"],
         "d*": [fmt_width(x) for x in t["d_star"]],
         "LoRA faster": t["lora_faster"],
-        "95% CI": [f"[{fmt_width(lo)}, {fmt_width(hi)}]" for lo, hi in zip(t["ci_low"], t["ci_high"])],
+        "95% CI": [_ci(lo, hi) for lo, hi in zip(t["ci_low"], t["ci_high"])],
         "measured d*": [fmt_width(x) if math.isfinite(x) else "-" for x in t["measured_d_star"]],
         "full/LoRA as d->inf": [f"{x:.3g}x" for x in t["asymptotic_speedup"]],
         "note": ["; ".join(x for x in (n, m) if x) for n, m in zip(t["note"], t["measured_note"])],
@@ -186,9 +192,18 @@ def stdout_report(a: Analysis, files: Sequence[str], out: str) -> str:
         f"(95% PI; beyond width {a.extrapolation.max_measured_width:g} = extrapolation):",
         text_table(extrapolation_display(a)), "",
     ]
-    for name, tbl in a.extras.items():
-        if isinstance(tbl, pd.DataFrame) and not tbl.empty and name == "model_speedups":
-            parts += ["Whole-model step, predicted (issue 5 presets):", text_table(tbl), ""]
+    tbl = a.extras.get("model_speedups")
+    if isinstance(tbl, pd.DataFrame) and not tbl.empty:
+        short = pd.DataFrame({
+            "model": tbl["model"], "params": [f"{p / 1e6:,.0f}M" for p in tbl["params"]],
+            "full step": [fmt_time(x) for x in tbl["full_step_s"]],
+            "LoRA step": [fmt_time(x) for x in tbl["lora_step_s"]],
+            "full/LoRA time": [f"{x:.2f}x" for x in tbl["speedup_full_over_lora"]],
+            "full/LoRA memory": [f"{x:.2f}x" for x in tbl["memory_ratio_full_over_lora"]],
+        })
+        parts += [f"Whole training step, predicted on {tbl['hardware'].iloc[0]} "
+                  f"({tbl['time_basis'].iloc[0]} rates; batch 1, LoRA r=4 on q,v, bf16-mixed, "
+                  "AdamW):", text_table(short), ""]
     parts.append(f"wrote {len(files)} files to {out}")
     return "\n".join(parts)
 

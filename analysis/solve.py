@@ -247,7 +247,9 @@ def crossover_table(result: fitmod.FitResult, boot: Bootstrap, rows: pd.DataFram
                 **{c: tmpl[c] for c in CONTEXT_COLUMNS},
                 "batch": int(tmpl["batch"]), "rank": int(tmpl["rank"]), "method": m,
                 "d_star": d_star,
-                "lora_faster": "above d*" if faster_above else "below d*",
+                "lora_faster": (("above d*" if faster_above else "below d*")
+                                if np.isfinite(d_star) else
+                                ("nowhere in range" if faster_above else "whole range")),
                 "ci_low": float(q[0]), "ci_high": float(q[1]),
                 "share_boot_no_crossover": float(np.mean(np.isinf(d_b))),
                 "measured_d_star": meas,

@@ -133,3 +133,23 @@ def test_figures_are_written(capsys, tmp_path, fixture_csv, fixture_profile):
         assert (out / name).stat().st_size > 1000, name
         assert name in (out / "report.md").read_text()
     assert "Crossover" in text and "Validation" in text
+
+
+def test_unknown_model_or_hardware(capsys, out_dir, fixture_csv):
+    assert "unknown model 'gpt5'" in _bad(capsys, out_dir, ["--data", fixture_csv, "--model", "gpt5"])
+    assert "unknown hardware 'tpu9'" in _bad(capsys, out_dir, ["--data", fixture_csv, "--hardware", "tpu9"])
+
+
+def test_model_presets_table(capsys, tmp_path, fixture_csv, fixture_profile):
+    out = tmp_path / "presets"
+    rc = crossover.main(["--data", fixture_csv, "--profile", fixture_profile, "--out", str(out),
+                         "--no-plots", "--bootstrap", "20", "--model", "gpt3-175b",
+                         "--hardware", "h100-sxm"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "Whole training step, predicted on h100-sxm (unfitted rates" in text
+    t = pd.read_csv(out / "model_speedups.csv")
+    assert {"distilbert", "gpt3-175b"} <= set(t["model"])
+    assert (t["speedup_full_over_lora"] > 0).all() and (t["memory_ratio_full_over_lora"] > 1).all()
+    m = pd.read_csv(out / "memory_breakdown.csv")
+    assert list(m["method"]) == ["full", "lora"] and (m["model"] == "gpt3-175b").all()

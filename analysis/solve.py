@@ -200,6 +200,7 @@ def crossover_table(result: fitmod.FitResult, boot: Bootstrap, rows: pd.DataFram
                     d_max: float = D_MAX, n_grid: int = N_GRID) -> CrossoverTable:
     """d* with its bootstrap interval, the measured crossover and the asymptotic speedup."""
     max_w = float(max(rows["embed"].max(), rows["hidden"].max()))
+    min_w = float(min(rows["embed"].min(), rows["hidden"].min()))
     widths = np.geomspace(d_min, d_max, n_grid)
     records = []
     for _, grp in crossover_groups(rows).iterrows():
@@ -243,6 +244,9 @@ def crossover_table(result: fitmod.FitResult, boot: Bootstrap, rows: pd.DataFram
                 if d_star > max_w:
                     note = "; ".join(x for x in (note, f"beyond the largest measured width "
                                                        f"{max_w:g}: an extrapolation") if x)
+                elif d_star < min_w:
+                    note = "; ".join(x for x in (note, f"below the smallest measured width "
+                                                       f"{min_w:g}: an extrapolation") if x)
             records.append({
                 **{c: tmpl[c] for c in CONTEXT_COLUMNS},
                 "batch": int(tmpl["batch"]), "rank": int(tmpl["rank"]), "method": m,

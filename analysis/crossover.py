@@ -149,11 +149,21 @@ def resolve_profile(args, dataset: data.Dataset, out: str):
     if dataset.kind == "sweep":
         target = os.path.join(out, "profile.json")
         if os.path.isfile(target):
-            return load(target, "measured earlier,")
-        os.makedirs(out, exist_ok=True)
-        if measure_profile(target):
-            return load(target, "measured now on this machine,")
-        return None, "none (measure.device unavailable): roofline baseline and log-link form skipped"
+            profile, note = load(target, "measured earlier,")
+        else:
+            os.makedirs(out, exist_ok=True)
+            if not measure_profile(target):
+                return None, ("none (measure.device unavailable): roofline baseline and "
+                              "log-link forms skipped")
+            profile, note = load(target, "measured now on this machine,")
+        # measure.device names its profile "measured <backend> <device kind>": a profile of
+        # this machine says nothing about a dataset measured on another device.
+        want = f"measured {_device_of(dataset).replace('/', ' ')}"
+        if profile.name != want:
+            return None, (f"none: {target} is of '{profile.name[9:]}', the data come from "
+                          f"'{want[9:]}' (give --profile); roofline baseline and log-link "
+                          "forms skipped")
+        return profile, note
     return None, (f"none for a {dataset.kind} table of device {_device_of(dataset)}: "
                   "roofline baseline and log-link form skipped (give --profile)")
 

@@ -153,3 +153,20 @@ def test_model_presets_table(capsys, tmp_path, fixture_csv, fixture_profile):
     assert (t["speedup_full_over_lora"] > 0).all() and (t["memory_ratio_full_over_lora"] > 1).all()
     m = pd.read_csv(out / "memory_breakdown.csv")
     assert list(m["method"]) == ["full", "lora"] and (m["model"] == "gpt3-175b").all()
+
+
+def test_profile_of_another_device_is_not_used(capsys, tmp_path, fixture_csv, fixture_profile):
+    """A sweep directory without a profile, and an --out holding one of another device."""
+    import shutil
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    shutil.copy(fixture_csv, sweep / "measurements.csv")
+    out = tmp_path / "out"
+    out.mkdir()
+    prof = json.loads(open(fixture_profile).read())
+    prof["name"] = "measured gpu NVIDIA H100"
+    (out / "profile.json").write_text(json.dumps(prof))
+    rc = crossover.main(["--data", str(sweep), "--out", str(out), "--no-plots", "--bootstrap", "20"])
+    assert rc == 0
+    assert "the data come from 'cpu cpu'" in capsys.readouterr().out

@@ -104,6 +104,7 @@ def crossover_display(a: Analysis) -> pd.DataFrame:
         "95% CI": [_ci(lo, hi) for lo, hi in zip(t["ci_low"], t["ci_high"])],
         "measured d*": [fmt_width(x) if math.isfinite(x) else "-" for x in t["measured_d_star"]],
         "full/LoRA as d->inf": [f"{x:.3g}x" for x in t["asymptotic_speedup"]],
+        "(roofline)": [f"{x:.3g}x" if math.isfinite(x) else "-" for x in t["asymptotic_speedup_roofline"]],
         "note": ["; ".join(x for x in (n, m) if x) for n, m in zip(t["note"], t["measured_note"])],
     })
 
@@ -216,8 +217,9 @@ def markdown_report(a: Analysis, figures: Sequence[str]) -> str:
         "## Crossover", "",
         f"Along e = h = d. d* from the fitted model; 95% CI from a case bootstrap over configs "
         f"({a.boot.params.shape[0]} refits, {a.boot.n_failed} failed); measured d* where the "
-        "measured ratio changes sign; the last column is the fitted full/LoRA time ratio as "
-        "d grows without bound.", "",
+        "measured ratio changes sign; 'full/LoRA as d->inf' is the fitted time ratio as d "
+        "grows without bound, '(roofline)' the same from the cost model alone on the device "
+        "profile.", "",
         md_table(crossover_display(a)), "",
         "## Fitted factors", "",
         f"Form `{a.fit.form}`, standard errors {a.fit.cov_type}.", "",
@@ -282,7 +284,8 @@ def to_json(a: Analysis) -> dict:
              "d_star": r["d_star"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
              "lora_faster": r["lora_faster"],
              "measured_d_star": r["measured_d_star"],
-             "asymptotic_speedup": r["asymptotic_speedup"], "note": r["note"]}
+             "asymptotic_speedup": r["asymptotic_speedup"],
+             "asymptotic_speedup_roofline": r["asymptotic_speedup_roofline"], "note": r["note"]}
             for _, r in xo.iterrows()],
         "factors": [{"name": f.name, "estimate": f.estimate, "ci_low": f.ci_low,
                      "ci_high": f.ci_high, "unit": f.unit} for f in a.fit.factors],

@@ -227,6 +227,15 @@ def crossover_table(result: fitmod.FitResult, boot: Bootstrap, rows: pd.DataFram
                                               n_grid=n_grid, limit=False)
             limit = costmodel.asymptotic_speedup(lambda meth, d: fn(m if meth == "lora" else meth, d),
                                                  d_max)
+            roof_limit = np.nan
+            if profile is not None:
+                # The cost model alone (unfitted roofline on the device profile), for contrast.
+                def roof_fn(meth, d, m=m):
+                    return costs.square_counts(tmpl, m if meth == "lora" else "full",
+                                               targets.get(m if meth == "lora" else "full", ""),
+                                               np.atleast_1d(d), profile)[3]
+                lim = costmodel.asymptotic_speedup(roof_fn, d_max)
+                roof_limit = np.nan if lim is None else float(lim)
             d_b = _first_crossing(w, gap_b, faster_above)
             q = np.quantile(d_b, [ALPHA / 2, 1 - ALPHA / 2], method="inverted_cdf")
             meas, meas_note = measured_crossover(rows, tmpl, m)
@@ -259,6 +268,7 @@ def crossover_table(result: fitmod.FitResult, boot: Bootstrap, rows: pd.DataFram
                 "measured_d_star": meas,
                 "measured_note": meas_note,
                 "asymptotic_speedup": np.nan if limit is None else float(limit),
+                "asymptotic_speedup_roofline": roof_limit,
                 "speedup_at_d_max": float(at_max),
                 "note": note,
             })

@@ -2,7 +2,7 @@
 
 The model. For one forward+backward call of a (config, method),
 
-    t = t_dispatch + flops / F_eff · (1 + λ_m − 1) + bytes_moved / B_eff + kernels · τ
+    t = t_dispatch + λ_m · flops / F_eff + bytes_moved / B_eff + kernels · τ      (λ_full = 1)
 
 i.e. the roofline's *upper bound* (compute time + memory time + per-kernel overhead, the
 scaling-book's "sum" form) with its three rates fitted instead of taken from a datasheet, a

@@ -101,7 +101,6 @@ def test_blog_file_runs_end_to_end(capsys, tmp_path):
     """A hand-made blog results file (unnamed header) through the whole job."""
     import numpy as np
 
-    from synthetic import TRUE, true_time_s  # noqa: F401
 
     recs = {"vanilla": {}, "lora": {}}
     rng = np.random.default_rng(0)

@@ -9,7 +9,7 @@ import pytest
 import costmodel
 from analysis import data, prepare, solve
 from analysis import fit as fitmod
-from synthetic import TRUE, synthetic_dataset, true_time_s
+from synthetic import synthetic_dataset, true_time_s
 
 
 def _true_d_star(batch: int, rank: int, method: str = "lora") -> float:

@@ -14,6 +14,9 @@ below is a (generalised) linear model over one pinned design matrix.
 
 Candidate forms (`FORMS`), compared by `analysis.validate` and chosen by out-of-scale error:
 
+A time term that comes out negative is not identified by the data; it is fixed at the device
+profile's measured value where there is one (kernel and dispatch overheads), else dropped.
+
 * ``ols_additive``     OLS of t on the additive terms. Large configs dominate the loss.
 * ``wls_additive``     WLS with weights 1/t²: least squares on *relative* error, which is what
                        the validation scores; the weights use the noisy observed t.
@@ -76,6 +79,19 @@ LOG_ROOF_FORMULA = "1 + log_roof + lora + lora_merged"
 ADDITIVE_FORMS = ("ols_additive", "wls_additive", "gamma_identity")
 #: Terms whose coefficient is a time per unit and so cannot be negative.
 PHYSICAL = ("Intercept", "gflops", "gbytes", "kernels")
+
+
+def priors_from_profile(profile) -> dict[str, float]:
+    """Prior values (design units, ms) of the overhead terms from a measured device profile:
+    per kernel (`kernel_overhead_s`) and per call (`extra["dispatch_overhead_s"]`, written by
+    `measure.device`). Empty without a profile."""
+    if profile is None:
+        return {}
+    out = {"kernels": float(profile.kernel_overhead_s) * 1e3}
+    dispatch = profile.extra.get("dispatch_overhead_s")
+    if dispatch is not None and np.isfinite(dispatch) and dispatch >= 0:
+        out["Intercept"] = float(dispatch) * 1e3
+    return out
 
 
 def terms_frame(
@@ -166,6 +182,7 @@ class FitResult:
     summary_text: str
     factors: tuple[Factor, ...] = field(default=())
     dropped: tuple[str, ...] = ()  # physical terms fitted negative and removed
+    fixed: tuple[tuple[str, float], ...] = ()  # ... and fixed at the device profile's value
 
     def __post_init__(self) -> None:
         if self.form not in FORMS:
@@ -189,25 +206,26 @@ def _fit_arrays(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray,
                   if n_clusters >= MIN_CLUSTERS else {"cov_type": "HC3"})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # For the additive forms `off` holds the time of terms fixed at prior values (ms).
         if form == "ols_additive":
             if not robust:
-                return np.linalg.lstsq(X, y, rcond=None)[0], None
-            return None, sm.OLS(y, X).fit(**robust)
+                return np.linalg.lstsq(X, y - off, rcond=None)[0], None
+            return None, sm.OLS(y - off, X).fit(**robust)
         if form == "wls_additive":
             w = 1.0 / y**2
             if not robust:
                 sw = np.sqrt(w)
-                return np.linalg.lstsq(X * sw[:, None], y * sw, rcond=None)[0], None
-            return None, sm.WLS(y, X, weights=w).fit(**robust)
+                return np.linalg.lstsq(X * sw[:, None], (y - off) * sw, rcond=None)[0], None
+            return None, sm.WLS(y - off, X, weights=w).fit(**robust)
         if start is None:
             if form == "gamma_identity":
                 sw = 1.0 / y
-                start = np.linalg.lstsq(X * sw[:, None], y * sw, rcond=None)[0]
+                start = np.linalg.lstsq(X * sw[:, None], (y - off) * sw, rcond=None)[0]
             else:
                 start = np.linalg.lstsq(X, np.log(y) - off, rcond=None)[0]
         if form == "gamma_identity":
             family = sm.families.Gamma(link=sm.families.links.Identity())
-            model = sm.GLM(y, X, family=family)
+            model = sm.GLM(y, X, family=family, offset=off)
         else:
             model = sm.GLM(y, X, family=sm.families.Gamma(link=sm.families.links.Log()),
                            offset=off)
@@ -218,34 +236,48 @@ def _fit_arrays(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray,
 
 
 def _fit_dropping(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray, cols: list[str],
-                  groups: np.ndarray | None):
+                  groups: np.ndarray | None, priors: dict[str, float] | None = None):
     """Fit, and while a physical term (time per FLOP, byte, kernel or call) comes out
-    negative, drop the most negative one and refit: a negative time is not physical, it says
-    the data cannot see that term (e.g. kernel counts that barely vary). LoRA multipliers may
-    fall below 1 and stay. Returns (params, kept columns, statsmodels result or None, dropped)."""
+    negative, take it out and refit: a negative time is not physical, it says the data
+    cannot see that term (e.g. kernel counts that barely vary within a method). A term with
+    a prior value (the device profile's measured kernel and dispatch overheads) is then fixed
+    at it, as an offset; one without is dropped (0). LoRA multipliers may fall below 1.
+    Returns (params, estimated columns, statsmodels result or None, dropped, fixed, offset)."""
     cols = list(cols)
+    priors = priors or {}
     dropped: list[str] = []
+    fixed: dict[str, float] = {}
+    off = np.asarray(off, dtype=float).copy()
     while True:
         params, res = _fit_arrays(form, X, off, y, groups)
         if res is not None:
             params = np.asarray(res.params)
         bad = [(params[j], c) for j, c in enumerate(cols) if c in PHYSICAL and params[j] < 0]
         if form in LOG_FORMS or not bad or len(cols) <= 2:
-            return params, cols, res, dropped
+            return params, cols, res, dropped, fixed, off
         j = cols.index(min(bad)[1])
+        name = cols.pop(j)
+        if name in priors:
+            fixed[name] = float(priors[name])
+            off = off + X[:, j] * fixed[name]
+        else:
+            dropped.append(name)
         X = np.delete(X, j, axis=1)
-        dropped.append(cols.pop(j))
 
 
-def fit_params(form: str, terms: pd.DataFrame) -> np.ndarray:
+def fit_params(form: str, terms: pd.DataFrame, priors: dict[str, float] | None = None) -> np.ndarray:
     """Point estimate only (no covariance), over all design columns (zeros for the LoRA
-    columns of methods absent from `terms`): the fast path for cross-validation."""
+    columns of methods absent from `terms`, prior values for fixed terms): the fast path for
+    cross-validation."""
     X, off, cols = design_matrix(form, terms)
     y = terms["time_ms"].to_numpy()
     keep = np.flatnonzero(np.any(X != 0, axis=0))
-    p, kept, _, _ = _fit_dropping(form, X[:, keep], off, y, [cols[j] for j in keep], None)
+    p, kept, _, _, fixed, _ = _fit_dropping(form, X[:, keep], off, y,
+                                            [cols[j] for j in keep], None, priors)
     params = np.zeros(len(cols))
     params[[cols.index(c) for c in kept]] = p
+    for c, v in fixed.items():
+        params[cols.index(c)] = v
     return params
 
 
@@ -256,7 +288,8 @@ def fit_params_arrays(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray,
     return params
 
 
-def fit(form: str, terms: pd.DataFrame, groups: np.ndarray) -> FitResult:
+def fit(form: str, terms: pd.DataFrame, groups: np.ndarray,
+        priors: dict[str, float] | None = None) -> FitResult:
     """Fit `form` to the measured rows of `terms`, with config-clustered standard errors.
 
     groups: the config id of each row (rows of one config are one cluster).
@@ -265,6 +298,7 @@ def fit(form: str, terms: pd.DataFrame, groups: np.ndarray) -> FitResult:
     if form not in FORMS:
         raise ValueError(f"unknown model form {form!r}; choose one of {', '.join(FORMS)}")
     X, off, cols = design_matrix(form, terms)
+    X_all, all_cols = X, list(cols)
     y = terms["time_ms"].to_numpy()
     if not np.all(np.isfinite(y) & (y > 0)):
         raise ValueError("fit needs positive finite times")
@@ -275,18 +309,19 @@ def fit(form: str, terms: pd.DataFrame, groups: np.ndarray) -> FitResult:
         raise UserError(
             f"the data cannot separate the {X.shape[1]} terms of the {form} model "
             "(too few distinct sizes or methods)")
-    params, cols, res, dropped = _fit_dropping(form, X, off, y, cols, groups)
+    params, cols, res, dropped, fixed, off = _fit_dropping(form, X, off, y, cols, groups, priors)
     cov = np.asarray(res.cov_params())
-    fitted = np.asarray(res.fittedvalues) if form not in LOG_FORMS else np.asarray(
-        res.predict(X, offset=off))
+    keep = [all_cols.index(c) for c in cols]
+    fitted = (np.asarray(res.predict(X_all[:, keep], offset=off)) if form in LOG_FORMS
+              else X_all[:, keep] @ params + off)
     summary = res.summary(yname="time_ms", xname=cols).as_text()
     n_configs = len(np.unique(groups))
     cov_type = "cluster(config)" if n_configs >= MIN_CLUSTERS else "HC3"
-    factors = _factors(form, cols, params, cov)
+    factors = _factors(form, cols, params, cov, fixed)
     return FitResult(
         form=form, columns=tuple(cols), params=params, cov=cov, cov_type=cov_type,
         n_obs=len(y), n_configs=n_configs, rel_resid=y / fitted, summary_text=summary,
-        factors=factors, dropped=tuple(dropped),
+        factors=factors, dropped=tuple(dropped), fixed=tuple(fixed.items()),
     )
 
 
@@ -297,6 +332,8 @@ def expand_params(result: FitResult, params: np.ndarray) -> np.ndarray:
     out = np.zeros((params.shape[0], len(all_cols)))
     for j, c in enumerate(result.columns):
         out[:, all_cols.index(c)] = params[:, j]
+    for c, v in result.fixed:
+        out[:, all_cols.index(c)] = v
     return out
 
 
@@ -319,7 +356,8 @@ def _rate_from_inverse(beta: float, se: float, scale: float) -> tuple[float, flo
     return est, lo, hi
 
 
-def _factors(form: str, cols: list[str], params: np.ndarray, cov: np.ndarray) -> tuple[Factor, ...]:
+def _factors(form: str, cols: list[str], params: np.ndarray, cov: np.ndarray,
+             fixed: dict[str, float] | None = None) -> tuple[Factor, ...]:
     z = _z()
     se = np.sqrt(np.clip(np.diag(cov), 0, None))
     idx = {c: j for j, c in enumerate(cols)}
@@ -356,6 +394,10 @@ def _factors(form: str, cols: list[str], params: np.ndarray, cov: np.ndarray) ->
             j = idx[col]
             out.append(Factor(name, params[j] * 1e3, (params[j] - z * se[j]) * 1e3,
                               (params[j] + z * se[j]) * 1e3, "us", note))
+        elif fixed and col in fixed:
+            v = fixed[col] * 1e3
+            out.append(Factor(name, v, v, v, "us", "fixed at the device profile's measured "
+                              "value: fitted negative, not identified by the data"))
         else:
             out.append(Factor(name, 0.0, 0.0, 0.0, "us", "term dropped: fitted negative"))
     if "gflops" not in idx:

@@ -59,6 +59,8 @@ def bootstrap(result: fitmod.FitResult, rows: pd.DataFrame, n_boot: int = N_BOOT
     X_all, off, cols = fitmod.design_matrix(result.form, rows)
     keep = [cols.index(c) for c in result.columns]
     X = X_all[:, keep]
+    for c, v in result.fixed:  # terms fixed at prior values enter as an offset
+        off = off + X_all[:, cols.index(c)] * v
     y = rows["time_ms"].to_numpy()
     cid = rows["config_id"].to_numpy()
     ids = np.unique(cid)

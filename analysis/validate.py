@@ -66,14 +66,15 @@ def out_of_scale_split(embed: np.ndarray, hidden: np.ndarray) -> np.ndarray:
     return eh <= np.median(np.unique(eh))
 
 
-def _predict_model(model: str, train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
+def _predict_model(model: str, train: pd.DataFrame, test: pd.DataFrame,
+                   priors: dict[str, float] | None = None) -> np.ndarray:
     if model == "roofline_unfitted":
         return test["roof_ms"].to_numpy()
     if model == "flops_proportional":
         f, t = train["gflops"].to_numpy(), train["time_ms"].to_numpy()
         k = np.sum(f / t) / np.sum(f**2 / t**2)
         return k * test["gflops"].to_numpy()
-    params = fitmod.fit_params(model, train)
+    params = fitmod.fit_params(model, train, priors)
     X, off, _ = fitmod.design_matrix(model, test)
     return fitmod.predict_many(model, X, off, params)
 
@@ -108,7 +109,8 @@ def _row(quantity: str, ape: np.ndarray) -> dict:
             "p90_ape_pct": float(np.percentile(ape, 90))}
 
 
-def validate(rows: pd.DataFrame, forms: tuple[str, ...]) -> Validation:
+def validate(rows: pd.DataFrame, forms: tuple[str, ...],
+             priors: dict[str, float] | None = None) -> Validation:
     """Score every form in `forms` and both baselines on both schemes; choose the form.
 
     rows: a `terms_frame` with measured times plus config_id, method, embed and hidden.
@@ -125,10 +127,10 @@ def validate(rows: pd.DataFrame, forms: tuple[str, ...]) -> Validation:
         for k in range(N_FOLDS):
             test = fold == k
             if test.any():
-                pred_cv[test] = _predict_model(model, rows[~test], rows[test])
+                pred_cv[test] = _predict_model(model, rows[~test], rows[test], priors)
         for r in _scores(pred_cv, rows):
             records.append({"model": model, "kind": kind, "scheme": "cv5", **r})
-        pred_os = _predict_model(model, rows[train_small], rows[~train_small])
+        pred_os = _predict_model(model, rows[train_small], rows[~train_small], priors)
         for r in _scores(pred_os, rows[~train_small]):
             records.append({"model": model, "kind": kind, "scheme": "out_of_scale", **r})
     records += replicate_noise(rows)

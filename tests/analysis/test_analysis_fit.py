@@ -107,3 +107,25 @@ def test_anova_formula_engine_is_pinned(synthetic_rows, monkeypatch):
     shares = table.groupby("method")["share_of_variance"].sum()
     np.testing.assert_allclose(shares.to_numpy(), 1.0)
     assert set(table["term"]) >= {"batch", "width", "rank", "Residual"}
+
+
+def test_unidentified_overheads_are_fixed_at_the_profile(fixture_csv, fixture_profile):
+    profile = HardwareProfile.from_json(fixture_profile)
+    rows = _rows(data.load(fixture_csv).frame, profile)
+    priors = fitmod.priors_from_profile(profile)
+    assert priors["kernels"] == pytest.approx(profile.kernel_overhead_s * 1e3)
+    assert priors["Intercept"] == pytest.approx(profile.extra["dispatch_overhead_s"] * 1e3)
+    res = fitmod.fit("wls_additive", rows, rows["config_id"].to_numpy(), priors)
+    factors = {f.name: f for f in res.factors}
+    for name, col in (("time per kernel", "kernels"), ("dispatch per call", "Intercept")):
+        if col in dict(res.fixed):
+            assert factors[name].estimate == pytest.approx(priors[col] * 1e3)
+            assert "fixed at the device profile" in factors[name].note
+        else:
+            assert col in res.columns
+    # The fixed terms are part of the prediction, in the fit and in every replicate.
+    full = fitmod.expand_params(res, res.params[None, :])[0]
+    X, _, cols = fitmod.design_matrix("wls_additive", rows)
+    for c, v in res.fixed:
+        assert full[cols.index(c)] == v
+    np.testing.assert_allclose(X @ full, rows["time_ms"].to_numpy() / res.rel_resid)

@@ -206,10 +206,24 @@ def custom_grid(
     seq: int = 1,
     heads: int = 1,
 ) -> Grid:
-    """The product of the given sizes (hidden defaults to embed, i.e. square layers)."""
+    """The product of the given sizes.
+
+    hidden defaults to embed (square layers), or to 4·embed for the block layer, whose
+    hidden is the MLP width (GPT-2's ratio, as `costmodel.layers` assumes).
+    """
+    layer = layer or "attention"
+    if hidden is None and layer == "block":
+        configs = tuple(
+            c for e in embed for c in product_configs(
+                batch=batch, embed=(e,), hidden=(4 * e,), rank=rank, layer=layer,
+                variant=variant, timing_mode=timing_mode, dtype=dtype,
+                input_requires_grad=input_requires_grad, targets=targets, seq=seq, heads=heads,
+            )
+        )
+        return Grid("custom", configs, check_methods(methods or default_methods(variant), variant))
     configs = product_configs(
         batch=batch, embed=embed, hidden=hidden, rank=rank, square=hidden is None,
-        layer=layer or "attention", variant=variant, timing_mode=timing_mode, dtype=dtype,
+        layer=layer, variant=variant, timing_mode=timing_mode, dtype=dtype,
         input_requires_grad=input_requires_grad, targets=targets, seq=seq, heads=heads,
     )
     return Grid("custom", configs, check_methods(methods or default_methods(variant), variant))

@@ -29,7 +29,9 @@ Two timing modes wrap the same functions:
 Methods: the post's "vanilla" is ``full``, its "lora" is ``lora_merged`` (it merges
 ``W + A @ B`` before the attention). The cost-model description of these kernels is
 ``layer_cost("attention", method, targets=("q", "k"))``: the bug changes which factor is used,
-not any shape.
+not any shape. That description is of one forward + backward step; the post's test runs the
+forward twice (once alone, once inside the gradient), which XLA's advisory ``xla_flops`` of
+the seed rows does count (summed over the two executables) and the cost model does not.
 """
 
 from __future__ import annotations

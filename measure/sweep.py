@@ -282,6 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before the output folder was opened: nothing to keep
+        print("interrupted before measuring anything", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _main(argv: list[str]) -> int:
@@ -357,6 +360,9 @@ def _main(argv: list[str]) -> int:
                 ))
             _log(bar, _summary_line(i, len(work), config, results, time.perf_counter() - t0))
             bar.update(1)
+    except OSError as exc:  # the folder vanished, the disk filled: what was appended stays
+        bar.close()
+        raise UserError(f"cannot write to --out {args.out}: {one_line(exc)}") from None
     except KeyboardInterrupt as exc:
         bar.close()
         out.finish("interrupted", reason="SIGTERM" if isinstance(exc, _Terminate) else "SIGINT")

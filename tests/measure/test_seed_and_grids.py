@@ -125,3 +125,12 @@ def test_methods_are_checked_against_the_variant():
 
 def test_jax_runs_on_cpu_in_tests():
     assert jax.default_backend() == "cpu"
+
+
+def test_custom_grid_defaults():
+    g = grids.custom_grid(batch=(2,), embed=(8, 16), hidden=None, rank=(1,))
+    assert [(c.embed, c.hidden) for c in g.configs] == [(8, 8), (16, 16)]
+    b = grids.custom_grid(batch=(2,), embed=(8,), hidden=None, rank=(1,), layer="block", seq=4)
+    assert [(c.embed, c.hidden, c.seq) for c in b.configs] == [(8, 32, 4)]
+    r = grids.custom_grid(batch=(2,), embed=(8,), hidden=(4, 6), rank=(1, 2))
+    assert len(r.configs) == 4

@@ -128,6 +128,18 @@ def test_time_limit_stops_cleanly_and_resumes(tmp_path, capsys):
     assert len(_keys(out)) == 4 and _run_json(out)["status"] == "complete"
 
 
+def test_seed_as_written_through_the_cli(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert sweep.main([*TINY, "--embed", "8", "--timing", "as_written", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "[1/1] attention b=2 e=8 h=8 r=1 float32 [seed/as_written]: full" in err
+    df = dataset.read_csv(out / "measurements.csv")
+    assert set(df["timing_mode"]) == {"as_written"} and (df["error"] == "").all()
+    # every as-written call traces and compiles a new loss: far slower than the kernel
+    assert (df["time_median_s"] > 1e-3).all()
+    assert set(df["targets"]) == {"", "k,q"}
+
+
 def test_clean_kernels_sweep(tmp_path):
     out = tmp_path / "out"
     argv = ["--layer", "linear", "--batch", "2", "--embed", "8", "--rank", "1,2",

@@ -21,6 +21,7 @@ On a 2-core CPU the defaults take a few seconds. On a GPU use larger ``--max-n``
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -118,12 +119,11 @@ def kernel_overhead(repeats: int, long_chain: int = 65) -> float:
 
 def dispatch_overheads(repeats: int) -> tuple[float, float]:
     """(blocked seconds per call, unblocked back-to-back seconds per call) of a tiny add."""
+    import jax
     import jax.numpy as jnp
 
     call, args = _compiled(lambda x: x + 1.0, jnp.ones((1,), jnp.float32))
     blocked = float("inf")
-    import jax
-
     jax.block_until_ready(call(*args))
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -187,8 +187,6 @@ def _check_out(path: Path) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise UserError(f"--out {path}: folder {parent} does not exist")
-    import os
-
     if not os.access(parent, os.W_OK):
         raise UserError(f"--out {path} is not writable")
 

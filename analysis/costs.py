@@ -100,11 +100,15 @@ def op_table(row: pd.Series) -> pd.DataFrame:
 
 def square_counts(template: pd.Series, method: str, targets: str, widths: np.ndarray,
                   profile: HardwareProfile | None) -> tuple[np.ndarray, ...]:
-    """(flops, bytes_moved, kernels, roofline_s) at embed = hidden = widths for the template's
-    other settings: the lean path for root finding (no DataFrame per call)."""
+    """(flops, bytes_moved, kernels, roofline_s) at embed = hidden = widths (a block: embed =
+    width, hidden in the template's ratio) for the template's other settings: the lean path
+    for root finding (no DataFrame per call)."""
     w = np.asarray(widths, dtype=float)
+    # A block's `hidden` is its MLP width: keep the measured ratio (4 for GPT-style blocks);
+    # for linear and attention layers the family is e = h = width.
+    ratio = float(template["hidden"]) / float(template["embed"]) if template["layer"] == "block" else 1.0
     cost = costmodel.layer_cost(
-        str(template["layer"]), method, batch=float(template["batch"]), embed=w, hidden=w,
+        str(template["layer"]), method, batch=float(template["batch"]), embed=w, hidden=ratio * w,
         rank=float(template["rank"]), targets=_targets_arg(targets),
         input_requires_grad=bool(template["input_requires_grad"]),
         dtype=str(template["dtype"]), seq=int(template["seq"]), heads=int(template["heads"]),

@@ -84,8 +84,9 @@ def anova(ratios: pd.DataFrame) -> pd.DataFrame:
     for m, g in ratios.groupby("method"):
         g = g.copy()
         cols = list(FACTORS)
-        if (g["embed"] == g["hidden"]).all():
-            # Square configs: embed and hidden are one factor, the width.
+        if (g.groupby("embed")["hidden"].nunique().max() == 1
+                and g.groupby("hidden")["embed"].nunique().max() == 1):
+            # embed fixes hidden (square configs, or a block's MLP at 4x): one factor, width.
             g["width"] = g["embed"]
             cols = ["batch", "width", "rank"]
         factors = [f for f in cols if g[f].nunique() > 1]

@@ -110,6 +110,9 @@ def terms_frame(
     """
     method = np.asarray(method, dtype=object)
     n = len(method)
+    with np.errstate(divide="ignore"):  # an op with no cost has log roofline time -inf
+        log_roof = (np.full(n, np.nan) if roofline_s is None
+                    else np.log(np.asarray(roofline_s, dtype=float) * 1e3))
     out = pd.DataFrame({
         "gflops": np.asarray(flops, dtype=float) / 1e9,
         "gbytes": np.asarray(bytes_moved, dtype=float) / 1e9,
@@ -118,8 +121,7 @@ def terms_frame(
         "lora_merged": (method == "lora_merged").astype(float),
         "roof_ms": (np.full(n, np.nan) if roofline_s is None
                     else np.asarray(roofline_s, dtype=float) * 1e3),
-        "log_roof": (np.full(n, np.nan) if roofline_s is None
-                     else np.log(np.asarray(roofline_s, dtype=float) * 1e3)),
+        "log_roof": log_roof,
         "time_ms": np.full(n, np.nan) if time_s is None else np.asarray(time_s, float) * 1e3,
     })
     return out

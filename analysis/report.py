@@ -56,12 +56,17 @@ def fmt_factor(f) -> str:
     return f"{f.estimate:.3g}x [{f.ci_low:.3g}, {f.ci_high:.3g}]"
 
 
+def _cell(v, floatfmt: str) -> str:
+    if isinstance(v, (float, np.floating)):
+        return "-" if math.isnan(v) else floatfmt.format(v)
+    return str(v)
+
+
 def text_table(df: pd.DataFrame, floatfmt: str = "{:.3g}") -> str:
     """A plain fixed-width table (no third-party formatter)."""
     cells = [[str(c) for c in df.columns]]
     for _, r in df.iterrows():
-        cells.append([floatfmt.format(v) if isinstance(v, (float, np.floating)) else str(v)
-                      for v in r])
+        cells.append([_cell(v, floatfmt) for v in r])
     widths = [max(len(row[j]) for row in cells) for j in range(len(cells[0]))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -73,8 +78,7 @@ def md_table(df: pd.DataFrame, floatfmt: str = "{:.3g}") -> str:
     sep = "|" + "|".join("---" for _ in df.columns) + "|"
     body = []
     for _, r in df.iterrows():
-        body.append("| " + " | ".join(
-            floatfmt.format(v) if isinstance(v, (float, np.floating)) else str(v) for v in r) + " |")
+        body.append("| " + " | ".join(_cell(v, floatfmt) for v in r) + " |")
     return "\n".join([head, sep, *body])
 
 

@@ -86,7 +86,8 @@ def validate(df: pd.DataFrame) -> pd.DataFrame:
             if dtype == "bool":
                 col = _as_bool(col)
             elif dtype == "string":
-                col = col.fillna("").astype("string")
+                # astype first: an all-empty column read from CSV arrives as float NaN
+                col = col.astype("string").fillna("")
             else:
                 col = col.astype(dtype)
         except (TypeError, ValueError) as exc:

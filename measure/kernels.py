@@ -305,14 +305,7 @@ def build(layer: str, method: str, *, seed: int = 0, **shape) -> Kernel:
 
 
 def xla_cost(kernel: Kernel) -> dict[str, float]:
-    """XLA's own cost analysis of the compiled kernel: flops, transcendentals, bytes accessed."""
-    compiled = jax.jit(kernel.fn).lower(*kernel.args).compile()
-    ca = compiled.cost_analysis()
-    if isinstance(ca, (list, tuple)):
-        ca = ca[0] if ca else {}
-    ca = ca or {}
-    return {
-        "flops": float(ca.get("flops", np.nan)),
-        "transcendentals": float(ca.get("transcendentals", 0.0)),
-        "bytes_accessed": float(ca.get("bytes accessed", np.nan)),
-    }
+    """XLA's own cost analysis of the compiled kernel: flops, transcendentals, bytes_accessed."""
+    from measure.timing import xla_cost as compiled_cost
+
+    return compiled_cost(jax.jit(kernel.fn).lower(*kernel.args).compile())

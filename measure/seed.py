@@ -181,8 +181,8 @@ def build(
     compile_s = time.perf_counter() - t0
     flops, bytes_ = 0.0, 0.0
     for compiled in (fwd_c, bwd_c):
-        f, b = xla_cost(compiled)
-        flops, bytes_ = flops + f, bytes_ + b
+        cost = xla_cost(compiled)
+        flops, bytes_ = flops + cost["flops"], bytes_ + cost["bytes_accessed"]
     if timing_mode == "aot":
         def call(*a):
             return fwd_c(*a), bwd_c(*a)

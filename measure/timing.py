@@ -232,20 +232,24 @@ def converged(samples_s: Sequence[float], policy: TimingPolicy) -> bool:
 
 # ----------------------------------------------------------------------------- JAX side
 
-def xla_cost(compiled: Any) -> tuple[float, float]:
-    """(flops, bytes accessed) from XLA's cost_analysis of a compiled executable; NaN if absent."""
+def xla_cost(compiled: Any) -> dict[str, float]:
+    """XLA's cost_analysis of a compiled executable: flops, transcendentals, bytes_accessed.
+
+    NaN where the backend does not report a figure (the columns are advisory).
+    """
     try:
         analysis = compiled.cost_analysis()
     except Exception:  # noqa: BLE001 -- some backends do not implement it; advisory only
-        return float("nan"), float("nan")
+        analysis = None
     if isinstance(analysis, (list, tuple)):  # older jax: one dict per computation
-        analysis = analysis[0] if analysis else {}
-    if not analysis:
-        return float("nan"), float("nan")
-    return (
-        float(analysis.get("flops", float("nan"))),
-        float(analysis.get("bytes accessed", float("nan"))),
-    )
+        analysis = analysis[0] if analysis else None
+    analysis = analysis or {}
+    nan = float("nan")
+    return {
+        "flops": float(analysis.get("flops", nan)),
+        "transcendentals": float(analysis.get("transcendentals", 0.0 if analysis else nan)),
+        "bytes_accessed": float(analysis.get("bytes accessed", nan)),
+    }
 
 
 def prepare(name: str, fn: Callable[..., Any], args: Sequence[Any]) -> Prepared:
@@ -256,7 +260,8 @@ def prepare(name: str, fn: Callable[..., Any], args: Sequence[Any]) -> Prepared:
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(*placed).compile()
     compile_s = time.perf_counter() - t0
-    flops, bytes_ = xla_cost(compiled)
+    cost = xla_cost(compiled)
+    flops, bytes_ = cost["flops"], cost["bytes_accessed"]
     return Prepared(name, compiled, placed, compile_s, flops, bytes_)
 
 

@@ -45,13 +45,26 @@ def _groups(rows: pd.DataFrame) -> Iterator[tuple[np.ndarray, "costmodel.Cost", 
         yield pos, cost, str(first["dtype"])
 
 
+def result_bytes(cost: "costmodel.Cost", batch, seq, embed, input_requires_grad: bool):
+    """Bytes of the gradients one timed call returns: every trainable parameter's, and the
+    input's (batch·seq·embed) when it needs one (see `analysis.fit` on why they cost time)."""
+    itemsize = costmodel.dtype_bytes(cost.dtype)
+    dx = np.asarray(batch, float) * np.asarray(seq, float) * np.asarray(embed, float)
+    return (np.asarray(cost.trainable_params, float) + (dx if input_requires_grad else 0.0)) * itemsize
+
+
 def counts(rows: pd.DataFrame) -> pd.DataFrame:
-    """flops, bytes_moved, kernels and trainable_params of each row, from costmodel."""
+    """flops, bytes_moved, kernels, trainable_params and result_bytes of each row, from costmodel."""
     n = len(rows)
-    out = {k: np.full(n, np.nan) for k in ("flops", "bytes_moved", "kernels", "trainable_params")}
+    names = ("flops", "bytes_moved", "kernels", "trainable_params", "result_bytes")
+    out = {k: np.full(n, np.nan) for k in names}
     for pos, cost, _ in _groups(rows):
-        for k in out:
+        for k in names[:-1]:
             out[k][pos] = np.broadcast_to(np.asarray(getattr(cost, k), dtype=float), pos.shape)
+        sub = rows.iloc[pos]
+        out["result_bytes"][pos] = result_bytes(
+            cost, sub["batch"].to_numpy(), sub["seq"].to_numpy(), sub["embed"].to_numpy(),
+            bool(sub["input_requires_grad"].iloc[0]))
     return pd.DataFrame(out, index=rows.index)
 
 
@@ -100,7 +113,7 @@ def op_table(row: pd.Series) -> pd.DataFrame:
 
 def square_counts(template: pd.Series, method: str, targets: str, widths: np.ndarray,
                   profile: HardwareProfile | None) -> tuple[np.ndarray, ...]:
-    """(flops, bytes_moved, kernels, roofline_s) at embed = hidden = widths (a block: embed =
+    """(flops, bytes_moved, kernels, roofline_s, result_bytes) at embed = hidden = widths (a block: embed =
     width, hidden in the template's ratio) for the template's other settings: the lean path
     for root finding (no DataFrame per call)."""
     w = np.asarray(widths, dtype=float)
@@ -121,4 +134,6 @@ def square_counts(template: pd.Series, method: str, targets: str, widths: np.nda
         roof = np.full(shape, np.nan)
     else:
         roof = np.broadcast_to(costmodel.roofline(cost, profile, str(template["dtype"])).time_s, shape)
-    return flops, bytes_moved, kernels, roof
+    res = np.broadcast_to(result_bytes(cost, float(template["batch"]), int(template["seq"]), w,
+                                       bool(template["input_requires_grad"])), shape)
+    return flops, bytes_moved, kernels, roof, res

@@ -2,15 +2,24 @@
 
 The model. For one forward+backward call of a (config, method),
 
-    t = t_dispatch + λ_m · flops / F_eff + bytes_moved / B_eff + kernels · τ      (λ_full = 1)
+    t = t_dispatch + λ_m · flops / F_eff + bytes_moved / B_eff + kernels · τ
+        + result_bytes / R_eff                                                     (λ_full = 1)
 
 i.e. the roofline's *upper bound* (compute time + memory time + per-kernel overhead, the
 scaling-book's "sum" form) with its three rates fitted instead of taken from a datasheet, a
 fixed dispatch cost per call, and a LoRA-specific multiplier λ_m on the compute time of the
 LoRA methods (m = lora, lora_merged): λ_m > 1 says LoRA's FLOPs run slower than full
 fine-tuning's (skinny rank-r products, the extra merge, different fusion). It is linear in
-the parameters (1/F_eff, 1/B_eff, τ, t_dispatch and (λ_m − 1)/F_eff), so every candidate form
-below is a (generalised) linear model over one pinned design matrix.
+the parameters (1/F_eff, 1/B_eff, τ, t_dispatch, 1/R_eff and (λ_m − 1)/F_eff), so every
+candidate form below is a (generalised) linear model over one pinned design matrix.
+
+result_bytes are the bytes of the gradients the timed call returns (trainable parameters, and
+dX when the input needs a gradient): each call writes them into freshly allocated buffers,
+whose first touch costs time per byte on top of the traffic the cost model counts (page
+faults on a CPU; an allocation on any device). It is what makes full fine-tuning of a wide
+layer at a tiny batch slower than its bytes alone say (its e×h gradients are results; a
+merged LoRA's e×h ΔW is a reused temporary). A training step that updates its weights in
+place does not pay it, so `costmodel.model`'s fitted step time leaves it out.
 
 Candidate forms (`FORMS`), compared by `analysis.validate` and chosen by out-of-scale error:
 
@@ -55,7 +64,7 @@ from scipy import stats
 from analysis.errors import UserError
 
 #: The terms of the additive forms, as a patsy formula over `terms_frame`'s columns.
-ADDITIVE_FORMULA = "1 + gflops + gbytes + kernels + gflops:lora + gflops:lora_merged"
+ADDITIVE_FORMULA = "1 + gflops + gbytes + kernels + gresult + gflops:lora + gflops:lora_merged"
 #: The terms of the log-link form (the roofline time enters as an offset).
 LOG_FORMULA = "1 + lora + lora_merged"
 #: Config clusters below which the cluster-robust covariance is not trusted (HC3 instead).
@@ -78,7 +87,7 @@ LOG_FORMS = ("gamma_log_offset", "gamma_log_roofline")
 LOG_ROOF_FORMULA = "1 + log_roof + lora + lora_merged"
 ADDITIVE_FORMS = ("ols_additive", "wls_additive", "gamma_identity")
 #: Terms whose coefficient is a time per unit and so cannot be negative.
-PHYSICAL = ("Intercept", "gflops", "gbytes", "kernels")
+PHYSICAL = ("Intercept", "gflops", "gbytes", "kernels", "gresult")
 
 
 def priors_from_profile(profile) -> dict[str, float]:
@@ -101,12 +110,14 @@ def terms_frame(
     method: Sequence[str],
     roofline_s: np.ndarray | None = None,
     time_s: np.ndarray | None = None,
+    result_bytes: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """The regressors of every form, in the design's units (ms, GFLOP, GB).
 
     flops, bytes_moved, kernels: the cost model's totals for each row; method: full | lora |
     lora_merged; roofline_s: the unfitted roofline time with the device profile (NaN or None
-    when there is no profile); time_s: measured time, None when predicting.
+    when there is no profile); time_s: measured time, None when predicting; result_bytes:
+    bytes of the gradients each call returns (zero when None, e.g. for a single op).
     """
     method = np.asarray(method, dtype=object)
     n = len(method)
@@ -117,6 +128,7 @@ def terms_frame(
         "gflops": np.asarray(flops, dtype=float) / 1e9,
         "gbytes": np.asarray(bytes_moved, dtype=float) / 1e9,
         "kernels": np.asarray(kernels, dtype=float),
+        "gresult": np.zeros(n) if result_bytes is None else np.asarray(result_bytes, float) / 1e9,
         "lora": (method == "lora").astype(float),
         "lora_merged": (method == "lora_merged").astype(float),
         "roof_ms": (np.full(n, np.nan) if roofline_s is None
@@ -384,7 +396,9 @@ def _factors(form: str, cols: list[str], params: np.ndarray, cov: np.ndarray,
         return tuple(out)
     # ms per GFLOP -> FLOP/s: 1e9 FLOP / (beta * 1e-3 s); a dropped term is unbounded.
     for col, name, unit, note in (("gflops", "effective FLOP/s", "FLOP/s", "dense compute rate"),
-                                  ("gbytes", "effective bytes/s", "bytes/s", "memory traffic rate")):
+                                  ("gbytes", "effective bytes/s", "bytes/s", "memory traffic rate"),
+                                  ("gresult", "result-buffer bytes/s", "bytes/s",
+                                   "first touch of the returned gradients' fresh buffers")):
         if col in idx:
             f, lo, hi = _rate_from_inverse(params[idx[col]], se[idx[col]], 1e12)
             out.append(Factor(name, f, lo, hi, unit, note))

@@ -90,10 +90,14 @@ def op_breakdown(result: fitmod.FitResult, rows: pd.DataFrame,
         t = fitmod.predict_ms(result.form, terms, p) / 1e3
         part = ops.assign(method=row["method"], time_s=t)
         if result.form not in fitmod.LOG_FORMS:
+            per_call = [("dispatch (per call)", 0.0, params[cols.index("Intercept")])]
+            if "gresult" in cols:
+                per_call.append(("result buffers (per call)", row["gresult"] * 1e9,
+                                 row["gresult"] * params[cols.index("gresult")]))
             part = pd.concat([part, pd.DataFrame([{
-                "op": "dispatch (per call)", "phase": "call", "kind": "overhead", "flops": 0.0,
-                "bytes_moved": 0.0, "kernels": 0.0, "method": row["method"],
-                "time_s": params[cols.index("Intercept")] / 1e3}])], ignore_index=True)
+                "op": op, "phase": "call", "kind": "overhead", "flops": 0.0,
+                "bytes_moved": nbytes, "kernels": 0.0, "method": row["method"],
+                "time_s": ms / 1e3} for op, nbytes, ms in per_call])], ignore_index=True)
         out.append(part)
     table = pd.concat(out, ignore_index=True) if out else pd.DataFrame()
     for c in ("batch", "embed", "hidden", "rank"):

@@ -26,6 +26,7 @@ def terms_for(rows: pd.DataFrame, profile: HardwareProfile | None,
         rows["method"].astype(str).to_numpy(),
         costs.roofline_time_s(rows, profile),
         rows["time_median_s"].to_numpy(dtype=float) if measured else None,
+        c["result_bytes"].to_numpy(),
     )
     for col in ID_COLUMNS:
         terms[col] = rows[col].to_numpy()

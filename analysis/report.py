@@ -378,7 +378,7 @@ def write_files(a: Analysis, out: str, figures: Sequence[str]) -> list[str]:
     write_atomic(os.path.join(out, "fit_summary.txt"),
                  f"model form: {a.fit.form} ({a.validation.reason})\n"
                  f"standard errors: {a.fit.cov_type}\n"
-                 f"units: time_ms ~ GFLOP (gflops), GB (gbytes), kernels\n\n"
+                 f"units: time_ms ~ GFLOP (gflops), GB (gbytes), kernels, GB of returned gradients (gresult)\n\n"
                  + a.fit.summary_text + "\n")
     written.append("fit_summary.txt")
     write_atomic(os.path.join(out, "report.md"), markdown_report(a, figures))

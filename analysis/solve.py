@@ -114,7 +114,7 @@ def _terms_square(tmpl: pd.Series, widths: np.ndarray, methods: list[str],
     return fitmod.terms_frame(
         np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
         np.concatenate([p[2] for p in parts]), np.repeat(methods, n),
-        np.concatenate([p[3] for p in parts]))
+        np.concatenate([p[3] for p in parts]), None, np.concatenate([p[4] for p in parts]))
 
 
 def _design(form: str, terms: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

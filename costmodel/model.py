@@ -530,6 +530,8 @@ class FittedRates:
 
     with λ_m the LoRA methods' compute multiplier (1 for full). `analysis` hands them over
     in a profile JSON's `extra` under `FIT_KEYS`, or directly to `step_time(fitted=...)`.
+    The fit's result-buffer term (the single-layer benchmark returns its gradients in fresh
+    buffers) is left out: a training step that updates its weights in place returns none.
     """
 
     flops_per_s: float

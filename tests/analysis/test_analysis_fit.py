@@ -81,7 +81,8 @@ def test_negative_physical_terms_are_dropped(fixture_csv):
 
 def test_design_matrix_is_built_by_patsy(synthetic_rows):
     X, off, cols = fitmod.design_matrix("wls_additive", synthetic_rows)
-    assert cols == ["Intercept", "gflops", "gbytes", "kernels", "gflops:lora", "gflops:lora_merged"]
+    assert cols == ["Intercept", "gflops", "gbytes", "kernels", "gresult", "gflops:lora",
+                    "gflops:lora_merged"]
     dm = patsy.dmatrix(fitmod.ADDITIVE_FORMULA, synthetic_rows)
     np.testing.assert_array_equal(np.asarray(dm), X)
 

@@ -21,17 +21,10 @@ import time
 from collections.abc import Sequence
 
 from analysis import data, solve
-from analysis.errors import UserError
+from costmodel.cliutil import OneLineArgumentParser, UserError
 
 DEFAULT_RESULTS = "crossover-results"
 GRIDS = ("quick", "seed", "square")  # measure.grids.GRIDS, listed here so --help needs no import
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse whose errors are one-line UserErrors (exit 2 through `main`)."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise UserError(message)
 
 
 def width_list(text: str) -> tuple[int, ...]:
@@ -58,7 +51,7 @@ def grid_name(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m analysis.crossover", description=__doc__.split("\n\n")[0])
+    p = OneLineArgumentParser(prog="python -m analysis.crossover", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="our sweep directory or CSV/JSONL, or the blog's results CSV "
                                   "(default: measure --grid into ./crossover-results/)")
     p.add_argument("--grid", type=grid_name, default="quick",

@@ -61,7 +61,7 @@ import patsy
 import statsmodels.api as sm
 from scipy import stats
 
-from analysis.errors import UserError
+from costmodel.cliutil import UserError
 
 #: The terms of the additive forms, as a patsy formula over `terms_frame`'s columns.
 ADDITIVE_FORMULA = "1 + gflops + gbytes + kernels + gresult + gflops:lora + gflops:lora_merged"

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from analysis.errors import UserError
+from costmodel.cliutil import UserError
 
 DEFAULT_MODEL = "gpt2-small"
 DEFAULT_HARDWARE = "a100-80gb"

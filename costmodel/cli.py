@@ -190,8 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from costmodel import cli_model
 
         return cli_model.main(argv)
-    args = _parser().parse_args(argv)
-    return run(PROG, lambda: _body(args))
+    return run(PROG, lambda: _body(_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

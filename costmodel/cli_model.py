@@ -266,5 +266,5 @@ def _body(args) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     import sys
 
-    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    return run(PROG, lambda: _body(args))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run(PROG, lambda: _body(_parser().parse_args(argv)))

@@ -1,7 +1,8 @@
-"""What every command line of the project shares: one-line errors and exit status 2.
+"""What every command line of the project shares: one `UserError`, one-line errors, exit 2.
 
-Bad input never ends in a traceback: argparse's own errors and `UserError` (or ValueError
-from the model) print one line, ``<prog>: error: <what is wrong>``, and the command returns 2.
+Bad input never ends in a traceback: argparse's own errors become `UserError`, and `run`
+prints it (or a ValueError from the model) as one line, ``<prog>: error: <what is wrong>``,
+and returns 2. `costmodel`, `measure` and `analysis` all use these.
 """
 
 from __future__ import annotations
@@ -18,28 +19,34 @@ class UserError(Exception):
     """Bad input from the user: printed as one line, exit status 2."""
 
 
+def one_line(message: object, limit: int = 300) -> str:
+    """First line of `message`, clipped: stderr and error records get one line each."""
+    text = str(message).strip().splitlines()
+    line = text[0] if text else type(message).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 class OneLineArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors are a single line (no usage block) and exit with status 2."""
+    """argparse whose errors raise `UserError` (one line, exit 2 through `run`), no usage dump."""
 
     def error(self, message: str):  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message.splitlines()[0]}\n")
+        raise UserError(one_line(message))
 
 
 def run(prog: str, body: Callable[[], int]) -> int:
-    """Run a command body; turn UserError and ValueError into one line on stderr and 2."""
+    """Run a command body; print UserError and ValueError as one line on stderr and return 2."""
     try:
         return body()
     except (UserError, ValueError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"{prog}: error: {msg}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
 
 
-def csv_list(choices: Sequence[str] | None = None, what: str = "value") -> Callable[[str], list[str]]:
+def csv_list(choices: Sequence[str] | None = None, what: str = "value") -> Callable[[str], tuple[str, ...]]:
     """An argparse `type=` that splits "a,b" and checks each item against `choices`."""
 
-    def parse(text: str) -> list[str]:
-        items = [s.strip() for s in text.split(",") if s.strip()]
+    def parse(text: str) -> tuple[str, ...]:
+        items = tuple(s.strip() for s in text.split(",") if s.strip())
         if not items:
             raise argparse.ArgumentTypeError(f"empty {what} list")
         if choices is not None:
@@ -63,9 +70,28 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_int_list(text: str) -> list[int]:
+def positive_int_list(text: str) -> tuple[int, ...]:
     """An argparse `type=` for "2,64,256": whole numbers > 0."""
     items = [s.strip() for s in text.split(",") if s.strip()]
     if not items:
         raise argparse.ArgumentTypeError("empty list of sizes")
-    return [positive_int(s) for s in items]
+    return tuple(positive_int(s) for s in items)
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse `type=` for a finite number ≥ 0 (a time budget, say)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value >= 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number >= 0")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse `type=` for a finite number > 0."""
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value

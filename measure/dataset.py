@@ -37,7 +37,7 @@ from typing import Any
 
 import pandas as pd
 
-from measure.cli import UserError, one_line
+from costmodel.cliutil import UserError, one_line
 from measure.schema import COLUMNS, KEY, SCHEMA_VERSION, SchemaError, validate
 
 RUN_FORMAT = "lora-crossover-run"

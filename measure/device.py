@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from measure.cli import OneLineParser, UserError, choice_list, one_line, positive_float, positive_int
+from costmodel.cliutil import OneLineArgumentParser, UserError, csv_list, one_line, positive_float, positive_int
 
 DTYPES = ("float32", "bfloat16")
 
@@ -191,10 +191,10 @@ def _check_out(path: Path) -> None:
         raise UserError(f"--out {path} is not writable")
 
 
-def build_parser() -> OneLineParser:
-    p = OneLineParser(prog="python -m measure.device", description=__doc__.split("\n\n")[0])
+def build_parser() -> OneLineArgumentParser:
+    p = OneLineArgumentParser(prog="python -m measure.device", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="profile JSON to write (loads as HardwareProfile)")
-    p.add_argument("--dtypes", type=choice_list(DTYPES, "dtype"), default=DTYPES)
+    p.add_argument("--dtypes", type=csv_list(DTYPES, "dtype"), default=DTYPES)
     p.add_argument("--max-n", type=positive_int, default=2048, help="largest matmul side tried")
     p.add_argument("--target-call-s", type=positive_float, default=0.05,
                    help="stop growing the matmul once one call takes this long")

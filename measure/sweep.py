@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from measure import grids
-from measure.cli import (
-    OneLineParser,
+from costmodel.cliutil import (
+    OneLineArgumentParser,
     UserError,
-    choice_list,
+    csv_list,
     non_negative_float,
     one_line,
     positive_int,
@@ -172,8 +172,8 @@ def run_config(
 
 # ----------------------------------------------------------------------------- CLI
 
-def build_parser() -> OneLineParser:
-    p = OneLineParser(
+def build_parser() -> OneLineArgumentParser:
+    p = OneLineArgumentParser(
         prog="python -m measure.sweep",
         description="Time full fine-tuning against LoRA over a grid of layer sizes.",
     )
@@ -184,9 +184,9 @@ def build_parser() -> OneLineParser:
     p.add_argument("--hidden", type=positive_int_list, help="custom grid: output widths h (default: = e)")
     p.add_argument("--rank", type=positive_int_list, help="custom grid: LoRA ranks (default 1)")
     p.add_argument("--layer", choices=grids.LAYERS, help="layer (default attention)")
-    p.add_argument("--methods", type=choice_list(grids.METHODS, "method"),
+    p.add_argument("--methods", type=csv_list(grids.METHODS, "method"),
                    help="comma-separated subset of full,lora,lora_merged")
-    p.add_argument("--dtype", type=choice_list(grids.DTYPES, "dtype"), default=("float32",),
+    p.add_argument("--dtype", type=csv_list(grids.DTYPES, "dtype"), default=("float32",),
                    help="float32 or bfloat16")
     p.add_argument("--targets", help="adapted matrices, e.g. q,v (default: the layer's)")
     p.add_argument("--input-grad", action="store_true", help="also differentiate the layer input")

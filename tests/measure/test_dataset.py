@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from measure import dataset
-from measure.cli import UserError
+from costmodel.cliutil import UserError
 from measure.schema import COLUMNS, KEY, SCHEMA_VERSION, SchemaError, validate
 
 

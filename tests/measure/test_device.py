@@ -29,7 +29,7 @@ def test_profile_loads_as_hardware_profile(tmp_path, capsys):
     "argv, match",
     [
         (["--dtypes", "float16"], "unknown dtype 'float16'"),
-        (["--max-n", "0"], "0 is not > 0"),
+        (["--max-n", "0"], "0 must be > 0"),
         (["--copy-mib", "-1"], "-1"),
     ],
 )

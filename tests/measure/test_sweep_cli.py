@@ -42,7 +42,7 @@ def _run_json(out: Path) -> dict:
         (["--grid", "nope"], "invalid choice: 'nope'"),
         (["--grid", "quick", "--methods", "full,qlora"], "unknown method 'qlora'"),
         (["--grid", "quick", "--dtype", "float16"], "unknown dtype 'float16'"),
-        (["--batch", "0", "--embed", "8"], "0 is not > 0"),
+        (["--batch", "0", "--embed", "8"], "0 must be > 0"),
         (["--batch", "2", "--embed", "8", "--hidden", "-4"], "-4"),
         (["--batch", "2", "--embed", "8", "--hidden", "4", "--rank", "5"], "rank 5 exceeds min"),
         (["--batch", "2", "--embed", "8", "--variant", "seed", "--methods", "lora"], "seed variant"),

@@ -108,7 +108,7 @@ def test_loop_interleaves_round_robin_blocks_and_batches_fast_kernels():
 
 
 def test_loop_keeps_going_within_budget_until_converged():
-    clock, log, gc_states = FakeClock(), [], []
+    clock = FakeClock()
     noisy = iter(np.random.default_rng(0).lognormal(-7, 0.3, 10_000))
 
     def call():

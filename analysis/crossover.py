@@ -68,9 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "the dataset directory's profile.json, else measured now")
     p.add_argument("--bootstrap", type=int, default=solve.N_BOOT,
                    help=f"bootstrap refits (default {solve.N_BOOT})")
-    p.add_argument("--model", help="issue 5: whole-model presets table for this model "
-                                   "(a preset name, or 'all')")
-    p.add_argument("--hardware", help="issue 5: hardware preset name or profile JSON")
+    p.add_argument("--model", help="add the predicted LoRA/full step time and memory of whole "
+                                   "models across the presets, this one marked (a preset name, or 'all')")
+    p.add_argument("--hardware", help="hardware for the whole-model table: a preset name or a profile JSON")
     return p
 
 

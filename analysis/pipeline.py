@@ -33,7 +33,7 @@ class Analysis:
     blog_summary: pd.DataFrame
     op_breakdown: pd.DataFrame
     fitted: np.ndarray  # in-sample fitted time (s) of each row of `rows`
-    extras: dict = field(default_factory=dict)  # e.g. issue 5's model-preset tables
+    extras: dict = field(default_factory=dict)  # e.g. the whole-model preset tables
 
 
 def run(dataset: data.Dataset, profile: HardwareProfile | None, profile_note: str,

@@ -155,7 +155,7 @@ def extrapolation_display(a: Analysis) -> pd.DataFrame:
 
 
 def validation_verdict(a: Analysis) -> str:
-    """The issue's target, read plainly: the median out-of-scale error over every held-out
+    """The validation target (≤ 10%), read plainly: the median out-of-scale error over every held-out
     prediction of time (all methods pooled), the worst method's median beside it, and the
     same pooled figure for each baseline."""
     t = a.validation.table

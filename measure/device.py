@@ -28,7 +28,14 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from costmodel.cliutil import OneLineArgumentParser, UserError, csv_list, one_line, positive_float, positive_int
+from costmodel.cliutil import (
+    OneLineArgumentParser,
+    UserError,
+    csv_list,
+    one_line,
+    positive_float,
+    positive_int,
+)
 
 DTYPES = ("float32", "bfloat16")
 

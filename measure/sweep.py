@@ -21,7 +21,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from measure import grids
 from costmodel.cliutil import (
     OneLineArgumentParser,
     UserError,
@@ -31,6 +30,7 @@ from costmodel.cliutil import (
     positive_int,
     positive_int_list,
 )
+from measure import grids
 from measure.grids import Config, Grid
 from measure.schema import COLUMNS, SCHEMA_VERSION
 
@@ -42,7 +42,6 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
 def _layer_config(config: Config, method: str):
     """The cost model's LayerConfig for (config, method); ValueError on bad sizes."""
     from costmodel.layers import LayerConfig
-
     from measure import seed
 
     targets = seed.COSTMODEL_TARGETS if config.variant == "seed" else config.targets

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic import synthetic_dataset, true_time_s
 
 import costmodel
 from analysis import data, prepare, solve
 from analysis import fit as fitmod
-from synthetic import synthetic_dataset, true_time_s
 
 
 def _true_d_star(batch: int, rank: int, method: str = "lora") -> float:

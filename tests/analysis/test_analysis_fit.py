@@ -6,12 +6,12 @@ import numpy as np
 import patsy
 import pytest
 import statsmodels.formula
+from synthetic import TRUE, synthetic_dataset
 
 from analysis import data, factors, prepare
 from analysis import fit as fitmod
 from analysis import validate as valmod
 from costmodel.hardware import HardwareProfile
-from synthetic import TRUE, synthetic_dataset
 
 
 def _rows(frame, profile=None):

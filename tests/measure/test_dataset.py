@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from measure import dataset
 from costmodel.cliutil import UserError
+from measure import dataset
 from measure.schema import COLUMNS, KEY, SCHEMA_VERSION, SchemaError, validate
 
 

@@ -85,3 +85,25 @@ def test_lora_saves_its_extra_input():
     full = layer_cost("linear", "full", batch=n, embed=e, hidden=h)
     assert float(full.saved_bytes) == n * e * 4
     assert float(lora.saved_bytes) == (n * e + n * r) * 4
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(layer="attention", method="lora", batch=0, embed=8, hidden=8, rank=1), "batch must be > 0"),
+    (dict(layer="attention", method="lora", batch=2, embed=8, hidden=-8, rank=1), "hidden must be > 0"),
+    (dict(layer="attention", method="lora", batch=2, embed=8, hidden=6, rank=7), "rank 7 exceeds min(e, h) = 6"),
+    (dict(layer="attention", method="lora", batch=2, embed=8, hidden=8, rank=0), "rank must be > 0"),
+    (dict(layer="conv", method="full", batch=2, embed=8, hidden=8), "unknown layer 'conv'"),
+    (dict(layer="attention", method="qlora", batch=2, embed=8, hidden=8), "unknown method 'qlora'"),
+    (dict(layer="attention", method="lora", batch=2, embed=8, hidden=8, rank=1, targets="q,o"),
+     "unknown target 'o'"),
+    (dict(layer="block", method="lora", batch=2, embed=8, rank=1, targets=()), "target list is empty"),
+    (dict(layer="attention", method="full", batch=2, embed=8, hidden=8, dtype="int4"), "unknown dtype"),
+    (dict(layer="block", method="full", batch=2, embed=10, heads=4), "heads must divide embed"),
+    (dict(layer="attention", method="full", batch=np.array([2, 0]), embed=8, hidden=8),
+     "batch must be > 0, got 0"),
+])
+def test_bad_input_raises_value_error(kwargs, needle):
+    layer, method = kwargs.pop("layer"), kwargs.pop("method")
+    with pytest.raises(ValueError) as info:
+        layer_cost(layer, method, **kwargs)
+    assert needle in str(info.value) and "\n" not in str(info.value)

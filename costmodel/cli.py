@@ -27,7 +27,11 @@ _MODEL_FLAGS = ("--model", "--list", "--d-model", "--layers")
 
 def _parser() -> OneLineArgumentParser:
     p = OneLineArgumentParser(prog=PROG, description="FLOPs, bytes, kernels and roofline time of "
-                              "one training step of a layer under full training or LoRA.")
+                              "one training step of a layer under full training or LoRA.",
+                              epilog="Whole models: --model NAME (or a custom shape with --d-model, "
+                              "--layers, ...) costs a full training step; --list names the model "
+                              "and hardware presets; python -m costmodel --model gpt2-small --help "
+                              "shows those options.")
     p.add_argument("--layer", choices=LAYERS, default="attention")
     p.add_argument("--method", type=csv_list(METHODS, "method"), default=["full", "lora"],
                    help="comma-separated: full, lora, lora_merged (default full,lora)")

@@ -560,7 +560,7 @@ class FittedRates:
         if not all(k in extra for k in list(FIT_KEYS)[:3]):
             return None
         values = {field_: float(extra[key]) for key, field_ in FIT_KEYS.items() if key in extra}
-        return cls(**values, note=f"rates fitted to measurements on {profile.name}")
+        return cls(**values, note=f"rates fitted to timings on this device ({profile.name})")
 
 
 #: `HardwareProfile.extra` key -> `FittedRates` field; the first three are required.

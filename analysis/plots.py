@@ -96,13 +96,18 @@ def _groups(table: pd.DataFrame) -> list[tuple[int, int]]:
     return sorted({(int(b), int(r)) for b, r in zip(table["batch"], table["rank"])})
 
 
+def _panels(n: int):
+    """A figure of n small panels, three to a row (axes as a 2-D array)."""
+    ncol = min(3, n)
+    nrow = int(np.ceil(n / ncol))
+    return plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.0 * nrow), squeeze=False)
+
+
 def time_vs_width(a: Analysis, out: str) -> str:
     """Measured points, fitted curves with 95% bands, crossover marked, per (batch, rank)."""
     cur = a.curves.table
     groups = _groups(cur)
-    ncol = min(3, len(groups))
-    nrow = int(np.ceil(len(groups) / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.0 * nrow), squeeze=False)
+    fig, axes = _panels(len(groups))
     xo = a.crossover.table
     for ax, (b, r) in zip(axes.flat, groups):
         c = cur[(cur["batch"] == b) & (cur["rank"] == r)]
@@ -131,9 +136,7 @@ def time_vs_width(a: Analysis, out: str) -> str:
 def extrapolation(a: Analysis, out: str) -> str:
     ex = a.extrapolation.table
     groups = _groups(ex)
-    ncol = min(3, len(groups))
-    nrow = int(np.ceil(len(groups) / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.0 * nrow), squeeze=False)
+    fig, axes = _panels(len(groups))
     for ax, (b, r) in zip(axes.flat, groups):
         e = ex[(ex["batch"] == b) & (ex["rank"] == r)]
         for m, g in e.groupby("method"):

@@ -179,7 +179,7 @@ def evaluate(args) -> dict:
         out["time_basis"] = basis
     notes = []
     compute = PRECISIONS[args.precision].compute_dtype
-    if compute not in profile.peak_flops_per_s:
+    if compute not in profile.peak_flops_per_s and t.fitted is None:
         notes.append(f"{profile.name} lists no {compute} peak; {profile.peak(compute) / 1e12:g} TFLOP/s "
                      f"of its other 16-bit type is used")
     if notes:
@@ -217,7 +217,7 @@ def render(out: dict) -> str:
         ("trainable params", lambda r: f"{r['trainable_params']:,}"),
         ("weights", lambda r: _gb(r["memory"]["weights_bytes"])),
         ("gradients", lambda r: _gb(r["memory"]["gradients_bytes"])),
-        ("optimizer states", lambda r: _gb(r["memory"]["optimizer_bytes"])),
+        ("optimizer (master + states)", lambda r: _gb(r["memory"]["optimizer_bytes"])),
         ("activations", lambda r: _gb(r["memory"]["activations_bytes"])),
         ("transient", lambda r: _gb(r["memory"]["transient_bytes"])),
         ("memory total", lambda r: _gb(r["memory"]["total_bytes"])),

@@ -182,14 +182,16 @@ class Tensor:
 class Vjp:
     """The VJP of one op with respect to one input: its cost and the forward tensors it reads.
 
-    `reads` holds tensors (saved activations when they are not parameters) and `residuals`
-    holds (key, numel) pairs for intermediates a fused op keeps for its backward.
+    `reads` holds tensors (saved activations when they are not parameters), `reads_output`
+    says the VJP reads the op's own output (softmax's y), and `residuals` holds (key, numel)
+    pairs for intermediates a fused op keeps for its backward that no other op sees.
     """
 
     kind: str
     terms: Terms
     reads: tuple[Tensor, ...] = ()
     residuals: tuple[tuple[str, Size], ...] = ()
+    reads_output: bool = False
 
 
 @dataclass(frozen=True)
@@ -316,7 +318,7 @@ class Graph:
                          + elementwise_bytes(mk, (mk, m), s) + elementwise_bytes(mk, (mk, mk), s)),
             kernels=4,
         )
-        vjp = Vjp("softmax", bwd, residuals=((f"{name}:y", mk),))
+        vjp = Vjp("softmax", bwd, reads_output=True)
         return self._add_node(name, "softmax", fwd, (a,), a.shape, (vjp,))
 
     def layernorm(self, name: str, a: Tensor, gamma: Tensor, beta: Tensor | None) -> Tensor:
@@ -428,7 +430,7 @@ class Graph:
                 if vjp is None:
                     continue
                 ops.append(OpCost(f"d{inp.name} of {node.name}", "backward", vjp.kind, *_fields(vjp.terms)))
-                for t in vjp.reads:
+                for t in vjp.reads + ((node.output,) if vjp.reads_output else ()):
                     if t.role != "param":
                         saved[t.uid] = t.numel
                 for key, n in vjp.residuals:

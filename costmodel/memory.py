@@ -17,8 +17,8 @@ their weights, in the compute dtype.
 Activations are the graph's `saved_bytes` (forward tensors the backward reads), per part and
 per block; LoRA's extra saved inputs for ∂A, its dropout masks and `lora_merged`'s merged
 weights are in them. The peak adds the largest transient buffer of the backward pass: the
-(tokens × vocab) logits gradient, plus, under recomputation, one block's re-materialised
-activations. Allocator fragmentation, CUDA context and workspace are not modelled.
+(tokens × vocab) logits gradient or, under recomputation, one block's re-materialised
+activations, whichever is larger (the first is freed before the second exists). Allocator fragmentation, CUDA context and workspace are not modelled.
 """
 
 from __future__ import annotations
@@ -101,7 +101,8 @@ def memory_breakdown(cost: StepCost) -> MemoryBreakdown:
         gradients_bytes=np.asarray(trainable * compute),
         optimizer_bytes=np.asarray(trainable * (master + states)),
         activations_bytes=np.asarray(activations, dtype=float),
-        transient_bytes=np.asarray(dlogits + cost.recompute_transient_bytes, dtype=float),
+        # dlogits is freed before any block's backward (and its recomputation) runs
+        transient_bytes=np.asarray(np.maximum(dlogits, cost.recompute_transient_bytes), dtype=float),
         per_layer_activation_bytes=MappingProxyType(per_layer),
         trainable_params=trainable,
         total_params=np.asarray(total_params),

@@ -628,7 +628,7 @@ def step_time(cost: StepCost, profile: HardwareProfile, efficiency: Efficiency |
         rates = FittedRates.from_profile(profile)
     eff = None
     if rates is not None:
-        peak = rates.flops_per_s / rates.multiplier(cost.spec.method)
+        peak = rates.flops_per_s
         bandwidth, overhead = rates.bytes_per_s, rates.kernel_overhead_s
         basis, note = "fitted", rates.note or "rates fitted to measurements"
     else:
@@ -641,6 +641,15 @@ def step_time(cost: StepCost, profile: HardwareProfile, efficiency: Efficiency |
                               mem_bandwidth_bytes_per_s=bandwidth, kernel_overhead_s=overhead,
                               source=profile.source, measured=profile.measured)
     times: dict[str, RooflineTime] = {name: roofline(c, derated, dtype) for name, c in cost.parts.items()}
+    if rates is not None and rates.multiplier(cost.spec.method) != 1.0:
+        # λ_m was fitted on layers that carry adapters: it scales the compute of the trained
+        # blocks only, not the embeddings, head, frozen blocks or optimizer, which are the
+        # same arithmetic under every method.
+        slow = HardwareProfile(name=profile.name, peak_flops_per_s={dtype: peak / rates.multiplier(cost.spec.method)},
+                               mem_bandwidth_bytes_per_s=bandwidth, kernel_overhead_s=overhead,
+                               source=profile.source, measured=profile.measured)
+        for name in ("first_block", "middle_blocks"):
+            times[name] = roofline(cost.parts[name], slow, dtype)
     total = {k: sum((getattr(rt, k) for rt in times.values()), np.zeros(()))
              for k in ("t_math_s", "t_mem_s", "t_overhead_s", "lower_bound_s", "upper_bound_s")}
     if rates is not None:

@@ -118,10 +118,10 @@ class ModelShape:
 
 
 def norm_params(shape: ModelShape) -> int:
-    """Parameters of one norm over d_model: LayerNorm has a scale and (with bias) a shift."""
+    """Parameters of one norm over d_model: LayerNorm a scale and a shift, RMSNorm a scale."""
     if shape.norm == "layernorm":
-        return shape.d_model * (2 if shape.bias else 1)
-    return shape.d_model  # RMSNorm: scale only
+        return 2 * shape.d_model
+    return shape.d_model
 
 
 def linear_shapes(shape: ModelShape) -> dict[str, tuple[int, int]]:

@@ -107,3 +107,18 @@ def test_bad_input_raises_value_error(kwargs, needle):
     with pytest.raises(ValueError) as info:
         layer_cost(layer, method, **kwargs)
     assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("method,expected", [
+    # X for dW; Q, K for dK, dQ; V for dP; P for dV and the softmax VJP (kept once)
+    ("full", lambda n, e, h, r: n * e + 3 * n * h + n * n),
+    # X for dA; XA for dB (q and k); Q, K; V for dP; P for the softmax VJP; no dV, so V is
+    # read only by dP
+    ("lora", lambda n, e, h, r: n * e + 2 * n * r + 3 * n * h + n * n),
+    # merged: X for dW'; A, B are parameters; the rest as full
+    ("lora_merged", lambda n, e, h, r: n * e + 3 * n * h + n * n),
+])
+def test_saved_activations_closed_form(method, expected):
+    n, e, h, r = 16, 32, 24, 3
+    cost = layer_cost("attention", method, batch=n, embed=e, hidden=h, rank=r)
+    assert float(cost.saved_bytes) == expected(n, e, h, r) * 4

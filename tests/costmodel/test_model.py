@@ -125,7 +125,10 @@ def test_recompute_trades_one_forward_for_memory():
     assert float(redo.saved_bytes) < 0.2 * float(plain.saved_bytes)
     mem_plain, mem_redo = memory_breakdown(plain), memory_breakdown(redo)
     assert float(mem_redo.total_bytes) < float(mem_plain.total_bytes)
-    assert float(mem_redo.transient_bytes) > float(mem_plain.transient_bytes)
+    # the peak's transient is the larger of dlogits (plain) and one recomputed block
+    assert float(redo.recompute_transient_bytes) > 0
+    assert float(mem_redo.transient_bytes) == max(float(mem_plain.transient_bytes),
+                                                  float(redo.recompute_transient_bytes))
 
 
 def test_lora_dropout_saves_a_dropped_input_and_a_mask_per_target():
@@ -228,8 +231,11 @@ def test_fitted_rates_use_the_additive_form_and_say_so(tmp_path):
     profile.to_json(path)
     t = step_time(lora, HardwareProfile.from_json(path))
     assert t.basis == "fitted" and t.fitted == FittedRates.from_profile(profile)
+    # λ = 1.5 slows the compute of the adapted blocks only; the embeddings, head and
+    # optimizer are the same arithmetic under every method
     total = lora.total
-    expected = (1e-4 + float(total.flops) * 1.5 / 5e12 + float(total.bytes_moved) / 4e11
+    adapted = sum(float(lora.parts[p].flops) for p in ("first_block", "middle_blocks"))
+    expected = (1e-4 + (float(total.flops) + 0.5 * adapted) / 5e12 + float(total.bytes_moved) / 4e11
                 + float(total.kernels) * 6e-6)
     assert float(t.time_s) == pytest.approx(expected, rel=1e-12)
     assert float(t.time_s) == pytest.approx(sum(float(v) for v in t.part_time_s.values()), rel=1e-12)

@@ -226,9 +226,9 @@ def render(out: dict) -> str:
     if all("fits_in_memory" in out["methods"][n] for n in names):
         rows.append(("fits on one device", lambda r: "yes" if r["fits_in_memory"] else "no"))
     width = max(16, *(len(n) for n in names))
-    lines.append(f"{'':20s}" + "".join(f"{n:>{width + 2}s}" for n in names))
+    lines.append(f"{'':28s}" + "".join(f"{n:>{width + 2}s}" for n in names))
     for label, fmt in rows:
-        lines.append(f"{label:20s}" + "".join(f"{fmt(out['methods'][n]):>{width + 2}s}" for n in names))
+        lines.append(f"{label:28s}" + "".join(f"{fmt(out['methods'][n]):>{width + 2}s}" for n in names))
     if "speedup" in out:
         lines += ["", f"speedup (full / lora step time): {out['speedup']:.3f}×",
                   f"memory ratio (full / lora peak): {out['memory_ratio']:.3f}×"]

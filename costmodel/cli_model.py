@@ -201,7 +201,8 @@ def render(out: dict) -> str:
         f"{m['name']}: {m['params']:,} params, d {m['d_model']}, {m['layers']} layers, "
         f"{m['heads']} heads ({m['kv_heads']} kv), ffn {m['ffn']}, vocab {m['vocab']}",
         f"step: batch {c['batch']} × seq {c['seq']} = {c['tokens']:,} tokens, {c['precision']}, "
-        f"{c['optimizer']}, rank {c['rank']} on {c['targets']}"
+        f"{c['optimizer']}"
+        + (f", rank {c['rank']} on {c['targets']}" if set(out["methods"]) - {"full"} else "")
         + (", LoRA dropout" if c["dropout"] else "") + (", recompute" if c["recompute"] else "")
         + (f", first {c['frozen_prefix']} blocks frozen" if c["frozen_prefix"] else ""),
         f"hardware: {out['hardware']['name']} — times are {tb['label']} ({tb['note']})",

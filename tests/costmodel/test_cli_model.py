@@ -72,6 +72,27 @@ def test_measured_profile_path(capsys, tmp_path):
     assert out["hardware"]["name"] == "a100-40gb"
 
 
+def test_fitted_profile_path_uses_the_fitted_rates(capsys, tmp_path):
+    """A profile carrying analysis's fitted rates (as fitted_profile.json does): the CLI's step
+    time is the additive form with those rates, labelled fitted, by hand for SGD in fp32."""
+    from costmodel.hardware import HardwareProfile
+    from costmodel.model import step_cost
+
+    rates = {"fit_flops_per_s": 2e11, "fit_bytes_per_s": 2e10, "fit_kernel_overhead_s": 1e-6,
+             "fit_dispatch_s": 1e-5}
+    path = tmp_path / "fitted.json"
+    HardwareProfile("measured cpu cpu", {"float32": 2.1e11}, 5e10, 5e-7, measured=True,
+                    extra=rates).to_json(path)
+    out = run_json(capsys, "--model", "gpt2-small", "--hardware", str(path), "--method", "full",
+                   "--batch", "2", "--seq", "128", "--precision", "fp32", "--optimizer", "sgd")
+    assert out["time_basis"]["label"] == "fitted"
+    total = step_cost(MODELS["gpt2-small"], "full", batch=2, seq=128, precision="fp32",
+                      optimizer="sgd").total
+    expected = (1e-5 + float(total.flops) / 2e11 + float(total.bytes_moved) / 2e10
+                + float(total.kernels) * 1e-6)
+    assert out["methods"]["full"]["step_time_s"] == pytest.approx(expected, rel=1e-9)
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["--model", "gpt5"], "unknown model 'gpt5'"),
     (["--model", "gpt2-small", "--hardware", "tpu9"], "unknown hardware"),

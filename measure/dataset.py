@@ -15,7 +15,10 @@ An output folder holds three files, and nothing else is touched:
     timestamps, status) and the folder's status: ``running``, ``complete`` or
     ``interrupted``. Written atomically too.
 
-Reopening a folder skips the (config, method) pairs already recorded. A folder whose
+Reopening a folder skips the (config, method) pairs already recorded, in either file: rows
+of ``measurements.csv`` missing from ``measurements.jsonl`` (a reference dataset committed
+as CSV + run.json, or a log that was truncated) are appended to the jsonl before anything
+else is written, so the log stays complete and the rewritten CSV loses nothing. A folder whose
 fingerprint (device, library versions, XLA flags, jax config) differs from this process's is
 refused unless ``force_merge``; cf. pyperf's ``_CHECKED_METADATA``. A folder holding files
 that are not ours, or that are corrupt, is refused and left as it is.
@@ -50,6 +53,7 @@ RUN_NAME = "run.json"
 #: Fingerprint entries that must agree for two sessions to share a dataset.
 CHECKED_FINGERPRINT: tuple[str, ...] = (
     "backend", "device_kind", "device_count", "platform_version", "cpu_model", "cpu_count",
+    "cpu_threads_usable",  # a run pinned to fewer cores (taskset) is another machine
     "python", "jax", "jaxlib", "numpy", "xla_flags", "jax_config", "package_version",
 )
 
@@ -222,16 +226,7 @@ class OutDir:
 
     def append(self, rec: Mapping[str, Any]) -> None:
         """Append one finished record as one line, flushed and fsynced before returning."""
-        line = json.dumps(dict(rec), allow_nan=True, separators=(",", ":")) + "\n"
-        fd = os.open(self.path / JSONL_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            data = line.encode("utf-8")
-            written = os.write(fd, data)
-            if written != len(data):  # regular files do not short-write; be loud if they do
-                raise OSError(f"short write to {JSONL_NAME}: {written} of {len(data)} bytes")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _append_lines(self.path / JSONL_NAME, [rec])
         self.records.append(dict(rec))
         key = record_key(rec)
         self.done.add(key)
@@ -258,6 +253,23 @@ class OutDir:
         self.run["n_records"] = int(len(df))
         write_run(self.path, self.run)
         return df
+
+
+def _append_lines(file: Path, records: Iterable[Mapping[str, Any]]) -> None:
+    """Append `records` as JSON lines in one ``os.write``, fsynced before returning."""
+    data = "".join(
+        json.dumps(dict(rec), allow_nan=True, separators=(",", ":")) + "\n" for rec in records
+    ).encode("utf-8")
+    if not data:
+        return
+    fd = os.open(file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        written = os.write(fd, data)
+        if written != len(data):  # regular files do not short-write; be loud if they do
+            raise OSError(f"short write to {file.name}: {written} of {len(data)} bytes")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -340,14 +352,20 @@ def read_csv(path: str | os.PathLike) -> pd.DataFrame:
     return validate(df)
 
 
-def _check_csv(path: Path) -> None:
+def _read_csv_records(path: Path) -> list[dict[str, Any]]:
+    """Rows of an existing measurements.csv as JSON-ready records; UserError if foreign."""
     file = path / CSV_NAME
     if not file.exists():
-        return
+        return []
     try:
-        read_csv(file)
+        df = read_csv(file)
     except (SchemaError, ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
         raise UserError(f"{file} is foreign or corrupt ({one_line(exc)}); choose another --out")
+    cast = {"int64": int, "bool": bool, "float64": float, "string": str}
+    return [
+        {name: cast[COLUMNS[name]](row[name]) for name in COLUMNS}
+        for row in df.to_dict("records")
+    ]
 
 
 def _check_writable(path: Path) -> None:
@@ -381,9 +399,11 @@ def open_out_dir(
         records, cut = _read_jsonl(out)
         if run is None and ((out / JSONL_NAME).exists() or (out / CSV_NAME).exists()):
             raise UserError(f"{out} holds measurements without {RUN_NAME}; choose another --out")
-        _check_csv(out)
+        logged = {record_key(r) for r in records}
+        # rows only the CSV holds (a committed CSV + run.json, a lost or shorter log)
+        from_csv = [r for r in _read_csv_records(out) if record_key(r) not in logged]
     else:
-        run, records, cut = None, [], None
+        run, records, cut, from_csv = None, [], None, []
     merged = None
     if run is not None:
         diffs = fingerprint_differences(run["fingerprint"], fp)
@@ -398,6 +418,10 @@ def open_out_dir(
     if cut is not None:
         with open(out / JSONL_NAME, "r+b") as fh:
             fh.truncate(cut)
+    if from_csv:
+        # into the log before anything else, so finish()'s CSV (rebuilt from the log) keeps them
+        _append_lines(out / JSONL_NAME, from_csv)
+        records = records + from_csv
     now = utc_now()
     if run is None:
         run = {
@@ -410,6 +434,8 @@ def open_out_dir(
         }
     sess = asdict(session)
     sess["merged_fingerprint"] = merged
+    if from_csv:
+        sess["extra"] = {**sess.get("extra", {}), "records_from_csv": len(from_csv)}
     run["sessions"].append(sess)
     run.update(
         status="running",

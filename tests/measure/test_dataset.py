@@ -163,3 +163,62 @@ def test_nan_survives_the_csv(tmp_path):
     out.finish("complete")
     df = dataset.read_csv(tmp_path / "measurements.csv")
     assert np.isnan(df.loc[0, "time_median_s"]) and df.loc[0, "error"].startswith("Xla")
+
+
+def test_a_run_on_fewer_usable_cores_is_another_machine(tmp_path):
+    two = {**FP, "cpu_threads_usable": 2}
+    dataset.open_out_dir(tmp_path, fp=two, session=_session()).finish("complete")
+    before = _snapshot(tmp_path)
+    with pytest.raises(UserError, match="cpu_threads_usable: 2 -> 1"):  # taskset -c 0
+        dataset.open_out_dir(tmp_path, fp={**two, "cpu_threads_usable": 1}, session=_session())
+    assert _snapshot(tmp_path) == before
+    dataset.open_out_dir(tmp_path, fp={**two, "cpu_threads_usable": 1}, session=_session(),
+                         force_merge=True)
+    assert "cpu_threads_usable" in dataset.CHECKED_FINGERPRINT
+
+
+def _csv_only_folder(path, records):
+    """A reference dataset as committed: run.json + measurements.csv, no jsonl."""
+    out = dataset.open_out_dir(path, fp=FP, session=_session())
+    for rec in records:
+        out.append(rec)
+    out.finish("complete")
+    (path / "measurements.jsonl").unlink()
+
+
+def test_rows_only_in_the_csv_are_kept_and_skipped_on_resume(tmp_path):
+    old = [_record(embed=8, hidden=8), _record(embed=16, hidden=16, error="OOM",
+                                                 time_median_s=float("nan"))]
+    _csv_only_folder(tmp_path, old)
+    csv_before = dataset.read_csv(tmp_path / "measurements.csv")
+    out = dataset.open_out_dir(tmp_path, fp=FP, session=_session())
+    assert all(out.is_done(dataset.record_key(r)) for r in old)
+    # into the log first, so a crash from here on loses nothing either
+    logged = [json.loads(x) for x in (tmp_path / "measurements.jsonl").read_text().splitlines()]
+    assert [dataset.record_key(r) for r in logged] == [dataset.record_key(r) for r in old]
+    out.append(_record(embed=32, hidden=32))
+    df = out.finish("complete")
+    assert len(df) == 3 and df["embed"].tolist() == [8, 16, 32]
+    pd.testing.assert_frame_equal(dataset.read_csv(tmp_path / "measurements.csv").iloc[:2],
+                                  csv_before)
+    # reopened again: nothing imported twice
+    again = dataset.open_out_dir(tmp_path, fp=FP, session=_session())
+    assert len(again.records) == 3
+    assert (tmp_path / "measurements.jsonl").read_text().count("\n") == 3
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["sessions"][1]["extra"]["records_from_csv"] == 2
+    assert "records_from_csv" not in run["sessions"][2]["extra"]
+
+
+def test_a_log_shorter_than_the_csv_is_completed_from_it(tmp_path):
+    out = dataset.open_out_dir(tmp_path, fp=FP, session=_session())
+    out.append(_record(embed=8, hidden=8))
+    out.append(_record(embed=16, hidden=16, time_median_s=5e-3))
+    out.finish("complete")
+    jsonl = tmp_path / "measurements.jsonl"
+    first = jsonl.read_text().splitlines()[0] + "\n"
+    jsonl.write_text(first)  # a log that lost its second line
+    again = dataset.open_out_dir(tmp_path, fp=FP, session=_session())
+    assert len(again.records) == 2 and jsonl.read_text().startswith(first)
+    df = again.finish("complete")
+    assert df.set_index("embed").loc[16, "time_median_s"] == 5e-3

@@ -7,13 +7,20 @@ The recipe follows the JAX docs' "Benchmarking JAX code" and equinox/diffrax's b
 2. ``jax.device_put`` the inputs first and pass them as arguments (never closed over);
 3. warm up, then call ``jax.block_until_ready`` on every timed result, so the clock does
    not stop before asynchronous work ends;
-4. interleave the methods of one config round-robin (A B C A B C ...) so drift (thermal,
-   frequency, a noisy neighbour) hits all alike;
+4. interleave the methods of one config round-robin so drift (thermal, frequency, a noisy
+   neighbour) hits all alike, rotating the starting method each round (A B C, B C A,
+   C A B, ...) so no method always runs right after the loop's bookkeeping;
 5. keep the garbage collector off while timing;
 6. repeat adaptively: at least ``min_repeats``, then until the 95% bootstrap interval of the
    median is within ``target_rel_ci`` (2%) of the median, or the config's time budget is
-   spent. Kernels faster than ``min_repeat_s`` are called k times back to back per repeat,
-   and one sample is the mean of those k calls; k is recorded.
+   spent. A repeat is k back-to-back calls and one sample is their mean; k is recorded.
+
+One k for all the methods of a config. A repeat of k = 1 includes the block/sync latency
+that a repeat of k > 1 pipelines away (attention, batch 2, e = 64 on this 2-core CPU:
+74.5 µs per call at k = 1, 29.2 µs at k = 13), so methods timed with different k would skew
+the very ratios (lora/full) this project measures. k is set so that a repeat of the
+*fastest* method lasts at least ``min_repeat_s`` (capped by ``max_calls_per_repeat``); the
+slower methods then also get at least that long.
 
 Stability rule (``TimingPolicy.unstable_rel_ci`` / ``unstable_spread``): a summary is flagged
 ``unstable`` when the bootstrap CI half-width of the median (the larger side) exceeds 5% of
@@ -48,7 +55,8 @@ class TimingPolicy:
     target_rel_ci: stop once the CI half-width of the median is within this fraction of it.
     budget_s: timing-loop seconds per config (all methods together) after which repeats stop
         once every method has min_repeats. Compilation and warm-up are not counted.
-    min_repeat_s: a repeat shorter than this is made of k back-to-back calls.
+    min_repeat_s: k back-to-back calls per repeat, k chosen so that the config's fastest
+        method's repeat lasts at least this long (one k for every method of a config).
     max_calls_per_repeat: cap on k.
     confidence: level of the bootstrap interval.
     n_resamples: bootstrap resamples (small: the CI only decides when to stop and flags).
@@ -268,16 +276,22 @@ def prepare(name: str, fn: Callable[..., Any], args: Sequence[Any]) -> Prepared:
 def _timed_repeat(
     call: Callable[..., Any], args: tuple, k: int, clock: Callable[[], float], block: Callable
 ) -> float:
-    if k == 1:
-        t0 = clock()
-        block(call(*args))
-        return clock() - t0
-    outs = []
+    """Seconds for `k` back-to-back calls, blocked on every output.
+
+    Blocking on all k outputs (not only the last) does not rely on the device running the
+    calls in issue order; with k = 1 it is the same path, so the two cannot differ in kind.
+    """
     t0 = clock()
-    for _ in range(k):
-        outs.append(call(*args))
+    outs = [call(*args) for _ in range(k)]
     block(outs)
     return clock() - t0
+
+
+def calls_per_repeat(fastest_s: float, policy: TimingPolicy) -> int:
+    """k such that k calls of the fastest method take at least `policy.min_repeat_s`."""
+    if policy.min_repeat_s <= 0 or fastest_s >= policy.min_repeat_s:
+        return 1
+    return int(min(policy.max_calls_per_repeat, math.ceil(policy.min_repeat_s / max(fastest_s, 1e-9))))
 
 
 def time_interleaved(
@@ -289,12 +303,13 @@ def time_interleaved(
 ) -> TimingReport:
     """Time every kernel of one config, interleaved round-robin, with adaptive repeats.
 
-    Each kernel is warmed up (one call), then one more blocked call (the fastest of three if it
-    is under `min_repeat_s`) calibrates k, the number of back-to-back calls per repeat (so
-    that a repeat lasts at least `min_repeat_s`). The
-    loop then takes one repeat of each still-running kernel per round, in a fixed order,
-    until each has `min_repeats` and either its median's CI meets the target or the budget is
-    spent. The garbage collector is off inside the loop. KeyboardInterrupt propagates.
+    Each kernel is warmed up (one call), then one more blocked call (the fastest of three if
+    it is under `min_repeat_s`) calibrates it. One k, the number of back-to-back calls per
+    repeat, is chosen for all kernels from the fastest one (`calls_per_repeat`). The loop
+    then takes one repeat of each still-running kernel per round, the starting kernel
+    rotating by one each round, until each has `min_repeats` and either its median's CI
+    meets the target or the budget is spent. The garbage collector is off inside the loop.
+    KeyboardInterrupt propagates.
     """
     if not kernels:
         raise ValueError("nothing to time")
@@ -304,17 +319,15 @@ def time_interleaved(
 
         block = jax.block_until_ready
     names = list(kernels)
-    k: dict[str, int] = {}
+    single_s: dict[str, float] = {}
     for name in names:
         prep = kernels[name]
         block(prep.call(*prep.args))  # warm-up: first-call allocations, lazy init
         t = _timed_repeat(prep.call, prep.args, 1, clock, block)
         if t < policy.min_repeat_s:  # a fast kernel: one preempted call must not set k
             t = min(t, *(_timed_repeat(prep.call, prep.args, 1, clock, block) for _ in range(2)))
-        if policy.min_repeat_s > 0 and t < policy.min_repeat_s:
-            k[name] = int(min(policy.max_calls_per_repeat, math.ceil(policy.min_repeat_s / max(t, 1e-9))))
-        else:
-            k[name] = 1
+        single_s[name] = t
+    k = calls_per_repeat(min(single_s.values()), policy)
 
     samples: dict[str, list[float]] = {n: [] for n in names}
     next_check = {n: policy.min_repeats for n in names}
@@ -326,16 +339,19 @@ def time_interleaved(
     was_enabled = gc.isenabled()
     gc.disable()
     loop_t0 = time.perf_counter()
+    round_no = 0
     try:
         while running:
-            for name in names:
+            start = round_no % len(names)
+            round_no += 1
+            for name in names[start:] + names[:start]:
                 if name not in running:
                     continue
                 prep = kernels[name]
-                dt = _timed_repeat(prep.call, prep.args, k[name], clock, block)
+                dt = _timed_repeat(prep.call, prep.args, k, clock, block)
                 timed_s += dt
-                calls += k[name]
-                samples[name].append(dt / k[name])
+                calls += k
+                samples[name].append(dt / k)
             over_budget = time.perf_counter() - loop_t0 >= policy.budget_s
             for name in list(running):
                 n = len(samples[name])
@@ -352,7 +368,7 @@ def time_interleaved(
         loop_wall_s = time.perf_counter() - loop_t0
         if was_enabled:
             gc.enable()
-    summaries = {n: summarize(samples[n], k[n], policy) for n in names}
+    summaries = {n: summarize(samples[n], k, policy) for n in names}
     return TimingReport(
         summaries=summaries,
         samples_s={n: tuple(samples[n]) for n in names},

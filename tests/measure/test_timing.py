@@ -84,27 +84,57 @@ def _fake_kernels(clock, durations, log, gc_states):
     return {name: make(name, dt) for name, dt in durations.items()}
 
 
-def test_loop_interleaves_round_robin_blocks_and_batches_fast_kernels():
+def test_loop_interleaves_rotating_round_robin_with_one_k_per_config():
     clock, log, gc_states, blocked = FakeClock(), [], [], []
     kernels = _fake_kernels(clock, {"A": 2e-3, "B": 1e-4, "C": 5e-3}, log, gc_states)
     policy = TimingPolicy(min_repeats=6, budget_s=0.0, min_repeat_s=1e-3)
     report = timing.time_interleaved(kernels, policy, clock=clock, block=blocked.append)
     s = report.summaries
     assert [s[n].n_repeats for n in "ABC"] == [6, 6, 6]
-    assert s["B"].calls_per_repeat == 10  # ceil(1 ms / 0.1 ms)
-    assert s["A"].calls_per_repeat == s["C"].calls_per_repeat == 1
+    # one k for the config, from the fastest method: ceil(1 ms / 0.1 ms), applied to all
+    assert [s[n].calls_per_repeat for n in "ABC"] == [10, 10, 10]
     assert s["A"].time_median_s == pytest.approx(2e-3)
     assert s["B"].time_median_s == pytest.approx(1e-4)
-    # after warm-up (1 call) and calibration (1 call; 3 for the sub-ms B), rounds go A, B x10, C
+    assert s["C"].time_median_s == pytest.approx(5e-3)
+    # after warm-up (1 call) and calibration (1 call; 3 for the sub-ms B) ...
     assert log[:8] == ["A", "A", "B", "B", "B", "B", "C", "C"]
+    # ... rounds of k calls each, the starting method rotating: ABC, BCA, CAB, ABC, ...
     timed = log[8:]
-    one_round = ["A"] + ["B"] * 10 + ["C"]
-    assert timed == one_round * 6
-    # every timed repeat is blocked on: 2 per kernel before the loop (4 for B) + 1 per repeat
+    starts = ["ABC", "BCA", "CAB"] * 2
+    assert timed == [m for order in starts for m in order for _ in range(10)]
+    # every timed repeat is blocked on, all k outputs at once: 2 per kernel before the loop
+    # (4 for B) + 1 per repeat
     assert len(blocked) == 8 + 18
+    assert all(len(outs) == 10 for outs in blocked[8:])
     assert gc.isenabled()
     assert not any(gc_states[8:]) and all(gc_states[:8])
-    assert report.calls == 6 * 12
+    assert report.calls == 6 * 3 * 10
+
+
+def test_slow_configs_keep_k_1_and_k_is_capped():
+    policy = TimingPolicy(min_repeat_s=1e-3, max_calls_per_repeat=50)
+    assert timing.calls_per_repeat(2e-3, policy) == 1
+    assert timing.calls_per_repeat(3e-4, policy) == 4
+    assert timing.calls_per_repeat(1e-7, policy) == 50
+    assert timing.calls_per_repeat(1e-7, TimingPolicy(min_repeat_s=0)) == 1
+
+
+def test_loop_stops_once_the_median_is_within_2_percent():
+    clock = FakeClock()
+    quiet = iter(1e-3 * (1 + 0.001 * np.random.default_rng(0).standard_normal(10_000)))
+
+    def call():
+        clock.now += next(quiet)
+
+    kernels = {"Q": Prepared("Q", call, ())}
+    policy = TimingPolicy(min_repeats=7, max_repeats=400, budget_s=1e9, min_repeat_s=0)
+    report = timing.time_interleaved(kernels, policy, clock=clock, block=lambda x: x)
+    s = report.summaries["Q"]
+    # 0.1% noise meets ±2% at once: stopped by the CI, not by the cap or the budget
+    assert policy.min_repeats <= s.n_repeats < policy.max_repeats
+    assert s.n_repeats == policy.min_repeats
+    assert timing.ci_half_width_rel(s.time_median_s, s.time_ci_low_s, s.time_ci_high_s) <= 0.02
+    assert not s.unstable
 
 
 def test_loop_keeps_going_within_budget_until_converged():

@@ -2,29 +2,38 @@
 
     python -m measure.device --out profile.json
 
-What it measures (each the best of a few blocked calls of an AOT-compiled kernel, since a
-rate's best case is the one the hardware can reach; cf. the roofline's peak terms):
+What it measures (each the best of a few samples of an AOT-compiled kernel, since a rate's
+best case is the one the hardware can reach; cf. the roofline's peak terms). A sample of the
+matmul and of the copy is k back-to-back calls, k chosen from one blocked call so that the
+sample lasts at least ``--target-call-s``: a single blocked call of a fast kernel would
+time the host-device sync, not the kernel (an n = 2048 matmul is ~20 µs on an H200).
 
 - ``peak_flops_per_s[dtype]``: an n x n by n x n matmul (2·n³ FLOPs), n doubled from 256
-  until one call takes ``--target-call-s`` or n reaches ``--max-n``; the best rate of any n;
+  until one call takes ``--target-call-s`` or n reaches ``--max-n`` (16384: about 8.8 TFLOP a
+  call, enough to fill a GPU); the best rate of any n. ``extra["matmul_saturated_<dtype>"]``
+  is 1.0 when one call reached ``--target-call-s`` (the size search ended by time, not by
+  ``--max-n``), ``extra["matmul_calls_per_sample_<dtype>"]`` is k at the best n;
 - ``mem_bandwidth_bytes_per_s``: y = x/2 + 1 in place (donated input) over ``--copy-mib``
   MiB of float32 (read once, write once: 2 x the array's bytes moved);
+  ``extra["copy_calls_per_sample"]`` is its k;
 - ``kernel_overhead_s``: a chain of L tiny (8 x 8) matmuls, each its own kernel (XLA does not
   fuse dots into each other), timed at L = 1 and L = 65: the slope per added kernel;
 - ``extra["dispatch_overhead_s"]``: a blocked call of a one-element add, end to end: what
   Python + JAX dispatch + one launch + the sync cost per call;
 - ``extra["async_dispatch_s"]``: the same call issued back to back without blocking, per call.
 
-On a 2-core CPU the defaults take a few seconds. On a GPU use larger ``--max-n`` and
-``--copy-mib`` (say 16384 and 2048) to saturate it.
+On a 2-core CPU the defaults take a few seconds (the matmul stops growing at n = 2048, where
+one call exceeds ``--target-call-s``). The same defaults run unchanged on a GPU.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,11 +49,12 @@ from costmodel.cliutil import (
 DTYPES = ("float32", "bfloat16")
 
 
-def _best_time(call: Callable, args: tuple, repeats: int, k: int = 1) -> float:
+def _best_time(call: Callable, args: tuple, repeats: int, k: int = 1, warm_up: bool = True) -> float:
     """Fastest of `repeats` blocked runs of `k` back-to-back calls, per call (seconds)."""
     import jax
 
-    jax.block_until_ready(call(*args))  # warm-up
+    if warm_up:
+        jax.block_until_ready(call(*args))
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -61,31 +71,72 @@ def _compiled(fn: Callable, *args):
     return jax.jit(fn).lower(*placed).compile(), placed
 
 
-def matmul_flops_per_s(dtype: str, *, max_n: int, target_call_s: float, repeats: int) -> tuple[float, int]:
-    """Best achieved FLOP/s of a square matmul at `dtype`, and the n that reached it."""
-    import jax.numpy as jnp
-    import numpy as np
+#: Outputs of one matmul sample are all held until it is blocked on; keep them within this.
+_MAX_HELD_BYTES = 2 * 2**30
+_MAX_CALLS_PER_SAMPLE = 10_000
 
-    best_rate, best_n, n = 0.0, 0, min(256, max_n)
+
+def _blocked_call_s(call: Callable, args: tuple) -> float:
+    """Seconds of one blocked call (after a warm-up call)."""
+    import jax
+
+    jax.block_until_ready(call(*args))  # warm-up
+    t0 = time.perf_counter()
+    jax.block_until_ready(call(*args))
+    return time.perf_counter() - t0
+
+
+def calls_per_sample(one_call_s: float, target_call_s: float, cap: int = _MAX_CALLS_PER_SAMPLE) -> int:
+    """k back-to-back calls so that a sample lasts at least `target_call_s` (1 <= k <= cap)."""
+    if one_call_s >= target_call_s:
+        return 1
+    return int(max(1, min(cap, math.ceil(target_call_s / max(one_call_s, 1e-9)))))
+
+
+@dataclass(frozen=True)
+class MatmulRate:
+    """Best achieved rate of a square matmul and how it was reached."""
+
+    flops_per_s: float
+    n: int  # the side that reached it
+    calls_per_sample: int  # k at that n
+    saturated: bool  # one call at the last n tried took >= target_call_s
+
+
+def matmul_flops_per_s(dtype: str, *, max_n: int, target_call_s: float, repeats: int) -> MatmulRate:
+    """Best achieved FLOP/s of a square matmul at `dtype` over n = 256, 512, ... <= max_n."""
+    import jax
+    import jax.numpy as jnp
+
+    best = MatmulRate(0.0, 0, 1, False)
+    n = min(256, max_n)
     while n <= max_n:
-        a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype=dtype)
+        # drawn on the device: a host-side 16384² array would take seconds to make and copy
+        a = jax.random.normal(jax.random.key(0), (n, n), dtype=jnp.dtype(dtype))
         call, args = _compiled(lambda x, y: x @ y, a, a)
-        t = _best_time(call, args, repeats)
+        one = _blocked_call_s(call, args)
+        out_bytes = n * n * jnp.dtype(dtype).itemsize
+        k = calls_per_sample(one, target_call_s, min(_MAX_CALLS_PER_SAMPLE, max(1, _MAX_HELD_BYTES // out_bytes)))
+        t = _best_time(call, args, repeats, k, warm_up=False)  # _blocked_call_s warmed it
         rate = 2.0 * n**3 / t  # 2: one multiply and one add per term
-        if rate > best_rate:
-            best_rate, best_n = rate, n
-        if t >= target_call_s:
+        saturated = one >= target_call_s
+        if rate > best.flops_per_s:
+            best = MatmulRate(rate, n, k, saturated)
+        del a, args
+        if saturated:
             break
         n *= 2
-    return best_rate, best_n
+    return MatmulRate(best.flops_per_s, best.n, best.calls_per_sample, saturated)
 
 
-def copy_bandwidth(copy_mib: float, repeats: int) -> tuple[float, float]:
-    """Bytes/s of y = x/2 + 1 on a float32 array of `copy_mib` MiB, and bytes moved per call.
+def copy_bandwidth(copy_mib: float, repeats: int, target_call_s: float = 0.05) -> tuple[float, float, int]:
+    """Bytes/s of y = x/2 + 1 on a float32 array of `copy_mib` MiB, bytes moved per call, and k.
 
     The input is donated and each output fed back as the next input, so the kernel writes in
     place: a fresh output buffer per call would time the OS's page faults, not the memory.
-    (x/2 + 1 converges to 2: no overflow, no denormals.)
+    (x/2 + 1 converges to 2: no overflow, no denormals.) A sample is k chained calls
+    (`calls_per_sample`); each call consumes the previous output, so blocking on the last
+    waits for all of them.
     """
     import jax
     import jax.numpy as jnp
@@ -95,12 +146,17 @@ def copy_bandwidth(copy_mib: float, repeats: int) -> tuple[float, float]:
     call = jax.jit(lambda v: v * 0.5 + 1.0, donate_argnums=0).lower(x).compile()
     bytes_moved = 2.0 * n * 4  # read x once, write y once
     x = jax.block_until_ready(call(x))  # warm-up
+    t0 = time.perf_counter()
+    x = jax.block_until_ready(call(x))
+    k = calls_per_sample(time.perf_counter() - t0, target_call_s)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        x = jax.block_until_ready(call(x))
-        best = min(best, time.perf_counter() - t0)
-    return bytes_moved / best, bytes_moved
+        for _ in range(k):
+            x = call(x)
+        x = jax.block_until_ready(x)
+        best = min(best, (time.perf_counter() - t0) / k)
+    return bytes_moved / best, bytes_moved, k
 
 
 def kernel_overhead(repeats: int, long_chain: int = 65) -> float:
@@ -141,7 +197,7 @@ def dispatch_overheads(repeats: int) -> tuple[float, float]:
 
 
 def measure(
-    *, dtypes: Sequence[str] = DTYPES, max_n: int = 2048, target_call_s: float = 0.05,
+    *, dtypes: Sequence[str] = DTYPES, max_n: int = 16384, target_call_s: float = 0.05,
     copy_mib: float = 256.0, repeats: int = 5,
 ):
     """Run every measurement and return a `HardwareProfile` (imports JAX)."""
@@ -152,11 +208,14 @@ def measure(
     t0 = time.perf_counter()
     peaks, extra = {}, {}
     for dtype in dtypes:
-        rate, n = matmul_flops_per_s(dtype, max_n=max_n, target_call_s=target_call_s, repeats=repeats)
-        peaks[dtype] = rate
-        extra[f"matmul_n_{dtype}"] = float(n)
+        mm = matmul_flops_per_s(dtype, max_n=max_n, target_call_s=target_call_s, repeats=repeats)
+        peaks[dtype] = mm.flops_per_s
+        extra[f"matmul_n_{dtype}"] = float(mm.n)
+        extra[f"matmul_calls_per_sample_{dtype}"] = float(mm.calls_per_sample)
+        extra[f"matmul_saturated_{dtype}"] = 1.0 if mm.saturated else 0.0
     extra["matmul_wall_s"] = time.perf_counter() - t0
-    bandwidth, copy_bytes = copy_bandwidth(copy_mib, repeats)
+    bandwidth, copy_bytes, copy_k = copy_bandwidth(copy_mib, repeats, target_call_s)
+    extra["copy_calls_per_sample"] = float(copy_k)
     per_kernel = kernel_overhead(repeats)
     blocked, unblocked = dispatch_overheads(repeats)
     extra.update(
@@ -202,9 +261,10 @@ def build_parser() -> OneLineArgumentParser:
     p = OneLineArgumentParser(prog="python -m measure.device", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="profile JSON to write (loads as HardwareProfile)")
     p.add_argument("--dtypes", type=csv_list(DTYPES, "dtype"), default=DTYPES)
-    p.add_argument("--max-n", type=positive_int, default=2048, help="largest matmul side tried")
+    p.add_argument("--max-n", type=positive_int, default=16384, help="largest matmul side tried")
     p.add_argument("--target-call-s", type=positive_float, default=0.05,
-                   help="stop growing the matmul once one call takes this long")
+                   help="stop growing the matmul once one call takes this long; a timed "
+                        "sample of the matmul and the copy lasts at least this long")
     p.add_argument("--copy-mib", type=positive_float, default=256.0,
                    help="size of the bandwidth copy in MiB")
     p.add_argument("--repeats", type=positive_int, default=5)

@@ -7,7 +7,7 @@ import pytest
 from costmodel.hardware import HardwareProfile
 from measure import device
 
-TINY = ["--max-n", "64", "--copy-mib", "1", "--repeats", "2"]
+TINY = ["--max-n", "64", "--copy-mib", "1", "--repeats", "2", "--target-call-s", "0.005"]
 
 
 def test_profile_loads_as_hardware_profile(tmp_path, capsys):
@@ -17,8 +17,15 @@ def test_profile_loads_as_hardware_profile(tmp_path, capsys):
     assert profile.measured and "measured by measure.device" in profile.source
     assert set(profile.peak_flops_per_s) == {"float32", "bfloat16"}
     assert all(rate > 0 for rate in profile.peak_flops_per_s.values())
-    assert profile.mem_bandwidth_bytes_per_s > 0 and profile.kernel_overhead_s >= 0
-    assert profile.extra["dispatch_overhead_s"] > 0 and profile.extra["copy_bytes"] == 2 * 2**20
+    assert profile.mem_bandwidth_bytes_per_s > 0
+    # 64 dependent tiny kernels cost more than one, and each added kernel far less than a
+    # whole blocked dispatch (Python, JAX, launch, sync): the slope measures what it says
+    assert 0 < profile.kernel_overhead_s < profile.extra["dispatch_overhead_s"]
+    assert profile.extra["copy_bytes"] == 2 * 2**20
+    # a 64² matmul is µs: far from --target-call-s, so not saturated and batched per sample
+    assert profile.extra["matmul_saturated_float32"] == 0.0
+    assert profile.extra["matmul_calls_per_sample_float32"] > 1
+    assert profile.extra["copy_calls_per_sample"] > 1
     assert "GFLOP/s" in capsys.readouterr().err
     # an existing profile is replaced
     assert device.main([*TINY, "--dtypes", "float32", "--out", str(out)]) == 0
@@ -48,3 +55,23 @@ def test_foreign_out_is_not_overwritten(tmp_path, capsys):
     assert foreign.read_text() == '{"my": "notes"}'
     assert device.main([*TINY, "--out", str(tmp_path)]) == 2
     assert device.main([*TINY, "--out", str(tmp_path / "missing" / "p.json")]) == 2
+
+
+def test_matmul_search_stops_once_a_call_reaches_the_target():
+    # any call takes >= 1 ns: saturated at the first size, timed one call per sample
+    hit = device.matmul_flops_per_s("float32", max_n=4096, target_call_s=1e-9, repeats=1)
+    assert hit.saturated and hit.n == 256 and hit.calls_per_sample == 1 and hit.flops_per_s > 0
+    # stopped by max_n instead: the flag says so, and k batches the fast calls
+    capped = device.matmul_flops_per_s("float32", max_n=128, target_call_s=2e-3, repeats=1)
+    assert not capped.saturated and capped.n == 128 and capped.calls_per_sample > 1
+
+
+def test_calls_per_sample_reaches_the_target_within_the_cap():
+    assert device.calls_per_sample(0.1, 0.05) == 1
+    assert device.calls_per_sample(1e-3, 0.05) == 50
+    assert device.calls_per_sample(1e-9, 0.05, cap=7) == 7
+
+
+def test_gpu_sized_defaults():
+    args = device.build_parser().parse_args(["--out", "p.json"])
+    assert args.max_n == 16384

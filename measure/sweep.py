@@ -4,7 +4,8 @@
     python -m measure.sweep --batch 2,64 --embed 256,1024 --rank 1,4 --out results/
     python -m measure.sweep --grid seed --variant seed --timing as_written --out results/
 
-Configs run in an order shuffled with ``--order-seed`` (recorded); the methods of one config
+Configs run in an order shuffled with ``--order-seed`` (the seed and the order are recorded
+in run.json, ``sessions[-1].extra.config_order``); the methods of one config
 are compiled, warmed up and timed together, interleaved (see `measure.timing`). Each
 finished (config, method) is appended to ``<out>/measurements.jsonl`` at once, so Ctrl-C
 (exit 130) or a crash loses at most the config in progress, and rerunning with the same
@@ -300,14 +301,19 @@ def _main(argv: list[str]) -> int:
     from measure import dataset, timing
 
     budget = args.budget_s if args.budget_s is not None else grids.DEFAULT_BUDGET_S[grid.name]
+    if args.max_repeats < args.min_repeats:
+        raise UserError(f"--max-repeats {args.max_repeats} is below --min-repeats {args.min_repeats}")
     try:
         policy = timing.TimingPolicy(
-            min_repeats=args.min_repeats, max_repeats=max(args.max_repeats, args.min_repeats),
+            min_repeats=args.min_repeats, max_repeats=args.max_repeats,
             target_rel_ci=args.target_ci or 1e-9, budget_s=budget, seed=args.order_seed,
         )
     except ValueError as exc:
         raise UserError(one_line(exc)) from None
 
+    # configs in a shuffled order, recorded: a drift over the sweep is not a trend in size
+    order = list(range(len(todo_pairs)))
+    random.Random(args.order_seed).shuffle(order)
     fp = dataset.fingerprint()
     session = dataset.Session(
         session_id=dataset.new_session_id(), started_utc=dataset.utc_now(), argv=argv,
@@ -316,11 +322,10 @@ def _main(argv: list[str]) -> int:
         seeds={"order_seed": args.order_seed, "param_seed": args.param_seed,
                "bootstrap_seed": policy.seed},
         policy={k: getattr(policy, k) for k in policy.__dataclass_fields__},
+        extra={"config_order": [todo_pairs[i][0].label() for i in order]},
     )
     out = dataset.open_out_dir(args.out, fp=fp, session=session, force_merge=args.force_merge)
 
-    order = list(range(len(todo_pairs)))
-    random.Random(args.order_seed).shuffle(order)
     work = []
     for idx in order:
         config, bases = todo_pairs[idx]

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from measure import dataset, sweep
@@ -50,6 +51,8 @@ def _run_json(out: Path) -> dict:
         (["--grid", "quick", "--batch", "2"], "not both"),
         (["--embed", "8"], "at least --batch and --embed"),
         (["--batch", "2", "--embed", "8", "--layer", "block", "--heads", "3"], "heads must divide"),
+        (["--batch", "2", "--embed", "8", "--min-repeats", "10", "--max-repeats", "5"],
+         "--max-repeats 5 is below --min-repeats 10"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv, match):
@@ -115,6 +118,44 @@ def test_resume_skips_done_pairs_without_duplicates(tmp_path, capsys):
     assert run["status"] == "complete" and len(run["sessions"]) == 3
     assert run["fingerprint"]["backend"] == "cpu"
     assert run["seeds"]["order_seed"] == 0
+
+
+def test_a_csv_only_reference_folder_loses_nothing_on_resume(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert sweep.main([*TINY, "--embed", "8,12", "--out", str(out)]) == 0
+    (out / "measurements.jsonl").unlink()  # as committed under data/: run.json + CSV
+    old = dataset.read_csv(out / "measurements.csv")
+    assert len(old) == 4
+    capsys.readouterr()
+    assert sweep.main([*TINY, "--embed", "8,12,16", "--out", str(out)]) == 0
+    assert "4 (config, method) pairs already" in capsys.readouterr().err
+    keys = _keys(out)
+    assert len(keys) == 6 and len(set(keys)) == 6
+    df = dataset.read_csv(out / "measurements.csv")
+    assert len(df) == 6 and sorted(df["embed"].unique()) == [8, 12, 16]
+    # the old rows are there, unchanged (not re-measured)
+    pd.testing.assert_frame_equal(df[df["embed"] != 16].reset_index(drop=True), old)
+
+
+def test_config_order_is_shuffled_by_the_seed_and_recorded(tmp_path):
+    def order(seed: int, name: str, *extra: str) -> list[str]:
+        out = tmp_path / name
+        argv = [*TINY, "--embed", "8,12,16,20,24", "--order-seed", str(seed), *extra]
+        assert sweep.main([*argv, "--out", str(out)]) == 0
+        run = _run_json(out)
+        assert run["seeds"]["order_seed"] == seed
+        return run["sessions"][-1]["extra"]["config_order"]
+
+    # --time-limit-s 0: the order is decided and recorded before any config runs
+    a, b, a2 = (order(1, "a", "--time-limit-s", "0"), order(2, "b", "--time-limit-s", "0"),
+                order(1, "a2", "--time-limit-s", "0"))
+    assert a == a2 and a != b and sorted(a) == sorted(b)
+    assert a != sorted(a, key=lambda label: int(label.split(" e=")[1].split()[0]))
+    # and the sweep measures in that order
+    ran = order(1, "ran", "--limit", "3")
+    assert ran == a
+    measured = [r["embed"] for r in _lines(tmp_path / "ran") if r["method"] == "full"]
+    assert measured == [int(label.split(" e=")[1].split()[0]) for label in a[:3]]
 
 
 def test_time_limit_stops_cleanly_and_resumes(tmp_path, capsys):

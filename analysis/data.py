@@ -189,8 +189,8 @@ def select(dataset: Dataset, min_configs: int) -> Slice:
 
     Preference: our clean kernels timed ahead-of-time, then the blog's kernels timed
     ahead-of-time, then whatever slice has the most configs. Raises UserError for mixed
-    devices or fewer than `min_configs` configs with full and a LoRA method both timed.
-    """
+    devices, fewer than `min_configs` configs with full and a LoRA method both timed, or a
+    single embed·hidden size (nothing to fit the width terms on or to test out of scale)."""
     df = dataset.frame
     devices = sorted(set(zip(df["backend"].astype(str), df["device_kind"].astype(str))))
     if len(devices) > 1:
@@ -226,6 +226,13 @@ def select(dataset: Dataset, min_configs: int) -> Slice:
             f"at least {min_configs} needed"
         )
     df = df[df["config_id"].isin(usable)].reset_index(drop=True)
+    sizes = sorted(set(zip(df["embed"], df["hidden"])), key=lambda eh: eh[0] * eh[1])
+    if len({e * h for e, h in sizes}) < 2:
+        e, h = sizes[0]
+        raise UserError(
+            f"every config has the same width (embed x hidden = {e} x {h}): at least 2 "
+            "distinct embed*hidden sizes are needed to fit the width terms and to test "
+            "out of scale")
     return Slice(df, device, variant, timing_mode, n, tuple(dropped))
 
 

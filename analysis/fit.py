@@ -24,7 +24,9 @@ place does not pay it, so `costmodel.model`'s fitted step time leaves it out.
 Candidate forms (`FORMS`), compared by `analysis.validate` and chosen by out-of-scale error:
 
 A time term that comes out negative is not identified by the data; it is fixed at the device
-profile's measured value where there is one (kernel and dispatch overheads), else dropped.
+profile's measured value where there is one (kernel and dispatch overheads), else dropped. The
+unconstrained fit is kept beside it (`FitResult.unconstrained`) so the crossover can say what
+the data alone find, and every bootstrap replicate redoes the check (`fit_full`).
 
 * ``ols_additive``     OLS of t on the additive terms. Large configs dominate the loss.
 * ``wls_additive``     WLS with weights 1/t²: least squares on *relative* error, which is what
@@ -197,6 +199,15 @@ class FitResult:
     factors: tuple[Factor, ...] = field(default=())
     dropped: tuple[str, ...] = ()  # physical terms fitted negative and removed
     fixed: tuple[tuple[str, float], ...] = ()  # ... and fixed at the device profile's value
+    #: The prior values the sign check may fix terms at (the bootstrap redoes the check).
+    priors: tuple[tuple[str, float], ...] = ()
+    #: Each constrained term with the terms constrained before it (empty: the unconstrained
+    #: fit itself put it below zero; else it went negative once those were constrained).
+    constrained_after: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    #: With a term fixed or dropped: the unconstrained point estimate over all design
+    #: columns (every term free, negative or not), so the report can say what the data alone
+    #: find. None when nothing was constrained or the unconstrained fit failed.
+    unconstrained: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.form not in FORMS:
@@ -250,27 +261,33 @@ def _fit_arrays(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray,
 
 
 def _fit_dropping(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray, cols: list[str],
-                  groups: np.ndarray | None, priors: dict[str, float] | None = None):
+                  groups: np.ndarray | None, priors: dict[str, float] | None = None,
+                  start: np.ndarray | None = None):
     """Fit, and while a physical term (time per FLOP, byte, kernel or call) comes out
     negative, take it out and refit: a negative time is not physical, it says the data
     cannot see that term (e.g. kernel counts that barely vary within a method). A term with
     a prior value (the device profile's measured kernel and dispatch overheads) is then fixed
     at it, as an offset; one without is dropped (0). LoRA multipliers may fall below 1.
-    Returns (params, estimated columns, statsmodels result or None, dropped, fixed, offset)."""
+    Returns (params, estimated columns, statsmodels result or None, dropped, fixed, offset,
+    after): `after` maps each constrained term to the terms constrained before it (empty:
+    the unconstrained fit itself put it below zero)."""
     cols = list(cols)
     priors = priors or {}
     dropped: list[str] = []
     fixed: dict[str, float] = {}
+    after: dict[str, tuple[str, ...]] = {}
     off = np.asarray(off, dtype=float).copy()
     while True:
-        params, res = _fit_arrays(form, X, off, y, groups)
+        params, res = _fit_arrays(form, X, off, y, groups,
+                                  start if start is not None and len(start) == len(cols) else None)
         if res is not None:
             params = np.asarray(res.params)
         bad = [(params[j], c) for j, c in enumerate(cols) if c in PHYSICAL and params[j] < 0]
         if form in LOG_FORMS or not bad or len(cols) <= 2:
-            return params, cols, res, dropped, fixed, off
+            return params, cols, res, dropped, fixed, off, after
         j = cols.index(min(bad)[1])
         name = cols.pop(j)
+        after[name] = tuple(dropped) + tuple(fixed)
         if name in priors:
             fixed[name] = float(priors[name])
             off = off + X[:, j] * fixed[name]
@@ -279,27 +296,31 @@ def _fit_dropping(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray, cols
         X = np.delete(X, j, axis=1)
 
 
+def fit_full(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray, cols: Sequence[str],
+             priors: dict[str, float] | None = None, start: np.ndarray | None = None,
+             ) -> tuple[np.ndarray, tuple[str, ...], tuple[str, ...]]:
+    """Point estimate with the sign check, over all of `cols` (the full design): zeros for
+    all-zero columns (the LoRA columns of methods absent from the rows) and dropped terms,
+    prior values for fixed ones. Returns (params, fixed terms, dropped terms). The fast path
+    for cross-validation and for every bootstrap replicate, which so redo the sign check."""
+    cols = list(cols)
+    keep = np.flatnonzero(np.any(X != 0, axis=0))
+    start = None if start is None else np.asarray(start)[keep]
+    p, kept, _, dropped, fixed, _, _ = _fit_dropping(form, X[:, keep], off, y,
+                                                     [cols[j] for j in keep], None, priors, start)
+    params = np.zeros(len(cols))
+    params[[cols.index(c) for c in kept]] = p
+    for c, v in fixed.items():
+        params[cols.index(c)] = v
+    return params, tuple(fixed), tuple(dropped)
+
+
 def fit_params(form: str, terms: pd.DataFrame, priors: dict[str, float] | None = None) -> np.ndarray:
     """Point estimate only (no covariance), over all design columns (zeros for the LoRA
     columns of methods absent from `terms`, prior values for fixed terms): the fast path for
     cross-validation."""
     X, off, cols = design_matrix(form, terms)
-    y = terms["time_ms"].to_numpy()
-    keep = np.flatnonzero(np.any(X != 0, axis=0))
-    p, kept, _, _, fixed, _ = _fit_dropping(form, X[:, keep], off, y,
-                                            [cols[j] for j in keep], None, priors)
-    params = np.zeros(len(cols))
-    params[[cols.index(c) for c in kept]] = p
-    for c, v in fixed.items():
-        params[cols.index(c)] = v
-    return params
-
-
-def fit_params_arrays(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray,
-                      start: np.ndarray | None = None) -> np.ndarray:
-    """Point estimate on ready arrays (the bootstrap's inner loop); X holds only kept columns."""
-    params, _ = _fit_arrays(form, X, off, y, None, start)
-    return params
+    return fit_full(form, X, off, terms["time_ms"].to_numpy(), cols, priors)[0]
 
 
 def fit(form: str, terms: pd.DataFrame, groups: np.ndarray,
@@ -323,7 +344,18 @@ def fit(form: str, terms: pd.DataFrame, groups: np.ndarray,
         raise UserError(
             f"the data cannot separate the {X.shape[1]} terms of the {form} model "
             "(too few distinct sizes or methods)")
-    params, cols, res, dropped, fixed, off = _fit_dropping(form, X, off, y, cols, groups, priors)
+    X_kept, off0, cols_kept = X, off, list(cols)
+    params, cols, res, dropped, fixed, off, after = _fit_dropping(form, X, off, y, cols, groups,
+                                                                  priors)
+    unconstrained = None
+    if dropped or fixed:
+        try:
+            free, _ = _fit_arrays(form, X_kept, off0, y, None)
+        except (np.linalg.LinAlgError, ValueError):
+            free = None
+        if free is not None and np.all(np.isfinite(free)):
+            unconstrained = np.zeros(len(all_cols))
+            unconstrained[[all_cols.index(c) for c in cols_kept]] = free
     cov = np.asarray(res.cov_params())
     keep = [all_cols.index(c) for c in cols]
     fitted = (np.asarray(res.predict(X_all[:, keep], offset=off)) if form in LOG_FORMS
@@ -336,6 +368,8 @@ def fit(form: str, terms: pd.DataFrame, groups: np.ndarray,
         form=form, columns=tuple(cols), params=params, cov=cov, cov_type=cov_type,
         n_obs=len(y), n_configs=n_configs, rel_resid=y / fitted, summary_text=summary,
         factors=factors, dropped=tuple(dropped), fixed=tuple(fixed.items()),
+        priors=tuple((priors or {}).items()), constrained_after=tuple(after.items()),
+        unconstrained=unconstrained,
     )
 
 

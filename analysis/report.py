@@ -95,10 +95,13 @@ def factors_table(a: Analysis) -> pd.DataFrame:
                          for f in a.fit.factors])
 
 
-def _ci(lo: float, hi: float) -> str:
+def _ci(lo: float, hi: float, lo_censored: bool = False) -> str:
+    """A d* interval; a lower end at the search floor is censored (those replicates were
+    already past their crossing there), so it prints as an upper bound: "≤16"."""
     if math.isinf(lo) and math.isinf(hi):
         return "none in any replicate"
-    return f"[{fmt_width(lo)}, {fmt_width(hi)}]"
+    low = f"≤{fmt_width(lo)}" if lo_censored else fmt_width(lo)
+    return f"[{low}, {fmt_width(hi)}]"
 
 
 def crossover_display(a: Analysis) -> pd.DataFrame:
@@ -109,7 +112,8 @@ def crossover_display(a: Analysis) -> pd.DataFrame:
         "layer": t["layer"], "batch": t["batch"], "rank": t["rank"], "method": t["method"],
         "d*": [fmt_width(x) for x in t["d_star"]],
         "LoRA faster": t["lora_faster"],
-        "95% CI": [_ci(lo, hi) for lo, hi in zip(t["ci_low"], t["ci_high"])],
+        "95% CI": [_ci(lo, hi, bool(c)) for lo, hi, c in
+                   zip(t["ci_low"], t["ci_high"], t["ci_low_censored"])],
         "measured d*": [fmt_width(x) if math.isfinite(x) else "-" for x in t["measured_d_star"]],
         "full/LoRA as d->inf": [f"{x:.3g}x" for x in t["asymptotic_speedup"]],
         "(roofline)": [f"{x:.3g}x" if math.isfinite(x) else "-" for x in t["asymptotic_speedup_roofline"]],
@@ -205,7 +209,8 @@ def stdout_report(a: Analysis, files: Sequence[str], out: str) -> str:
         text_table(validation_display(a)),
         "  " + validation_verdict(a), "",
         f"Extrapolation at e = h = width, batch {b}, rank {r}, on {a.extrapolation.device} "
-        f"(95% PI; beyond width {a.extrapolation.max_measured_width:g} = extrapolation):",
+        f"(times: 95% PI; full/LoRA ratio: 95% CI of the mean; beyond width "
+        f"{a.extrapolation.max_measured_width:g} = extrapolation):",
         text_table(extrapolation_display(a)), "",
     ]
     tbl = a.extras.get("model_speedups")
@@ -231,8 +236,10 @@ def markdown_report(a: Analysis, figures: Sequence[str]) -> str:
         "```", header(a), "```", "",
         "## Crossover", "",
         f"Along e = h = d. d* from the fitted model; 95% CI from a case bootstrap over configs "
-        f"({a.boot.params.shape[0]} refits, {a.boot.n_failed} failed); measured d* where the "
-        "measured ratio changes sign; 'full/LoRA as d->inf' is the fitted time ratio as d "
+        f"({a.boot.params.shape[0]} refits, {a.boot.n_failed} failed, each redoing the "
+        "sign check on the overhead terms); a lower end written '≤d' is censored at the search "
+        "floor (replicates already past their crossing there); measured d* where the "
+        "measured ratio first changes sign; 'full/LoRA as d->inf' is the fitted time ratio as d "
         "grows without bound, '(roofline)' the same from the cost model alone on the device "
         "profile.", "",
         md_table(crossover_display(a)), "",
@@ -245,7 +252,9 @@ def markdown_report(a: Analysis, figures: Sequence[str]) -> str:
         md_table(validation_display(a)), "",
         validation_verdict(a), "",
         "## Extrapolation", "",
-        f"Batch {b}, rank {r}, device {a.extrapolation.device}; 95% prediction intervals; "
+        f"Batch {b}, rank {r}, device {a.extrapolation.device}; times with 95% prediction "
+        "intervals (bootstrap means times the fit's relative residuals), the full/LoRA ratios "
+        "with the 95% bootstrap CI of the mean ratio (not a prediction interval); "
         f"every width above {a.extrapolation.max_measured_width:g} is an extrapolation "
         "beyond the data. All (batch, rank) pairs are in extrapolation.csv.", "",
         md_table(extrapolation_display(a)), "",
@@ -297,8 +306,11 @@ def to_json(a: Analysis) -> dict:
         "crossover": [
             {"layer": r["layer"], "batch": r["batch"], "rank": r["rank"], "method": r["method"],
              "d_star": r["d_star"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+             "ci_low_censored": r["ci_low_censored"],
              "lora_faster": r["lora_faster"],
              "measured_d_star": r["measured_d_star"],
+             "measured_sign_changes": r["measured_sign_changes"],
+             "measured_note": r["measured_note"],
              "asymptotic_speedup": r["asymptotic_speedup"],
              "asymptotic_speedup_roofline": r["asymptotic_speedup_roofline"], "note": r["note"]}
             for _, r in xo.iterrows()],

@@ -9,21 +9,25 @@ grids are square; for non-square grids the measured crossover is read along
 d = sqrt(e·h)), d* is where the fitted model predicts t_lora(d) = t_full(d): the point
 estimate comes from `costmodel.solve_crossover` (grid scan + Brent) over the fitted time, the
 95% interval from a case bootstrap over configs (all methods of a resampled config travel
-together), refitting each replicate; replicate d* are read off a fine log grid, vectorised
-over replicates. A replicate with no crossover in range counts as d* = +inf, one where LoRA
+together), refitting each replicate with the fit's sign check redone (a term that fits
+negative there is fixed at its prior or dropped; the prior value is taken as exact); replicate
+d* are read off a fine log grid, vectorised over replicates. A replicate with no crossover in range counts as d* = +inf, one where LoRA
 is already faster at the range's start as d* = d_min, and the percentile interval is taken
 over those extended values (an interval end at +inf says "the data cannot rule out no
-crossover in range"). The asymptotic speedup lim t_full/t_lora is the cost model's
+crossover in range"; a lower end at d_min is censored, flagged `ci_low_censored`). Where the
+fit fixed or dropped a term, each row's note says what d* rests on and what the unconstrained
+fit finds (`prior_note`). The asymptotic speedup lim t_full/t_lora is the cost model's
 `asymptotic_speedup` of the fitted times.
 
 Prediction intervals. The predicted mean of each bootstrap replicate times a multiplicative
 residual drawn from the chosen fit's relative residuals (measured / fitted): parameter and
-run-to-run uncertainty together, without assuming a residual law.
+run-to-run uncertainty together, without assuming a residual law. The full/LoRA ratios
+carry the bootstrap CI of the mean ratio only (no residual draws): a confidence interval.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -46,32 +50,38 @@ ALPHA = 0.05
 
 @dataclass(frozen=True)
 class Bootstrap:
-    """Case-bootstrap replicates of the chosen form's parameters over all design columns."""
+    """Case-bootstrap replicates of the chosen form's parameters over all design columns.
+
+    constrained: the share of replicates in which each physical term was fixed at its prior
+    or dropped by the sign check, which every replicate redoes."""
 
     params: np.ndarray  # (B, p)
     n_failed: int
     seed: int
+    constrained: dict[str, float] = field(default_factory=dict)
 
 
 def bootstrap(result: fitmod.FitResult, rows: pd.DataFrame, n_boot: int = N_BOOT,
               seed: int = 0) -> Bootstrap:
-    """Resample configs with replacement, refit `result.form` on each replicate."""
-    X_all, off, cols = fitmod.design_matrix(result.form, rows)
-    keep = [cols.index(c) for c in result.columns]
-    X = X_all[:, keep]
-    for c, v in result.fixed:  # terms fixed at prior values enter as an offset
-        off = off + X_all[:, cols.index(c)] * v
+    """Resample configs with replacement, refit `result.form` on each replicate with the same
+    sign check as the fit (a term that fits negative is fixed at its prior or dropped), so the
+    interval carries the uncertainty of that choice; a prior value itself is taken as exact."""
+    X, off, cols = fitmod.design_matrix(result.form, rows)
+    priors = dict(result.priors)
+    start = full_params(result)
     y = rows["time_ms"].to_numpy()
     cid = rows["config_id"].to_numpy()
     ids = np.unique(cid)
     members = [np.flatnonzero(cid == i) for i in ids]
     rng = np.random.default_rng(seed)
     out, failed = [], 0
+    counts: dict[str, int] = {}
     for _ in range(n_boot):
         pick = rng.integers(0, len(ids), len(ids))
         idx = np.concatenate([members[i] for i in pick])
         try:
-            p = fitmod.fit_params_arrays(result.form, X[idx], off[idx], y[idx], result.params)
+            p, fixed, dropped = fitmod.fit_full(result.form, X[idx], off[idx], y[idx], cols,
+                                                priors, start)
         except (np.linalg.LinAlgError, ValueError):
             failed += 1
             continue
@@ -79,8 +89,11 @@ def bootstrap(result: fitmod.FitResult, rows: pd.DataFrame, n_boot: int = N_BOOT
             failed += 1
             continue
         out.append(p)
-    params = fitmod.expand_params(result, np.array(out).reshape(-1, len(keep)))
-    return Bootstrap(params, failed, seed)
+        for c in fixed + dropped:
+            counts[c] = counts.get(c, 0) + 1
+    params = np.array(out).reshape(-1, len(cols))
+    share = {c: k / max(len(out), 1) for c, k in counts.items()}
+    return Bootstrap(params, failed, seed, share)
 
 
 def full_params(result: fitmod.FitResult) -> np.ndarray:
@@ -169,9 +182,8 @@ def _first_crossing(widths: np.ndarray, gap: np.ndarray, faster_above: bool) -> 
     return out
 
 
-def measured_crossover(rows: pd.DataFrame, tmpl: pd.Series, method: str) -> tuple[float, str]:
-    """Where the measured lora/full ratio changes sign along d = sqrt(e·h) (geometric
-    interpolation between the bracketing widths), with a plain note."""
+def _measured_ratio(rows: pd.DataFrame, tmpl: pd.Series, method: str) -> pd.Series | None:
+    """Mean measured log(t_method / t_full) per d = sqrt(e·h), sorted by d; None if absent."""
     keys = list(CONTEXT_COLUMNS) + ["batch", "rank"]
     sel = np.ones(len(rows), dtype=bool)
     for k in keys:
@@ -179,22 +191,132 @@ def measured_crossover(rows: pd.DataFrame, tmpl: pd.Series, method: str) -> tupl
     g = rows[sel]
     wide = g.pivot_table(index=["embed", "hidden"], columns="method", values="time_ms")
     if method not in wide or "full" not in wide:
-        return np.nan, "not measured"
+        return None
     log_ratio = np.log(wide[method] / wide["full"]).dropna()
     if log_ratio.empty:
-        return np.nan, "not measured"
+        return None
     d = np.sqrt(np.array([e * h for e, h in log_ratio.index], dtype=float))
-    by_d = pd.Series(log_ratio.to_numpy(), index=d).groupby(level=0).mean().sort_index()
+    return pd.Series(log_ratio.to_numpy(), index=d).groupby(level=0).mean().sort_index()
+
+
+def measured_crossings(rows: pd.DataFrame, tmpl: pd.Series, method: str) -> np.ndarray:
+    """Every width where the measured lora/full ratio changes sign along d = sqrt(e·h)
+    (geometric interpolation between the bracketing widths), in increasing order."""
+    by_d = _measured_ratio(rows, tmpl, method)
+    if by_d is None:
+        return np.array([])
+    lr, dd = by_d.to_numpy(), by_d.index.to_numpy()
+    faster = lr < 0
+    out = []
+    for i in np.flatnonzero(faster[1:] != faster[:-1]) + 1:
+        frac = lr[i - 1] / (lr[i - 1] - lr[i])
+        out.append(float(np.exp(np.log(dd[i - 1]) + frac * (np.log(dd[i]) - np.log(dd[i - 1])))))
+    return np.asarray(out)
+
+
+def measured_crossover(rows: pd.DataFrame, tmpl: pd.Series, method: str) -> tuple[float, str]:
+    """The first width where the measured lora/full ratio changes sign along d = sqrt(e·h)
+    (geometric interpolation between the bracketing widths), with a plain note; when it
+    changes sign more than once the note says so and lists every crossing."""
+    by_d = _measured_ratio(rows, tmpl, method)
+    if by_d is None:
+        return np.nan, "not measured"
     lr, dd = by_d.to_numpy(), by_d.index.to_numpy()
     if np.all(lr >= 0):
         return np.nan, f"measured: LoRA slower at every width {dd[0]:g}-{dd[-1]:g}"
     if np.all(lr < 0):
         return np.nan, f"measured: LoRA faster at every width {dd[0]:g}-{dd[-1]:g}"
     start_slower = lr[0] >= 0
-    i = int(np.argmax((lr < 0) if start_slower else (lr >= 0)))
-    frac = lr[i - 1] / (lr[i - 1] - lr[i])
-    d = float(np.exp(np.log(dd[i - 1]) + frac * (np.log(dd[i]) - np.log(dd[i - 1]))))
-    return d, "" if start_slower else "measured: LoRA faster below, slower above"
+    crossings = measured_crossings(rows, tmpl, method)
+    if len(crossings) == 1:
+        return float(crossings[0]), "" if start_slower else "measured: LoRA faster below, slower above"
+    where = ", ".join(f"{x:,.0f}" for x in crossings)
+    note = (f"measured: the ratio changes sign {len(crossings)} times (≈ 1 within noise) "
+            f"at d ≈ {where}; the first shown" + ("" if start_slower else
+                                                    ", where LoRA stops being faster"))
+    return float(crossings[0]), note
+
+
+#: Plain names of the physical terms, for the notes.
+TERM_NAMES = {"kernels": "per-kernel overhead", "Intercept": "per-call dispatch",
+              "gflops": "compute-time term", "gbytes": "memory-time term",
+              "gresult": "result-buffer term"}
+
+
+def _term_value(col: str, v_ms: float) -> str:
+    """A design coefficient (ms per unit) in the report's units."""
+    if col == "kernels":
+        return f"{v_ms * 1e3:.3g} us per kernel"
+    if col == "Intercept":
+        return f"{v_ms * 1e3:.3g} us per call"
+    return f"{TERM_NAMES.get(col, col)} {v_ms:.3g} ms/{'GFLOP' if col == 'gflops' else 'GB'}"
+
+
+def _verdict(w: np.ndarray, gap: np.ndarray) -> tuple[float, bool, str]:
+    """(d*, LoRA faster above, plain text) of one gap curve (n,) along widths w."""
+    faster_above = bool(gap[0] >= 0)
+    d = float(_first_crossing(w, gap[:, None], faster_above)[0])
+    if np.isfinite(d):
+        return d, faster_above, (f"d* = {d:,.0f}" if faster_above
+                                 else f"LoRA faster below d* = {d:,.0f}, slower above")
+    return d, faster_above, ("no crossover in range (LoRA slower throughout)" if faster_above
+                             else "no crossover in range (LoRA faster throughout)")
+
+
+def prior_note(result: fitmod.FitResult, boot: Bootstrap, method_terms: set[str],
+               d_star: float, faster_above: bool, ci: tuple[float, float],
+               free: tuple[float, bool, str] | None) -> str:
+    """What a crossover rests on when the sign check fixed or dropped terms: which term, at
+    what value and why, and what the unconstrained fit finds instead.
+
+    method_terms: the constrained terms whose count differs between full and the LoRA method
+    along the width axis (these set d* directly; the shared dispatch cancels in the
+    difference and matters only through the other estimates). free: `_verdict` of the
+    unconstrained fit, None when it failed. Empty when nothing was constrained, or when only
+    shared terms were and the unconstrained answer is the same."""
+    constrained = [c for c, _ in result.fixed] + list(result.dropped)
+    if not constrained:
+        return ""
+    fixed, after = dict(result.fixed), dict(result.constrained_after)
+    same = free is not None and (
+        free[1] == faster_above and np.isfinite(free[0]) == np.isfinite(d_star)
+        and (not np.isfinite(d_star) or ci[0] <= free[0] <= ci[1]))
+    direct = [c for c in constrained if c in method_terms]
+    if not direct and same:
+        return ""
+    subject = "d*" if np.isfinite(d_star) else "the verdict"
+
+    def how(c: str) -> str:
+        return "fixed" if c in fixed else "dropped"
+
+    def why(c: str) -> str:
+        before = after.get(c, ())
+        if not before:
+            return "the free fit put it below zero"
+        names = " and ".join(f"{TERM_NAMES.get(b, b)} was {how(b)}" for b in before)
+        return f"below zero once the {names}"
+
+    def statement(c: str) -> str:
+        share = f"{how(c)} in {boot.constrained.get(c, 0.0):.0%} of the bootstrap refits"
+        if c in fixed:
+            return (f"fixed at the device profile's {_term_value(c, fixed[c])} "
+                    f"({why(c)}; {share})")
+        return f"dropped (0: {why(c)}; {share})"
+
+    if free is None:
+        found = "with no term constrained the fit fails"
+    else:
+        cols = fitmod.design_matrix(result.form, fitmod._dummy_terms())[2]
+        values = ", ".join(_term_value(c, result.unconstrained[cols.index(c)]) for c in constrained)
+        found = f"with no term constrained the fit finds {values} and {free[2]}"
+    if direct and same:
+        return "; ".join(f"{TERM_NAMES.get(c, c)} {statement(c)}" for c in direct) + (
+            f"; unconstrained fit: d* = {free[0]:,.0f}, within the interval"
+            if np.isfinite(d_star) else "; unconstrained fit: the same")
+    verb = "set by" if direct else "rests on"
+    return (f"{subject} {verb} the " + "; the ".join(f"{TERM_NAMES.get(c, c)} {statement(c)}"
+                                                   for c in (direct or constrained))
+            + f"; {found}")
 
 
 def crossover_table(result: fitmod.FitResult, boot: Bootstrap, rows: pd.DataFrame,
@@ -204,6 +326,7 @@ def crossover_table(result: fitmod.FitResult, boot: Bootstrap, rows: pd.DataFram
     max_w = float(max(rows["embed"].max(), rows["hidden"].max()))
     min_w = float(min(rows["embed"].min(), rows["hidden"].min()))
     widths = np.geomspace(d_min, d_max, n_grid)
+    all_cols = fitmod.design_matrix(result.form, fitmod._dummy_terms())[2]
     records = []
     for _, grp in crossover_groups(rows).iterrows():
         tmpl, targets = grp["template"], grp["targets"]
@@ -215,6 +338,8 @@ def crossover_table(result: fitmod.FitResult, boot: Bootstrap, rows: pd.DataFram
         fn = time_fn(result, tmpl, targets, profile)
         n = len(w)
         params = full_params(result)
+        mu_free = (None if result.unconstrained is None
+                   else fitmod.predict_many(result.form, X, off, result.unconstrained))
         for k, m in enumerate(grp["loras"], start=1):
             gap_b = np.log(np.clip(mu_b[k * n:(k + 1) * n], 1e-30, None)) - np.log(
                 np.clip(mu_b[:n], 1e-30, None))
@@ -258,6 +383,22 @@ def crossover_table(result: fitmod.FitResult, boot: Bootstrap, rows: pd.DataFram
                 elif d_star < min_w:
                     note = "; ".join(x for x in (note, f"below the smallest measured width "
                                                        f"{min_w:g}: an extrapolation") if x)
+            # Terms whose count differs between full and this LoRA method along the axis.
+            Xf, Xm = X[:n], X[k * n:(k + 1) * n]
+            method_terms = {c for j, c in enumerate(all_cols) if np.any(Xf[:, j] != Xm[:, j])}
+            free = None
+            if mu_free is not None:
+                tf, tm = mu_free[:n], mu_free[k * n:(k + 1) * n]
+                bad = np.flatnonzero((tf <= 0) | (tm <= 0))
+                start = 0 if bad.size == 0 else int(bad[-1]) + 1
+                if start < n:  # read it only where its predicted times are positive
+                    free = _verdict(w[start:], np.log(tm[start:]) - np.log(tf[start:]))
+                    if start:
+                        free = (*free[:2], f"{free[2]} (its predicted times are <= 0 below "
+                                           f"d = {w[start]:,.0f})")
+            extra = prior_note(result, boot, method_terms, d_star, faster_above,
+                               (float(q[0]), float(q[1])), free)
+            note = "; ".join(x for x in (note, extra) if x)
             records.append({
                 **{c: tmpl[c] for c in CONTEXT_COLUMNS},
                 "batch": int(tmpl["batch"]), "rank": int(tmpl["rank"]), "method": m,
@@ -266,8 +407,12 @@ def crossover_table(result: fitmod.FitResult, boot: Bootstrap, rows: pd.DataFram
                                 if np.isfinite(d_star) else
                                 ("nowhere in range" if faster_above else "whole range")),
                 "ci_low": float(q[0]), "ci_high": float(q[1]),
+                # A replicate already past its crossing at the range's start is recorded as
+                # d = the start: an interval end there is a censored bound ("≤ start").
+                "ci_low_censored": bool(q[0] <= w[0]),
                 "share_boot_no_crossover": float(np.mean(np.isinf(d_b))),
                 "measured_d_star": meas,
+                "measured_sign_changes": len(measured_crossings(rows, tmpl, m)),
                 "measured_note": meas_note,
                 "asymptotic_speedup": np.nan if limit is None else float(limit),
                 "asymptotic_speedup_roofline": roof_limit,

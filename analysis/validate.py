@@ -2,8 +2,11 @@
 
 Schemes (each model is refitted on the training rows only):
 
-* ``cv5``           5-fold cross-validation with folds drawn over configs, so the methods of
-                    one config are never split between training and test;
+* ``cv5``           5-fold cross-validation with folds drawn over shapes (context, batch,
+                    embed, hidden): all ranks and methods of one shape fall in one fold, so
+                    neither the methods of a config nor the full rows of its other ranks
+                    (replicates: full fine-tuning ignores the rank) sit in training while it
+                    is tested;
 * ``out_of_scale``  train on the configs with embed·hidden at or below the median, predict the
                     larger half: the test that matters before extrapolating.
 
@@ -32,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import fit as fitmod
+from analysis.data import CONTEXT_COLUMNS
 
 BASELINES = ("flops_proportional", "roofline_unfitted")
 SCHEMES = ("cv5", "out_of_scale")
@@ -52,13 +56,24 @@ class Validation:
             raise ValueError(f"chosen form {self.chosen!r} is not a fitted form")
 
 
-def folds(config_id: np.ndarray, n_folds: int = N_FOLDS, seed: int = 0) -> np.ndarray:
-    """Fold number of each row, folds drawn over configs (shuffled with `seed`)."""
-    ids = np.unique(config_id)
+#: Columns of a shape: a config without its rank. Full fine-tuning ignores the rank, so the
+#: full rows of one shape at several ranks are replicates and must share a fold.
+SHAPE_COLUMNS = tuple(CONTEXT_COLUMNS) + ("batch", "embed", "hidden")
+
+
+def folds(group_id: np.ndarray, n_folds: int = N_FOLDS, seed: int = 0) -> np.ndarray:
+    """Fold number of each row, folds drawn over groups (shuffled with `seed`): every row of
+    one group lands in the same fold."""
+    ids = np.unique(group_id)
     rng = np.random.default_rng(seed)
     perm = rng.permutation(ids)
     fold_of = {cid: i % n_folds for i, cid in enumerate(perm)}
-    return np.array([fold_of[c] for c in config_id])
+    return np.array([fold_of[c] for c in group_id])
+
+
+def shape_ids(rows: pd.DataFrame) -> np.ndarray:
+    """An integer id per shape (`SHAPE_COLUMNS`: the config's key without the rank)."""
+    return rows.groupby(list(SHAPE_COLUMNS), sort=True).ngroup().to_numpy()
 
 
 def out_of_scale_split(embed: np.ndarray, hidden: np.ndarray) -> np.ndarray:
@@ -120,7 +135,7 @@ def validate(rows: pd.DataFrame, forms: tuple[str, ...],
     has_profile = bool(np.all(np.isfinite(rows["roof_ms"].to_numpy())))
     models = [m for m in forms if m not in fitmod.LOG_FORMS or has_profile]
     baselines = [b for b in BASELINES if b != "roofline_unfitted" or has_profile]
-    fold = folds(rows["config_id"].to_numpy())
+    fold = folds(shape_ids(rows))
     train_small = out_of_scale_split(rows["embed"].to_numpy(), rows["hidden"].to_numpy())
     records = []
     for model in models + baselines:
@@ -132,9 +147,10 @@ def validate(rows: pd.DataFrame, forms: tuple[str, ...],
                 pred_cv[test] = _predict_model(model, rows[~test], rows[test], priors)
         for r in _scores(pred_cv, rows):
             records.append({"model": model, "kind": kind, "scheme": "cv5", **r})
-        pred_os = _predict_model(model, rows[train_small], rows[~train_small], priors)
-        for r in _scores(pred_os, rows[~train_small]):
-            records.append({"model": model, "kind": kind, "scheme": "out_of_scale", **r})
+        if (~train_small).any():  # empty when every config has the same e·h
+            pred_os = _predict_model(model, rows[train_small], rows[~train_small], priors)
+            for r in _scores(pred_os, rows[~train_small]):
+                records.append({"model": model, "kind": kind, "scheme": "out_of_scale", **r})
     records += replicate_noise(rows)
     table = pd.DataFrame.from_records(records)
     chosen, reason = choose(table, models)

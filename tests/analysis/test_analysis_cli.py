@@ -60,6 +60,21 @@ def test_too_few_configs(capsys, out_dir, tmp_path, fixture_csv):
     assert "too few configs" in err and "at least 8" in err
 
 
+def test_a_single_width_is_refused(capsys, out_dir, tmp_path):
+    """A blog file whose 20 configs all have e = h = 256 cannot be fitted in width or tested
+    out of scale: one line, exit 2, --out untouched (no traceback from an empty test half)."""
+    recs = {"vanilla": {}, "lora": {}}
+    for b in (1, 2, 4, 8, 16):
+        for r in (1, 2, 4, 8):
+            recs["vanilla"][(b, 256, 256, r)] = 1e-4 * b
+            recs["lora"][(b, 256, 256, r)] = 1.1e-4 * b
+    p = tmp_path / "results.csv"
+    pd.DataFrame(recs).to_csv(p)
+    err = _bad(capsys, out_dir, ["--data", str(p)])
+    assert "same width (embed x hidden = 256 x 256)" in err
+    assert "at least 2 distinct embed*hidden sizes" in err
+
+
 def test_mixed_devices(capsys, out_dir, tmp_path, fixture_csv):
     p = tmp_path / "mixed.csv"
     f = pd.read_csv(fixture_csv)
@@ -84,7 +99,8 @@ def test_json_run_on_fixture(capsys, tmp_path, fixture_csv, fixture_profile):
     assert rc == 0
     obj = json.loads(capsys.readouterr().out)
     assert {"crossover", "factors", "validation", "extrapolation"} <= set(obj)
-    assert {"batch", "rank", "d_star", "ci_low", "ci_high", "measured_d_star"} <= set(obj["crossover"][0])
+    assert {"batch", "rank", "d_star", "ci_low", "ci_high", "ci_low_censored",
+            "measured_d_star", "measured_sign_changes", "note"} <= set(obj["crossover"][0])
     assert {"name", "estimate", "ci_low", "ci_high", "unit"} <= set(obj["factors"][0])
     assert {"width", "method", "time_s", "pi_low", "pi_high"} <= set(obj["extrapolation"][0])
     assert {r["width"] for r in obj["extrapolation"]} == {768, 4096}
@@ -132,6 +148,7 @@ def test_figures_are_written(capsys, tmp_path, fixture_csv, fixture_profile):
         assert (out / name).stat().st_size > 1000, name
         assert name in (out / "report.md").read_text()
     assert "Crossover" in text and "Validation" in text
+    assert "(times: 95% PI; full/LoRA ratio: 95% CI of the mean;" in text
 
 
 def test_unknown_model_or_hardware(capsys, out_dir, fixture_csv):

@@ -66,3 +66,33 @@ def test_measured_crossover_interpolates_the_sign_change():
     })
     d, note = solve.measured_crossover(rows, rows.iloc[0], "lora")
     assert d == pytest.approx(200.0) and note == ""  # log-ratio +log2 -> -log2: midpoint in log d
+
+
+def test_measured_crossover_counts_every_sign_change():
+    """Ratio by width +, +, -, -, -, +, +: the first crossing, and a note that says the ratio
+    changes sign twice (it hovers near 1) with both crossings."""
+    d = [128, 256, 384, 512, 768, 1024, 2048]
+    ratio = [1.1, 1.05, 0.95, 0.9, 0.97, 1.04, 1.1]
+    rows = pd.DataFrame({
+        "layer": "attention", "variant": "clean", "timing_mode": "aot", "seq": 1, "heads": 1,
+        "input_requires_grad": False, "dtype": "float32", "batch": 64, "rank": 1,
+        "embed": np.repeat(d, 2), "hidden": np.repeat(d, 2),
+        "method": ["full", "lora_merged"] * len(d),
+        "time_ms": np.ravel([[1.0, r] for r in ratio]),
+    })
+    crossings = solve.measured_crossings(rows, rows.iloc[0], "lora_merged")
+    assert len(crossings) == 2 and 256 < crossings[0] < 384 and 768 < crossings[1] < 1024
+    first, note = solve.measured_crossover(rows, rows.iloc[0], "lora_merged")
+    assert first == crossings[0]
+    assert "changes sign 2 times (≈ 1 within noise)" in note
+    assert f"{crossings[1]:,.0f}" in note
+
+
+def test_censored_lower_end_is_printed_as_a_bound(crossover):
+    """A replicate already faster at the search floor is recorded at the floor: an interval
+    end there is a bound ("≤16"), not an estimate (flagged rows: test_analysis_fit)."""
+    from analysis.report import _ci
+
+    assert (crossover["ci_low_censored"] == (crossover["ci_low"] <= solve.D_MIN)).all()
+    assert _ci(16.0, 40.0, True) == "[≤16, 40]"
+    assert _ci(20.0, 40.0, False) == "[20, 40]"

@@ -71,12 +71,104 @@ def test_fixture_fits_every_form_with_profile(fixture_csv, fixture_profile):
     assert "replicates (noise floor)" in set(v.table["model"])
 
 
-def test_negative_physical_terms_are_dropped(fixture_csv):
-    rows = _rows(data.load(fixture_csv).frame)
-    res = fitmod.fit("wls_additive", rows, rows["config_id"].to_numpy())
+#: Priors (design units, ms) standing in for a device profile: 2 us per kernel, 30 us per call.
+PRIORS = {"kernels": 2e-3, "Intercept": 0.03}
+
+
+@pytest.fixture(scope="module")
+def zero_tau_rows():
+    """A true per-kernel time of 0 plus 3% noise: on this seed the free fit puts it below 0."""
+    return _rows(synthetic_dataset(cv=0.03, seed=3, truth={**TRUE, "kernel_s": 0.0}))
+
+
+def _unconstrained_kernel_coef(rows) -> float:
+    X, _, cols = fitmod.design_matrix("wls_additive", rows)
+    w = 1 / rows["time_ms"].to_numpy()
+    beta = np.linalg.lstsq(X * w[:, None], rows["time_ms"].to_numpy() * w, rcond=None)[0]
+    return float(beta[cols.index("kernels")])
+
+
+@pytest.mark.parametrize("priors", [PRIORS, None], ids=["with profile", "without profile"])
+def test_negative_kernel_term_is_fixed_or_dropped_and_said(zero_tau_rows, priors):
+    from analysis import solve
+    from analysis.report import fmt_factor
+
+    rows = zero_tau_rows
+    assert _unconstrained_kernel_coef(rows) < 0  # the precondition: the branch does run
+    res = fitmod.fit("wls_additive", rows, rows["config_id"].to_numpy(), priors)
     for c, p in zip(res.columns, res.params):
         if c in fitmod.PHYSICAL:
             assert p >= 0, c
+    _, _, cols = fitmod.design_matrix("wls_additive", rows)
+    assert res.unconstrained[cols.index("kernels")] == pytest.approx(
+        _unconstrained_kernel_coef(rows))
+    tau = {f.name: f for f in res.factors}["time per kernel"]
+    full = solve.full_params(res)
+    if priors:
+        assert dict(res.fixed)["kernels"] == PRIORS["kernels"] and "kernels" not in res.columns
+        assert tau.estimate == pytest.approx(2.0) and tau.ci_low == tau.ci_high == tau.estimate
+        assert tau.note.startswith("fixed at the device profile's measured value")
+        assert "(fixed at the device profile's measured value)" in fmt_factor(tau)
+        assert full[cols.index("kernels")] == PRIORS["kernels"]
+    else:
+        assert "kernels" in res.dropped and not res.fixed
+        assert tau.estimate == 0.0 and tau.note.startswith("term dropped")
+        assert "(term dropped)" in fmt_factor(tau)
+        assert full[cols.index("kernels")] == 0.0
+    # Every replicate redoes the sign check: some keep the prior/zero, some estimate it.
+    boot = solve.bootstrap(res, rows, n_boot=40, seed=0)
+    share = boot.constrained["kernels"]
+    assert 0.5 < share < 1
+    k = boot.params[:, cols.index("kernels")]
+    held = PRIORS["kernels"] if priors else 0.0
+    assert np.sum(k == held) == round(share * len(k)) and np.all(k[k != held] > 0)
+    # The crossover says it rests on the prior, and what the unconstrained fit finds.
+    xo = solve.crossover_table(res, boot, rows, None).table
+    row = xo[(xo["batch"] == 2) & (xo["rank"] == 4) & (xo["method"] == "lora")].iloc[0]
+    assert np.isfinite(row["d_star"])
+    said = ("d* set by the per-kernel overhead fixed at the device profile's 2 us per kernel "
+            "(the free fit put it below zero; fixed in" if priors else
+            "d* set by the per-kernel overhead dropped (0: the free fit put it below zero; "
+            "dropped in")
+    assert said in row["note"], row["note"]
+    assert "with no term constrained the fit finds -0.189 us per kernel" in row["note"]
+    assert "no crossover in range (LoRA faster throughout)" in row["note"]
+    # Replicates already faster at the search floor make the lower end a censored bound.
+    floor = xo[xo["ci_low"] <= solve.D_MIN]
+    assert (xo["ci_low_censored"] == (xo["ci_low"] <= solve.D_MIN)).all()
+    if not priors:
+        assert len(floor) and floor["ci_low_censored"].all()
+    # A row where the unconstrained fit agrees still names the constrained term.
+    agree = xo[(xo["batch"] == 256) & (xo["rank"] == 1) & (xo["method"] == "lora")].iloc[0]
+    assert "per-kernel overhead" in agree["note"] and "within the interval" in agree["note"]
+
+
+def test_no_prior_note_when_nothing_is_constrained(synthetic_rows):
+    """Every term fits positive: no prior note at all, and no unconstrained twin is kept."""
+    from analysis import solve
+
+    res = fitmod.fit("wls_additive", synthetic_rows, synthetic_rows["config_id"].to_numpy(), PRIORS)
+    assert not res.fixed and not res.dropped and res.unconstrained is None
+    boot = solve.bootstrap(res, synthetic_rows, n_boot=20, seed=0)
+    xo = solve.crossover_table(res, boot, synthetic_rows, None).table
+    assert not xo["note"].str.contains("constrained|device profile").any()
+
+
+def test_cv_folds_keep_every_rank_of_a_shape_together(synthetic_rows):
+    """Full fine-tuning ignores the rank: its rows at other ranks of the same shape are
+    replicates, so they must never sit in training while one of them is tested."""
+    fold = valmod.folds(valmod.shape_ids(synthetic_rows))
+    keys = list(valmod.SHAPE_COLUMNS)
+    per_shape = synthetic_rows.assign(fold=fold).groupby(keys)["fold"].nunique()
+    assert (per_shape == 1).all()
+    assert synthetic_rows.groupby(keys)["rank"].nunique().min() == 2  # ranks do share shapes
+    assert len(np.unique(fold)) == valmod.N_FOLDS
+
+
+def test_validation_skips_an_empty_out_of_scale_half(synthetic_rows):
+    one = synthetic_rows[synthetic_rows["embed"] == 256]
+    v = valmod.validate(one, ("wls_additive",))
+    assert "out_of_scale" not in set(v.table["scheme"]) and "cv5" in set(v.table["scheme"])
 
 
 def test_design_matrix_is_built_by_patsy(synthetic_rows):
@@ -110,23 +202,19 @@ def test_anova_formula_engine_is_pinned(synthetic_rows, monkeypatch):
     assert set(table["term"]) >= {"batch", "width", "rank", "Residual"}
 
 
-def test_unidentified_overheads_are_fixed_at_the_profile(fixture_csv, fixture_profile):
+def test_priors_come_from_the_profile(fixture_csv, fixture_profile):
     profile = HardwareProfile.from_json(fixture_profile)
-    rows = _rows(data.load(fixture_csv).frame, profile)
     priors = fitmod.priors_from_profile(profile)
     assert priors["kernels"] == pytest.approx(profile.kernel_overhead_s * 1e3)
     assert priors["Intercept"] == pytest.approx(profile.extra["dispatch_overhead_s"] * 1e3)
-    res = fitmod.fit("wls_additive", rows, rows["config_id"].to_numpy(), priors)
-    factors = {f.name: f for f in res.factors}
-    for name, col in (("time per kernel", "kernels"), ("dispatch per call", "Intercept")):
-        if col in dict(res.fixed):
-            assert factors[name].estimate == pytest.approx(priors[col] * 1e3)
-            assert "fixed at the device profile" in factors[name].note
-        else:
-            assert col in res.columns
-    # The fixed terms are part of the prediction, in the fit and in every replicate.
+    assert fitmod.priors_from_profile(None) == {}
+
+
+def test_fixed_terms_enter_the_prediction(zero_tau_rows):
+    """The fit's in-sample prediction, rebuilt from the full parameter vector (fixed terms at
+    their priors), reproduces its residuals."""
+    res = fitmod.fit("wls_additive", zero_tau_rows, zero_tau_rows["config_id"].to_numpy(), PRIORS)
+    assert res.fixed
     full = fitmod.expand_params(res, res.params[None, :])[0]
-    X, _, cols = fitmod.design_matrix("wls_additive", rows)
-    for c, v in res.fixed:
-        assert full[cols.index(c)] == v
-    np.testing.assert_allclose(X @ full, rows["time_ms"].to_numpy() / res.rel_resid)
+    X, _, _ = fitmod.design_matrix("wls_additive", zero_tau_rows)
+    np.testing.assert_allclose(X @ full, zero_tau_rows["time_ms"].to_numpy() / res.rel_resid)

@@ -18,9 +18,10 @@ def test_profile_loads_as_hardware_profile(tmp_path, capsys):
     assert set(profile.peak_flops_per_s) == {"float32", "bfloat16"}
     assert all(rate > 0 for rate in profile.peak_flops_per_s.values())
     assert profile.mem_bandwidth_bytes_per_s > 0
-    # 64 dependent tiny kernels cost more than one, and each added kernel far less than a
-    # whole blocked dispatch (Python, JAX, launch, sync): the slope measures what it says
-    assert 0 < profile.kernel_overhead_s < profile.extra["dispatch_overhead_s"]
+    # each added kernel of a chain costs far less than a whole blocked dispatch (Python, JAX,
+    # launch, sync): the slope measures a kernel, not a call. (Its lower end is a timing on a
+    # shared CPU, where a noisy slope can come out 0: not asserted.)
+    assert profile.kernel_overhead_s < 0.5 * profile.extra["dispatch_overhead_s"]
     assert profile.extra["copy_bytes"] == 2 * 2**20
     # a 64² matmul is µs: far from --target-call-s, so not saturated and batched per sample
     assert profile.extra["matmul_saturated_float32"] == 0.0

@@ -146,11 +146,9 @@ def product_configs(
     return tuple(out)
 
 
-def named_grid(
-    name: str,
+def settings(
     *,
     layer: str | None = None,
-    methods: Sequence[str] | None = None,
     variant: str = "clean",
     timing_mode: str = "aot",
     dtype: str = "float32",
@@ -158,18 +156,19 @@ def named_grid(
     targets: tuple[str, ...] | None = None,
     seq: int = 1,
     heads: int = 1,
-) -> Grid:
-    """The named grid `name` (see module docstring) with the given common settings."""
-    common = dict(
-        layer=layer or "attention",
-        variant=variant,
-        timing_mode=timing_mode,
-        dtype=dtype,
-        input_requires_grad=input_requires_grad,
-        targets=targets,
-        seq=seq,
-        heads=heads,
-    )
+) -> dict:
+    """The settings every config of a grid shares (the `Config` fields besides the sizes)."""
+    return dict(layer=layer or "attention", variant=variant, timing_mode=timing_mode, dtype=dtype,
+                input_requires_grad=input_requires_grad, targets=targets, seq=seq, heads=heads)
+
+
+def _grid(name: str, configs: tuple[Config, ...], methods: Sequence[str] | None, variant: str) -> Grid:
+    return Grid(name, configs, check_methods(methods or default_methods(variant), variant))
+
+
+def named_grid(name: str, *, methods: Sequence[str] | None = None, **shared) -> Grid:
+    """The named grid `name` (see module docstring); `shared` as in `settings`."""
+    common = settings(**shared)
     if name == "quick":
         configs = product_configs(
             batch=(2, 256), embed=(64, 128, 256, 512, 1024, 1536), hidden=None, rank=(1, 4),
@@ -187,7 +186,7 @@ def named_grid(
         )
     else:
         raise ValueError(f"unknown grid {name!r}; choose one of {', '.join(GRIDS)}")
-    return Grid(name, configs, check_methods(methods or default_methods(variant), variant))
+    return _grid(name, configs, methods, common["variant"])
 
 
 def custom_grid(
@@ -196,34 +195,21 @@ def custom_grid(
     embed: Sequence[int],
     hidden: Sequence[int] | None,
     rank: Sequence[int],
-    layer: str | None = None,
     methods: Sequence[str] | None = None,
-    variant: str = "clean",
-    timing_mode: str = "aot",
-    dtype: str = "float32",
-    input_requires_grad: bool = False,
-    targets: tuple[str, ...] | None = None,
-    seq: int = 1,
-    heads: int = 1,
+    **shared,
 ) -> Grid:
-    """The product of the given sizes.
+    """The product of the given sizes; `shared` as in `settings`.
 
     hidden defaults to embed (square layers), or to 4·embed for the block layer, whose
     hidden is the MLP width (GPT-2's ratio, as `costmodel.layers` assumes).
     """
-    layer = layer or "attention"
-    if hidden is None and layer == "block":
+    common = settings(**shared)
+    if hidden is None and common["layer"] == "block":
         configs = tuple(
-            c for e in embed for c in product_configs(
-                batch=batch, embed=(e,), hidden=(4 * e,), rank=rank, layer=layer,
-                variant=variant, timing_mode=timing_mode, dtype=dtype,
-                input_requires_grad=input_requires_grad, targets=targets, seq=seq, heads=heads,
-            )
+            c for e in embed
+            for c in product_configs(batch=batch, embed=(e,), hidden=(4 * e,), rank=rank, **common)
         )
-        return Grid("custom", configs, check_methods(methods or default_methods(variant), variant))
-    configs = product_configs(
-        batch=batch, embed=embed, hidden=hidden, rank=rank, square=hidden is None,
-        layer=layer, variant=variant, timing_mode=timing_mode, dtype=dtype,
-        input_requires_grad=input_requires_grad, targets=targets, seq=seq, heads=heads,
-    )
-    return Grid("custom", configs, check_methods(methods or default_methods(variant), variant))
+    else:
+        configs = product_configs(batch=batch, embed=embed, hidden=hidden, rank=rank,
+                                  square=hidden is None, **common)
+    return _grid("custom", configs, methods, common["variant"])

@@ -18,17 +18,18 @@ import seaborn as sns  # noqa: E402
 
 from analysis.factors import FACTORS  # noqa: E402
 from analysis.pipeline import Analysis  # noqa: E402
+from costmodel.cliutil import atomic_output  # noqa: E402
 
 DPI = 90
 METHOD_COLORS = {"full": "#1f77b4", "lora": "#d62728", "lora_merged": "#2ca02c"}
 
 
 def _save(fig, out: str, name: str, tight: bool = True) -> str:
-    path = os.path.join(out, name)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=DPI, bbox_inches="tight" if tight else None)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_output(os.path.join(out, name)) as tmp:
+            fig.savefig(tmp, dpi=DPI, bbox_inches="tight" if tight else None, format="png")
+    finally:
+        plt.close(fig)
     return name
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 
 from analysis.pipeline import Analysis
 from analysis.validate import POOLED
+from costmodel.cliutil import atomic_write_text
 
 VALIDATION_COLUMNS = ["model", "kind", "scheme", "quantity", "n", "median_ape_pct", "p90_ape_pct"]
 
@@ -355,13 +356,6 @@ def fitted_profile(a: Analysis) -> dict | None:
     return d
 
 
-def write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def tables(a: Analysis) -> dict[str, pd.DataFrame]:
     """File name -> table, one CSV per table."""
     out = {
@@ -385,18 +379,18 @@ def write_files(a: Analysis, out: str, figures: Sequence[str]) -> list[str]:
     """Write report.md, fit_summary.txt and the CSVs into `out`; return the names written."""
     written = []
     for name, tbl in tables(a).items():
-        write_atomic(os.path.join(out, name), tbl.to_csv(index=False))
+        atomic_write_text(os.path.join(out, name), tbl.to_csv(index=False))
         written.append(name)
-    write_atomic(os.path.join(out, "fit_summary.txt"),
+    atomic_write_text(os.path.join(out, "fit_summary.txt"),
                  f"model form: {a.fit.form} ({a.validation.reason})\n"
                  f"standard errors: {a.fit.cov_type}\n"
                  f"units: time_ms ~ GFLOP (gflops), GB (gbytes), kernels, GB of returned gradients (gresult)\n\n"
                  + a.fit.summary_text + "\n")
     written.append("fit_summary.txt")
-    write_atomic(os.path.join(out, "report.md"), markdown_report(a, figures))
+    atomic_write_text(os.path.join(out, "report.md"), markdown_report(a, figures))
     written.append("report.md")
     fitted = fitted_profile(a)
     if fitted is not None:
-        write_atomic(os.path.join(out, "fitted_profile.json"), json.dumps(fitted, indent=2) + "\n")
+        atomic_write_text(os.path.join(out, "fitted_profile.json"), json.dumps(fitted, indent=2) + "\n")
         written.append("fitted_profile.json")
     return written + list(figures)

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from costmodel.cliutil import atomic_write_text
+
 #: Bytes per element of each dtype the model knows.
 DTYPE_BYTES: Mapping[str, int] = MappingProxyType(
     {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
@@ -124,8 +126,4 @@ class HardwareProfile:
 
     def to_json(self, path: str | os.PathLike) -> None:
         """Write atomically (temporary file + os.replace)."""
-        tmp = f"{os.fspath(path)}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(self.to_dict(), fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")

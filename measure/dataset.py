@@ -40,7 +40,7 @@ from typing import Any
 
 import pandas as pd
 
-from costmodel.cliutil import UserError, one_line
+from costmodel.cliutil import UserError, atomic_write_text, one_line
 from measure.schema import COLUMNS, KEY, SCHEMA_VERSION, SchemaError, validate
 
 RUN_FORMAT = "lora-crossover-run"
@@ -239,7 +239,7 @@ class OutDir:
 
     def write_csv(self) -> pd.DataFrame:
         df = consolidate(self.records)
-        _atomic_write_text(self.path / CSV_NAME, df.to_csv(index=False))
+        atomic_write_text(self.path / CSV_NAME, df.to_csv(index=False))
         return df
 
     def finish(self, status: str, reason: str = "") -> pd.DataFrame:
@@ -272,25 +272,8 @@ def _append_lines(file: Path, records: Iterable[Mapping[str, Any]]) -> None:
         os.close(fd)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_run(path: Path, run: Mapping[str, Any]) -> None:
-    _atomic_write_text(path / RUN_NAME, json.dumps(run, indent=2, allow_nan=True) + "\n")
+    atomic_write_text(path / RUN_NAME, json.dumps(run, indent=2, allow_nan=True) + "\n")
 
 
 def _read_run(path: Path) -> dict[str, Any] | None:

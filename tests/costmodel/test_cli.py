@@ -52,11 +52,7 @@ def test_table_output(capsys):
     (["--seq", "4"], "block only"),
 ])
 def test_bad_input_one_line_exit_2(capsys, argv, needle):
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse's own errors exit from parse_args
-        code = exc.code
-    assert code == 2
+    assert main(argv) == 2
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert captured.out == ""
@@ -81,3 +77,18 @@ def test_bad_input_subprocess(argv, needle):
 def test_import_does_not_load_jax():
     code = "import costmodel, costmodel.cli, sys; assert 'jax' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_atomic_output_keeps_the_old_file_on_failure(tmp_path):
+    from costmodel.cliutil import atomic_output, atomic_write_text
+
+    path = tmp_path / "result.csv"
+    atomic_write_text(path, "old\n")
+    with pytest.raises(RuntimeError):
+        with atomic_output(path) as tmp:
+            open(tmp, "w").write("half")
+            raise RuntimeError("crash mid-write")
+    assert path.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["result.csv"]
+    atomic_write_text(path, "new\n")
+    assert path.read_text() == "new\n" and len(list(tmp_path.iterdir())) == 1

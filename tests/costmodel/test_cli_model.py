@@ -110,11 +110,7 @@ def test_fitted_profile_path_uses_the_fitted_rates(capsys, tmp_path):
     (["--d-model", "500", "--layers", "2", "--heads", "3"], "not a multiple"),
 ])
 def test_bad_input_one_line_exit_2(capsys, argv, needle):
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse's own errors exit from parse_args
-        code = exc.code
-    assert code == 2
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert needle in err
     assert len(err.strip().splitlines()) == 1

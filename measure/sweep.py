@@ -188,7 +188,8 @@ def build_parser() -> OneLineArgumentParser:
                    help="comma-separated subset of full,lora,lora_merged")
     p.add_argument("--dtype", type=csv_list(grids.DTYPES, "dtype"), default=("float32",),
                    help="float32 or bfloat16")
-    p.add_argument("--targets", help="adapted matrices, e.g. q,v (default: the layer's)")
+    p.add_argument("--targets", type=csv_list(what="target"),
+                   help="adapted matrices, e.g. q,v (default: the layer's)")
     p.add_argument("--input-grad", action="store_true", help="also differentiate the layer input")
     p.add_argument("--seq", type=positive_int, default=1, help="block layer: sequence length")
     p.add_argument("--heads", type=positive_int, default=1, help="block layer: attention heads")
@@ -222,7 +223,7 @@ def grid_from_args(args) -> Grid:
     common = dict(
         layer=args.layer, methods=args.methods, variant=args.variant, timing_mode=args.timing,
         dtype=args.dtype[0], input_requires_grad=args.input_grad, seq=args.seq, heads=args.heads,
-        targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()) if args.targets else None,
+        targets=args.targets,
     )
     try:
         if args.grid:

@@ -19,6 +19,8 @@ import statsmodels.formula
 import statsmodels.formula.api as smf
 from statsmodels.stats.anova import anova_lm
 
+from measure import schema
+
 FACTORS = ("batch", "embed", "hidden", "rank")
 FORMULA_ENGINE = "patsy"
 
@@ -116,8 +118,7 @@ def blog_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """Per (variant, timing mode, LoRA method) of a whole dataset: configs, the share where
     LoRA is faster than full, and the median and range of t_lora / t_full -- the blog's
     question asked of every slice, so its as-written timing sits beside the correct one."""
-    ok = (frame["error"].fillna("") == "") & (frame["time_median_s"] > 0)
-    df = frame[ok]
+    df = frame[schema.is_ok(frame)]
     keys = ["variant", "timing_mode", "layer", "batch", "embed", "hidden", "rank",
             "seq", "heads", "input_requires_grad", "dtype"]
     wide = df.pivot_table(index=keys, columns="method", values="time_median_s").reset_index()

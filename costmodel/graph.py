@@ -59,13 +59,6 @@ class Terms:
     __rmul__ = __mul__
 
 
-def sum_terms(terms: Sequence[Terms]) -> Terms:
-    out = Terms()
-    for t in terms:
-        out = out + t
-    return out
-
-
 @dataclass(frozen=True)
 class OpCost:
     """One row of the per-op table."""

@@ -32,11 +32,6 @@ class RooflineTime:
     time_s: np.ndarray
     op_time_s: tuple[np.ndarray, ...]  # per op of cost.ops: max(T_math,i, T_mem,i) + overhead
 
-    @property
-    def compute_bound_fraction(self) -> np.ndarray:
-        """Share of the lower bound spent in compute-bound ops."""
-        return self.t_math_s / np.maximum(self.t_math_s + self.t_mem_s, 1e-300)
-
 
 def roofline(cost: Cost, profile: HardwareProfile, dtype: str | None = None) -> RooflineTime:
     """Roofline time of `cost` on `profile` at `dtype` (default: the cost's own dtype)."""

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from costmodel.cliutil import (
+    EXIT_INTERRUPTED,
     OneLineArgumentParser,
     UserError,
     csv_list,
@@ -34,9 +35,6 @@ from costmodel.cliutil import (
 from measure import grids
 from measure.grids import Config, Grid
 from measure.schema import COLUMNS, SCHEMA_VERSION
-
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
-
 
 # ----------------------------------------------------------------------------- describing
 

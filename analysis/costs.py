@@ -53,30 +53,23 @@ def result_bytes(cost: "costmodel.Cost", batch, seq, embed, input_requires_grad:
     return (np.asarray(cost.trainable_params, float) + (dx if input_requires_grad else 0.0)) * itemsize
 
 
-def counts(rows: pd.DataFrame) -> pd.DataFrame:
-    """flops, bytes_moved, kernels, trainable_params and result_bytes of each row, from costmodel."""
+def counts(rows: pd.DataFrame, profile: HardwareProfile | None = None) -> pd.DataFrame:
+    """flops, bytes_moved, kernels, trainable_params and result_bytes of each row, from
+    costmodel, and roofline_s: the unfitted roofline time on `profile` (NaN without one)."""
     n = len(rows)
-    names = ("flops", "bytes_moved", "kernels", "trainable_params", "result_bytes")
-    out = {k: np.full(n, np.nan) for k in names}
-    for pos, cost, _ in _groups(rows):
-        for k in names[:-1]:
+    names = ("flops", "bytes_moved", "kernels", "trainable_params")
+    out = {k: np.full(n, np.nan) for k in (*names, "result_bytes", "roofline_s")}
+    for pos, cost, dtype in _groups(rows):
+        for k in names:
             out[k][pos] = np.broadcast_to(np.asarray(getattr(cost, k), dtype=float), pos.shape)
         sub = rows.iloc[pos]
         out["result_bytes"][pos] = result_bytes(
             cost, sub["batch"].to_numpy(), sub["seq"].to_numpy(), sub["embed"].to_numpy(),
             bool(sub["input_requires_grad"].iloc[0]))
+        if profile is not None:
+            roof = costmodel.roofline(cost, profile, dtype)
+            out["roofline_s"][pos] = np.broadcast_to(np.asarray(roof.time_s, dtype=float), pos.shape)
     return pd.DataFrame(out, index=rows.index)
-
-
-def roofline_time_s(rows: pd.DataFrame, profile: HardwareProfile | None) -> np.ndarray:
-    """The unfitted roofline time of each row on `profile` (NaN without a profile)."""
-    out = np.full(len(rows), np.nan)
-    if profile is None:
-        return out
-    for pos, cost, dtype in _groups(rows):
-        roof = costmodel.roofline(cost, profile, dtype)
-        out[pos] = np.broadcast_to(np.asarray(roof.time_s, dtype=float), pos.shape)
-    return out
 
 
 def fill_model_columns(df: pd.DataFrame, overwrite: bool = False) -> pd.DataFrame:

@@ -20,11 +20,11 @@ def terms_for(rows: pd.DataFrame, profile: HardwareProfile | None,
     measured: take `time_median_s` as the response; otherwise the time column is NaN.
     """
     rows = rows.reset_index(drop=True)
-    c = costs.counts(rows)
+    c = costs.counts(rows, profile)
     terms = fitmod.terms_frame(
         c["flops"].to_numpy(), c["bytes_moved"].to_numpy(), c["kernels"].to_numpy(),
         rows["method"].astype(str).to_numpy(),
-        costs.roofline_time_s(rows, profile),
+        c["roofline_s"].to_numpy(),
         rows["time_median_s"].to_numpy(dtype=float) if measured else None,
         c["result_bytes"].to_numpy(),
     )

@@ -181,6 +181,7 @@ class Factor:
     ci_high: float
     unit: str
     note: str = ""
+    status: str = "fitted"  # fitted | fixed (at a device-profile prior) | dropped (fitted negative)
 
 
 @dataclass(frozen=True)
@@ -437,7 +438,8 @@ def _factors(form: str, cols: list[str], params: np.ndarray, cov: np.ndarray,
             f, lo, hi = _rate_from_inverse(params[idx[col]], se[idx[col]], 1e12)
             out.append(Factor(name, f, lo, hi, unit, note))
         else:
-            out.append(Factor(name, np.inf, np.inf, np.inf, unit, "term dropped: fitted negative"))
+            out.append(Factor(name, np.inf, np.inf, np.inf, unit, "term dropped: fitted negative",
+                              "dropped"))
     for col, name, note in (("kernels", "time per kernel", "per launched op"),
                             ("Intercept", "dispatch per call", "fixed cost of one call")):
         if col in idx:
@@ -447,9 +449,9 @@ def _factors(form: str, cols: list[str], params: np.ndarray, cov: np.ndarray,
         elif fixed and col in fixed:
             v = fixed[col] * 1e3
             out.append(Factor(name, v, v, v, "us", "fixed at the device profile's measured "
-                              "value: fitted negative, not identified by the data"))
+                              "value: fitted negative, not identified by the data", "fixed"))
         else:
-            out.append(Factor(name, 0.0, 0.0, 0.0, "us", "term dropped: fitted negative"))
+            out.append(Factor(name, 0.0, 0.0, 0.0, "us", "term dropped: fitted negative", "dropped"))
     if "gflops" not in idx:
         return tuple(out)
     jf = idx["gflops"]

@@ -51,7 +51,7 @@ def fmt_time(t: float) -> str:
 
 
 def fmt_factor(f) -> str:
-    if f.note.startswith(("fixed at", "term dropped")):
+    if f.status != "fitted":
         value = f"{f.estimate:.3g} {f.unit}" if np.isfinite(f.estimate) else "unbounded"
         return f"{value} ({f.note.split(':')[0]})"
     if f.unit in ("FLOP/s", "bytes/s"):
@@ -92,7 +92,7 @@ def md_table(df: pd.DataFrame, floatfmt: str = "{:.3g}") -> str:
 
 def factors_table(a: Analysis) -> pd.DataFrame:
     return pd.DataFrame([{"name": f.name, "estimate": f.estimate, "ci_low": f.ci_low,
-                          "ci_high": f.ci_high, "unit": f.unit, "note": f.note}
+                          "ci_high": f.ci_high, "unit": f.unit, "status": f.status, "note": f.note}
                          for f in a.fit.factors])
 
 
@@ -316,7 +316,7 @@ def to_json(a: Analysis) -> dict:
              "asymptotic_speedup_roofline": r["asymptotic_speedup_roofline"], "note": r["note"]}
             for _, r in xo.iterrows()],
         "factors": [{"name": f.name, "estimate": f.estimate, "ci_low": f.ci_low,
-                     "ci_high": f.ci_high, "unit": f.unit} for f in a.fit.factors],
+                     "ci_high": f.ci_high, "unit": f.unit, "status": f.status} for f in a.fit.factors],
         "validation": a.validation.table[VALIDATION_COLUMNS].to_dict(orient="records"),
         "extrapolation": [
             {"width": r["width"], "method": r["method"], "time_s": r["time_s"],

@@ -195,6 +195,7 @@ class _Node:
     inputs: tuple[Tensor, ...]
     output: Tensor
     vjps: tuple[Vjp | None, ...]  # one per input; None = identity (gradient passes through)
+    shared: Vjp | None = None  # backward work done once for all inputs (a fused op's recompute)
 
 
 class Graph:
@@ -215,11 +216,11 @@ class Graph:
         self.params.append(t)
         return t
 
-    def _add_node(self, name, kind, terms, inputs, out_shape, vjps) -> Tensor:
+    def _add_node(self, name, kind, terms, inputs, out_shape, vjps, shared=None) -> Tensor:
         """Record op `name` ("OUT=expression"); its output tensor is called OUT."""
         requires_grad = any(t.requires_grad for t in inputs)
         out = Tensor(name.split("=")[0], tuple(out_shape), "activation", requires_grad)
-        self.nodes.append(_Node(name, kind, terms, tuple(inputs), out, tuple(vjps)))
+        self.nodes.append(_Node(name, kind, terms, tuple(inputs), out, tuple(vjps), shared))
         return out
 
     # ------------------------------------------------------------------- ops
@@ -397,11 +398,17 @@ class Graph:
         return self._add_node(name, "reduction", fwd, (a,), (), (vjp,))
 
     def custom(self, name: str, kind: str, terms: Terms, inputs: Sequence[Tensor],
-               out_shape: tuple[Size, ...], vjps: Sequence[Vjp | None]) -> Tensor:
-        """An op described by its caller (embedding gather, cross-entropy, ...)."""
+               out_shape: tuple[Size, ...], vjps: Sequence[Vjp | None],
+               shared: Vjp | None = None) -> Tensor:
+        """An op described by its caller (embedding gather, cross-entropy, ...).
+
+        `shared` is backward work a fused op does once, whichever of its inputs need a
+        gradient (FlashAttention's recomputation of the scores): it is added when at least
+        one does, before their own VJPs.
+        """
         if len(vjps) != len(inputs):
             raise ValueError("custom op needs one VJP entry per input")
-        return self._add_node(name, kind, terms, tuple(inputs), out_shape, tuple(vjps))
+        return self._add_node(name, kind, terms, tuple(inputs), out_shape, tuple(vjps), shared)
 
     # --------------------------------------------------------------- backward
     def cost(self, loss: Tensor) -> Cost:
@@ -414,6 +421,14 @@ class Graph:
         for node in reversed(self.nodes):
             if node.output.uid not in needs:
                 continue
+            if node.shared is not None and any(t.requires_grad for t in node.inputs):
+                vjp = node.shared
+                ops.append(OpCost(f"shared backward of {node.name}", "backward", vjp.kind, *_fields(vjp.terms)))
+                for t in vjp.reads + ((node.output,) if vjp.reads_output else ()):
+                    if t.role != "param":
+                        saved[t.uid] = t.numel
+                for key, n in vjp.residuals:
+                    saved[key] = n
             for inp, vjp in zip(node.inputs, node.vjps):
                 if not inp.requires_grad:
                     continue

@@ -30,6 +30,7 @@ from costmodel.primitives import (
     Size,
     elementwise_bytes,
     elementwise_flops,
+    matmul_flops,
     reduction_bytes,
     reduction_flops,
 )
@@ -48,6 +49,10 @@ DEFAULT_TARGETS = {
 }
 MLPS = ("gelu", "swiglu")
 NORMS = ("layernorm", "rmsnorm")
+#: Attention implementations of a block: ``naive`` materialises the (seq × seq) scores and
+#: probabilities and saves them; ``fused`` is FlashAttention (Dao et al. 2022), see
+#: `fused_attention`.
+ATTENTIONS = ("naive", "fused")
 
 
 def parse_targets(layer: str, targets: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
@@ -112,6 +117,7 @@ class LayerConfig:
     bias: bool = False
     causal: bool = False
     lora_dropout: bool = False  # lora: dropout on the adapter's input path (PEFT's lora_dropout)
+    attention: str = "naive"  # block: naive (materialised scores) | fused (FlashAttention)
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
@@ -123,6 +129,10 @@ class LayerConfig:
             raise ValueError(f"unknown mlp {self.mlp!r}; choose one of {', '.join(MLPS)}")
         if self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"unknown attention {self.attention!r}; choose one of {', '.join(ATTENTIONS)}")
+        if self.attention != "naive" and self.layer != "block":
+            raise ValueError(f"attention {self.attention!r} is a block option; layer {self.layer} is naive")
         for name in ("batch", "embed", "seq", "heads"):
             set_(name, _positive(name, getattr(self, name)))
         if self.hidden is None:
@@ -252,13 +262,19 @@ def _block(g: Graph, x: Tensor, cfg: LayerConfig) -> Tensor:
     v = project(g, "v", h1, d, kv, cfg, "v" in cfg.targets, cfg.bias)
     # Heads are reshapes (free); grouped-query heads are repeated, whose VJP is a group sum.
     qh = _reshape(g, q, (b * nh, t, hd))
-    kh = _repeat_kv(g, _reshape(g, k, (b * nkv, t, hd)), nh // nkv, (b * nh, t, hd))
-    vh = _repeat_kv(g, _reshape(g, v, (b * nkv, t, hd)), nh // nkv, (b * nh, t, hd))
-    s = g.scale("S'=S/√hd", g.matmul("S=Q·Kᵀ", qh, kh, transpose_b=True))
-    if cfg.causal:
-        s = g.causal_mask("S'=mask(S')", s)
-    p = g.softmax("P=softmax(S')", s)
-    o = _reshape(g, g.matmul("O=P·V", p, vh), (b * t, d))
+    if cfg.attention == "fused":
+        kh, vh = _reshape(g, k, (b * nkv, t, hd)), _reshape(g, v, (b * nkv, t, hd))
+        # its output is the (tokens × d) input of Wo directly (heads merged by a free view), so
+        # O saved for the attention backward and for dWo is one tensor
+        o = fused_attention(g, qh, kh, vh, nh // nkv, cfg.causal, (b * t, d))
+    else:
+        kh = _repeat_kv(g, _reshape(g, k, (b * nkv, t, hd)), nh // nkv, (b * nh, t, hd))
+        vh = _repeat_kv(g, _reshape(g, v, (b * nkv, t, hd)), nh // nkv, (b * nh, t, hd))
+        s = g.scale("S'=S/√hd", g.matmul("S=Q·Kᵀ", qh, kh, transpose_b=True))
+        if cfg.causal:
+            s = g.causal_mask("S'=mask(S')", s)
+        p = g.softmax("P=softmax(S')", s)
+        o = _reshape(g, g.matmul("O=P·V", p, vh), (b * t, d))
     o = project(g, "o", o, d, d, cfg, "o" in cfg.targets, cfg.bias)
     x2 = g.add("X2=X+O", x, o)
     h2 = norm("ln2", "H2", x2)
@@ -270,6 +286,56 @@ def _block(g: Graph, x: Tensor, cfg: LayerConfig) -> Tensor:
         u = g.mul("U=G⊙UP", gate, project(g, "up", h2, d, ffn, cfg, adapt, cfg.bias))
     y = project(g, "proj", u, ffn, d, cfg, adapt, cfg.bias)
     return g.add("Z=X2+PROJ", x2, y)
+
+
+def fused_attention(g: Graph, q: Tensor, k: Tensor, v: Tensor, groups: Size, causal: bool,
+                    out_shape: tuple[Size, ...]) -> Tensor:
+    """O = softmax(mask(Q·Kᵀ/√hd))·V in one kernel that never writes the (t × t) scores:
+    FlashAttention (Dao et al. 2022, "FlashAttention: Fast and Memory-Efficient Exact
+    Attention with IO-Awareness", arXiv:2205.14135, Algorithms 1 and 4).
+
+    q: (B·h, t, hd); k, v: (B·h_kv, t, hd), each kv head serving `groups` query heads (read
+    in place, not repeated); out_shape: O's shape (the heads merged, a free view). With
+    n = B·h·t·t score elements and m = B·h·t rows:
+    - forward: the same arithmetic as the naive path -- S = Q·Kᵀ (2·n·hd), scale (n), causal
+      mask (2n), softmax (max, shift, exp, sum, divide: 4n − 2m + n exp), O = P·V (2·n·hd) --
+      plus the row log-sum-exp L = max + log Σ (m FLOPs, m logs) kept for the backward;
+      it reads Q, K, V and writes O and L; one kernel.
+    - backward, done once for whichever inputs need a gradient: recompute S = Q·Kᵀ, scale,
+      mask and P = exp(S − L) (2·n·hd + n + 2n + n, n exp), D = rowsum(dO ⊙ O)
+      (2·m·hd − m), dP = dO·Vᵀ (2·n·hd), dS = P ⊙ (dP − D) (2n) and its 1/√hd (n); it reads
+      Q, K, V, O, dO and L; one kernel (Algorithm 4). Then dQ = dS·K, dK = dSᵀ·Q and
+      dV = Pᵀ·dO (2·n·hd each, inside the same kernel: no launch), each written once; under
+      grouped-query attention dK and dV are summed over the `groups` query heads of a kv head.
+      So the backward runs five (t × t × hd) products against the naive path's four: the
+      recomputation FlashAttention trades for not storing P.
+    Saved for the backward: Q, K, V, O and L (m values), never an n-sized tensor.
+    Bytes count each input read once and each output written once: the re-reads of K and V
+    tiles through on-chip memory (Θ(t²·hd²/M) for on-chip size M, Dao et al. Theorem 2) are
+    not counted, nor are tiles skipped above a causal diagonal (their FLOPs are counted).
+    """
+    bh, t, hd = q.shape
+    s = g.itemsize
+    n = bh * t * t
+    m = bh * t
+    nq, nkv = q.numel, k.numel
+    mm = matmul_flops(t, hd, t, bh)  # one (t × hd)·(hd × t) product per head: 2·t·t·hd
+    mask = elementwise_flops(n, 2) if causal else 0
+    softmax_fwd = 2 * reduction_flops(n, m) + 2 * elementwise_flops(n)
+    fwd = Terms(mm + elementwise_flops(n) + mask + softmax_fwd + mm + elementwise_flops(m),
+                n + m, (nq + 2 * nkv + nq + m) * s, 1)
+    shared = Vjp(
+        "attention",
+        Terms(mm + elementwise_flops(n) + mask + elementwise_flops(n)  # recompute S, P
+              + elementwise_flops(nq, 2) - m  # D = rowsum(dO ⊙ O)
+              + mm + elementwise_flops(n, 2) + elementwise_flops(n),  # dP, dS, dS/√hd
+              n, (nq + 2 * nkv + nq + nq + m) * s, 1),
+        reads=(q, k, v), residuals=(("attention:L", m),), reads_output=True)
+    group_sum = np.where(np.asarray(groups) > 1, reduction_flops(nq, nkv), 0)
+    dq = Vjp("attention", Terms(mm, 0, nq * s, 0))
+    dkv = Vjp("attention", Terms(mm + group_sum, 0, nkv * s, 0))
+    return g.custom("O=flash_attention(Q,K,V)", "attention", fwd, (q, k, v), out_shape,
+                    (dq, dkv, dkv), shared=shared)
 
 
 #: Bytes per element of a dropout mask (a bool).

@@ -118,6 +118,8 @@ class LayerConfig:
     causal: bool = False
     lora_dropout: bool = False  # lora: dropout on the adapter's input path (PEFT's lora_dropout)
     attention: str = "naive"  # block: naive (materialised scores) | fused (FlashAttention)
+    #: block: tensor-parallel degree; the graph is ONE device's shard (`costmodel.parallel`)
+    tp: Size = 1
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
@@ -141,6 +143,7 @@ class LayerConfig:
             set_("hidden", 4 * self.embed)
         set_("hidden", _positive("hidden", self.hidden))
         set_("kv_heads", self.heads if self.kv_heads is None else _positive("kv_heads", self.kv_heads))
+        set_("tp", _positive("tp", self.tp))
         if self.layer == "block":
             whole = self.embed == np.round(self.embed)
             if np.any((self.embed % self.heads != 0) & whole):
@@ -149,6 +152,15 @@ class LayerConfig:
                 raise ValueError("kv_heads must divide heads")
         elif np.any(self.seq != 1) or np.any(self.heads != 1):
             raise ValueError(f"layer {self.layer} has no seq or heads; leave them at 1")
+        if self.layer != "block" and np.any(self.tp != 1):
+            raise ValueError(f"layer {self.layer} has no tensor-parallel split; leave tp at 1")
+        if self.layer == "block":
+            if np.any(self.heads % self.tp):
+                raise ValueError("tp must divide heads (Megatron splits attention by heads)")
+            if np.any(self.hidden % self.tp):
+                raise ValueError("tp must divide the MLP width")
+            if np.any((self.kv_heads % self.tp != 0) & (self.tp % self.kv_heads != 0)):
+                raise ValueError("tp must divide kv_heads or be a multiple of it")
         if self.method == "full":
             set_("rank", np.asarray(0))
             return
@@ -243,10 +255,21 @@ def _attention(g: Graph, x: Tensor, cfg: LayerConfig) -> Tensor:
 
 
 def _block(g: Graph, x: Tensor, cfg: LayerConfig) -> Tensor:
-    d, ffn = cfg.embed, cfg.hidden
+    """One device's shard of the block under tensor parallelism of degree `cfg.tp` (1: the
+    whole block). Megatron's split (Shoeybi et al. 2019, "Megatron-LM", sec. 3, Fig. 3):
+    q, k, v and the MLP's first matrices are split by columns (heads; ffn/tp), o and the
+    MLP's last matrix by rows; norms and residual adds are replicated. Under grouped-query
+    attention with tp > kv_heads each kv head is replicated on tp/kv_heads devices. A LoRA
+    factor on the unsplit side is replicated (A of a column-split matrix, B of a row-split
+    one), the other is split with its matrix. The all-reduces that join the shards are
+    listed by `costmodel.parallel.collectives`, not costed here.
+    """
+    d, ffn, tp = cfg.embed, cfg.hidden, cfg.tp
     b, t, nh, nkv = cfg.batch, cfg.seq, cfg.heads, cfg.kv_heads
     hd = d // nh
+    nh, nkv = nh / tp, np.maximum(nkv / tp, 1)  # heads of this device
     kv = hd * nkv
+    ffn = ffn / tp
     train_w = cfg.method == "full"
 
     def norm(ln: str, out: str, a: Tensor) -> Tensor:
@@ -257,7 +280,7 @@ def _block(g: Graph, x: Tensor, cfg: LayerConfig) -> Tensor:
         return g.layernorm(name, a, gamma, g.param(f"β{ln}", (d,), trainable=train_w))
 
     h1 = norm("ln1", "H1", x)
-    q = project(g, "q", h1, d, d, cfg, "q" in cfg.targets, cfg.bias)
+    q = project(g, "q", h1, d, hd * nh, cfg, "q" in cfg.targets, cfg.bias)
     k = project(g, "k", h1, d, kv, cfg, "k" in cfg.targets, cfg.bias)
     v = project(g, "v", h1, d, kv, cfg, "v" in cfg.targets, cfg.bias)
     # Heads are reshapes (free); grouped-query heads are repeated, whose VJP is a group sum.
@@ -266,16 +289,16 @@ def _block(g: Graph, x: Tensor, cfg: LayerConfig) -> Tensor:
         kh, vh = _reshape(g, k, (b * nkv, t, hd)), _reshape(g, v, (b * nkv, t, hd))
         # its output is the (tokens × d) input of Wo directly (heads merged by a free view), so
         # O saved for the attention backward and for dWo is one tensor
-        o = fused_attention(g, qh, kh, vh, nh // nkv, cfg.causal, (b * t, d))
+        o = fused_attention(g, qh, kh, vh, nh / nkv, cfg.causal, (b * t, hd * nh))
     else:
-        kh = _repeat_kv(g, _reshape(g, k, (b * nkv, t, hd)), nh // nkv, (b * nh, t, hd))
-        vh = _repeat_kv(g, _reshape(g, v, (b * nkv, t, hd)), nh // nkv, (b * nh, t, hd))
+        kh = _repeat_kv(g, _reshape(g, k, (b * nkv, t, hd)), nh / nkv, (b * nh, t, hd))
+        vh = _repeat_kv(g, _reshape(g, v, (b * nkv, t, hd)), nh / nkv, (b * nh, t, hd))
         s = g.scale("S'=S/√hd", g.matmul("S=Q·Kᵀ", qh, kh, transpose_b=True))
         if cfg.causal:
             s = g.causal_mask("S'=mask(S')", s)
         p = g.softmax("P=softmax(S')", s)
-        o = _reshape(g, g.matmul("O=P·V", p, vh), (b * t, d))
-    o = project(g, "o", o, d, d, cfg, "o" in cfg.targets, cfg.bias)
+        o = _reshape(g, g.matmul("O=P·V", p, vh), (b * t, hd * nh))
+    o = project(g, "o", o, hd * nh, d, cfg, "o" in cfg.targets, cfg.bias)
     x2 = g.add("X2=X+O", x, o)
     h2 = norm("ln2", "H2", x2)
     adapt = "mlp" in cfg.targets

@@ -1,0 +1,158 @@
+"""The parallel cost model against hand-derived closed forms: communication volumes, α-β
+times, memory per device under ZeRO / TP / PP, the pipeline bubble, and bad layouts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from costmodel.comm import Cluster, Interconnect, collective_time
+from costmodel.layers import LayerConfig, build
+from costmodel.parallel import (
+    Layout,
+    block_params_per_device,
+    collectives,
+    parallel_step,
+    parse_layout,
+    stage_params_per_device,
+)
+from costmodel.presets_hardware import HARDWARE
+from costmodel.presets_interconnect import INTERCONNECTS
+from costmodel.presets_models import MODELS, block_params, param_count
+
+GPT2 = MODELS["gpt2-small"]
+CLUSTER = Cluster(8, INTERCONNECTS["nvlink3"], INTERCONNECTS["ib-hdr"])
+A100 = HARDWARE["a100-80gb"]
+
+
+def _one(cs, purpose, stage="first"):
+    found = [c for c in cs if c.purpose == purpose and c.stage == stage and float(c.count) > 0]
+    assert len(found) == 1, [c.purpose for c in cs]
+    return found[0]
+
+
+@pytest.mark.parametrize("p", [2, 4, 8])
+def test_dp_allreduce_moves_2_p_minus_1_over_p_of_the_gradients(p):
+    cs = collectives(GPT2, "full", Layout(dp=p, tp=1, pp=1), seq=1024)
+    c = _one(cs, "dp_grad_allreduce")
+    grad_bytes = param_count(GPT2) * 2  # bf16 gradients of every parameter
+    assert float(c.message_bytes) == grad_bytes
+    assert float(c.wire_bytes()) == pytest.approx(2 * (p - 1) / p * grad_bytes, rel=1e-12)
+
+
+def test_lora_dp_allreduce_is_the_adapters():
+    cs = collectives(GPT2, "lora", Layout(dp=4, tp=1, pp=1), seq=1024, rank=4, targets="q,v")
+    c = _one(cs, "dp_grad_allreduce")
+    adapters = 12 * 2 * (768 * 4 + 4 * 768)  # L · (q, v) · (A: d×r + B: r×d)
+    assert float(c.message_bytes) == adapters * 2
+    assert float(c.wire_bytes()) == pytest.approx(2 * 3 / 4 * adapters * 2)
+
+
+def test_zero3_gathers_frozen_weights_under_lora():
+    cs = collectives(GPT2, "lora", Layout(dp=4, tp=1, pp=1, zero=3), seq=1024, rank=4, targets="q,v")
+    gather = _one(cs, "dp_param_allgather_forward")
+    adapters = 12 * 2 * 2 * 768 * 4
+    assert float(gather.message_bytes) == (param_count(GPT2) + adapters) * 2
+    assert gather.per == "micro-batch"
+    assert float(_one(cs, "dp_grad_reduce_scatter").message_bytes) == adapters * 2
+
+
+def test_tp_allreduces_per_block_are_megatrons_four():
+    mb, seq = 2, 1024
+    cs = collectives(GPT2, "full", Layout(dp=1, tp=4, pp=1, micro_batch=mb), seq=seq)
+    act = mb * seq * 768 * 2
+    fwd, bwd = _one(cs, "tp_block_forward"), _one(cs, "tp_block_backward")
+    assert float(fwd.message_bytes) == act and float(fwd.count) == 2 * 12
+    assert float(bwd.count) == 2 * 12
+    # under LoRA the first block's attention input needs no gradient: one all-reduce fewer
+    lora = collectives(GPT2, "lora", Layout(dp=1, tp=4, pp=1, micro_batch=mb), seq=seq, rank=4)
+    assert float(_one(lora, "tp_block_backward").count) == 2 * 12 - 1
+
+
+def test_pipeline_sends_one_activation_and_one_gradient_per_micro_batch():
+    cs = collectives(GPT2, "full", Layout(dp=1, tp=1, pp=4, micro_batch=2, n_micro=8), seq=512)
+    send = _one(cs, "pp_activation_send")
+    assert send.kind == "p2p" and float(send.message_bytes) == 2 * 512 * 768 * 2 and float(send.count) == 1
+
+
+@pytest.mark.parametrize("kind,p,steps,factor", [
+    ("all-reduce", 4, 6, 1.5), ("all-gather", 4, 3, 0.75), ("reduce-scatter", 8, 7, 7 / 8), ("p2p", 2, 1, 1.0),
+    ("all-reduce", 1, 0, 0.0),
+])
+def test_alpha_beta_closed_forms(kind, p, steps, factor):
+    link = Interconnect("test", 1e9, 1e-5)
+    assert float(collective_time(kind, 1e6, p, link)) == pytest.approx(steps * 1e-5 + factor * 1e6 / 1e9)
+
+
+@pytest.mark.parametrize("zero,per_param", [
+    (0, lambda p: 16.0), (1, lambda p: 4 + 12 / p), (2, lambda p: 2 + 14 / p), (3, lambda p: 16 / p),
+])
+@pytest.mark.parametrize("p", [2, 8])
+def test_zero_model_state_bytes_per_parameter(zero, per_param, p):
+    """Rajbhandari et al. 2020, Fig. 1: 2 + 2 + K=12 bytes per parameter, sharded by stage."""
+    step = parallel_step(GPT2, "full", Layout(dp=p, tp=1, pp=1, zero=zero), CLUSTER, A100, seq=1024)
+    assert float(step.memory.model_state_bytes) / param_count(GPT2) == pytest.approx(per_param(p), rel=1e-12)
+
+
+def test_tp_shard_parameters_closed_form_and_graph_agree():
+    llama = MODELS["llama2-70b"]  # GQA: 8 kv heads
+    assert float(block_params_per_device(llama, 1)) == block_params(llama)
+    for tp in (2, 8, 16):
+        d, kv, ffn = llama.d_model, llama.kv_dim, llama.ffn
+        kv_kept = kv * max(8 / tp, 1) / 8
+        hand = (d * d / tp + 2 * d * kv_kept + d * d / tp + 3 * d * ffn / tp + 2 * d)
+        assert float(block_params_per_device(llama, tp)) == pytest.approx(hand)
+        cfg = LayerConfig("block", "full", batch=1, embed=d, hidden=ffn, seq=16, heads=llama.heads,
+                          kv_heads=llama.kv_heads, mlp="swiglu", norm="rmsnorm", tp=tp)
+        assert float(build(cfg).trainable_params) == pytest.approx(hand)
+
+
+def test_tp_splits_every_matmul_flop():
+    def matmul_flops(tp):
+        cfg = LayerConfig("block", "full", batch=2, embed=768, hidden=3072, seq=128, heads=12, tp=tp,
+                          input_requires_grad=True)
+        return sum(float(op.flops) for op in build(cfg).ops if op.kind == "matmul")
+    assert matmul_flops(4) * 4 == pytest.approx(matmul_flops(1), rel=1e-12)
+
+
+def test_whole_model_parameters_split_over_tp_and_pp():
+    first, last = stage_params_per_device(GPT2, 1, 1)
+    assert float(first) == float(last) == param_count(GPT2)
+    # pp = 2: each stage has 6 blocks; the tied head keeps its own table copy
+    first, last = stage_params_per_device(GPT2, 1, 2)
+    emb = (50257 + 1024) * 768
+    assert float(first) == emb + 6 * block_params(GPT2)
+    assert float(last) == 6 * block_params(GPT2) + 2 * 768 + 50257 * 768
+
+
+def test_bubble_and_pipeline_memory():
+    m, p = 8, 4
+    step = parallel_step(GPT2, "full", Layout(dp=1, tp=1, pp=p, n_micro=m), CLUSTER, A100, seq=512)
+    assert float(step.bubble_fraction) == pytest.approx((p - 1) / (m + p - 1))
+
+
+def test_layouts_vectorise():
+    lay = Layout(dp=np.array([8, 4, 2]), tp=np.array([1, 2, 4]), pp=1, zero=np.array([0, 1, 3]))
+    many = parallel_step(GPT2, "lora", lay, CLUSTER, A100, seq=512, rank=4)
+    for i in range(3):
+        one = parallel_step(GPT2, "lora", lay.pick(i), CLUSTER, A100, seq=512, rank=4)
+        assert float(many.step_time_s[i]) == pytest.approx(float(one.step_time_s), rel=1e-12)
+        assert float(many.memory.total_bytes[i]) == pytest.approx(float(one.memory.total_bytes), rel=1e-12)
+
+
+@pytest.mark.parametrize("layout,gpus,match", [
+    (Layout(dp=2, tp=2, pp=1), 8, "≠ 8"),
+    (Layout(dp=1, tp=5, pp=1), None, "heads"),
+    (Layout(dp=1, tp=1, pp=13), None, "exceeds the 12 layers"),
+])
+def test_bad_layouts(layout, gpus, match):
+    with pytest.raises(ValueError, match=match):
+        layout.check(GPT2, gpus)
+
+
+def test_parse_layout():
+    lay = parse_layout("dp=4,tp=2,pp=1,zero=1,micro_batch=2", global_batch=32)
+    assert (int(lay.dp), int(lay.tp), int(lay.zero), int(lay.n_micro)) == (4, 2, 1, 4)
+    for bad in ("dp=x", "foo=1", "", "dp=3"):
+        with pytest.raises(ValueError):
+            parse_layout(bad, global_batch=32)

@@ -8,6 +8,7 @@ a layer, method and the other non-size settings, vectorised over the sizes.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -104,9 +105,19 @@ def op_table(row: pd.Series) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+class SquareCounts(NamedTuple):
+    """Counts along the width axis, one entry per width; roofline_s is NaN without a profile."""
+
+    flops: np.ndarray
+    bytes_moved: np.ndarray
+    kernels: np.ndarray
+    roofline_s: np.ndarray
+    result_bytes: np.ndarray
+
+
 def square_counts(template: pd.Series, method: str, targets: str, widths: np.ndarray,
-                  profile: HardwareProfile | None) -> tuple[np.ndarray, ...]:
-    """(flops, bytes_moved, kernels, roofline_s, result_bytes) at embed = hidden = widths (a block: embed =
+                  profile: HardwareProfile | None) -> SquareCounts:
+    """`SquareCounts` at embed = hidden = widths (a block: embed =
     width, hidden in the template's ratio) for the template's other settings: the lean path
     for root finding (no DataFrame per call)."""
     w = np.asarray(widths, dtype=float)
@@ -129,4 +140,4 @@ def square_counts(template: pd.Series, method: str, targets: str, widths: np.nda
         roof = np.broadcast_to(costmodel.roofline(cost, profile, str(template["dtype"])).time_s, shape)
     res = np.broadcast_to(result_bytes(cost, float(template["batch"]), int(template["seq"]), w,
                                        bool(template["input_requires_grad"])), shape)
-    return flops, bytes_moved, kernels, roof, res
+    return SquareCounts(flops, bytes_moved, kernels, roof, res)

@@ -20,7 +20,9 @@ import sys
 import time
 from collections.abc import Sequence
 
-from analysis import data, solve
+from analysis import data
+from analysis.bootstrap import N_BOOT
+from analysis.curves import GPT_WIDTHS
 from costmodel.cliutil import OneLineArgumentParser, UserError
 
 DEFAULT_RESULTS = "crossover-results"
@@ -61,13 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
                         f"results directory, or ./{DEFAULT_RESULTS}/ with --data)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--widths", type=width_list, default=solve.GPT_WIDTHS,
+    p.add_argument("--widths", type=width_list, default=GPT_WIDTHS,
                    help="extrapolation widths, comma-separated (default "
-                        + ",".join(map(str, solve.GPT_WIDTHS)) + ")")
+                        + ",".join(map(str, GPT_WIDTHS)) + ")")
     p.add_argument("--profile", help="a device profile JSON (python -m measure.device); default: "
                                      "the dataset directory's profile.json, else measured now")
-    p.add_argument("--bootstrap", type=int, default=solve.N_BOOT,
-                   help=f"bootstrap refits (default {solve.N_BOOT})")
+    p.add_argument("--bootstrap", type=int, default=N_BOOT,
+                   help=f"bootstrap refits (default {N_BOOT})")
     p.add_argument("--model", help="add the predicted LoRA/full step time and memory of whole "
                                    "models across the presets, this one marked (a preset name, or 'all')")
     p.add_argument("--hardware", help="hardware for the whole-model table: a preset name or a profile JSON")
@@ -202,9 +204,7 @@ def run(args) -> int:
 
         figures = plots.all_figures(result, out)
         if extras_fn is not None:
-            from analysis import presets
-
-            figures += presets.figures(result, out)
+            figures += plots.model_figures(result, out)
     files = report.write_files(result, out, figures)
     elapsed = time.perf_counter() - t0
     _log(f"analysis took {time.perf_counter() - t_fit:.1f} s ({elapsed:.1f} s in all)")

@@ -56,6 +56,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -261,17 +262,30 @@ def _fit_arrays(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray,
         return None, res
 
 
+class _Dropped(NamedTuple):
+    """A fit after the sign check. params: over `cols`, the estimated columns; res: the
+    statsmodels result (None on the fast path); dropped: terms set to 0; fixed: term -> prior
+    value; offset: the offset with the fixed terms in it; after: each constrained term -> the
+    terms constrained before it (empty: the unconstrained fit itself put it below zero)."""
+
+    params: np.ndarray
+    cols: list[str]
+    res: Any
+    dropped: list[str]
+    fixed: dict[str, float]
+    offset: np.ndarray
+    after: dict[str, tuple[str, ...]]
+
+
 def _fit_dropping(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray, cols: list[str],
                   groups: np.ndarray | None, priors: dict[str, float] | None = None,
-                  start: np.ndarray | None = None):
+                  start: np.ndarray | None = None) -> _Dropped:
     """Fit, and while a physical term (time per FLOP, byte, kernel or call) comes out
     negative, take it out and refit: a negative time is not physical, it says the data
     cannot see that term (e.g. kernel counts that barely vary within a method). A term with
     a prior value (the device profile's measured kernel and dispatch overheads) is then fixed
     at it, as an offset; one without is dropped (0). LoRA multipliers may fall below 1.
-    Returns (params, estimated columns, statsmodels result or None, dropped, fixed, offset,
-    after): `after` maps each constrained term to the terms constrained before it (empty:
-    the unconstrained fit itself put it below zero)."""
+    Returns a `_Dropped`."""
     cols = list(cols)
     priors = priors or {}
     dropped: list[str] = []
@@ -285,7 +299,7 @@ def _fit_dropping(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray, cols
             params = np.asarray(res.params)
         bad = [(params[j], c) for j, c in enumerate(cols) if c in PHYSICAL and params[j] < 0]
         if form in LOG_FORMS or not bad or len(cols) <= 2:
-            return params, cols, res, dropped, fixed, off, after
+            return _Dropped(params, cols, res, dropped, fixed, off, after)
         j = cols.index(min(bad)[1])
         name = cols.pop(j)
         after[name] = tuple(dropped) + tuple(fixed)
@@ -307,13 +321,13 @@ def fit_full(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray, cols: Seq
     cols = list(cols)
     keep = np.flatnonzero(np.any(X != 0, axis=0))
     start = None if start is None else np.asarray(start)[keep]
-    p, kept, _, dropped, fixed, _, _ = _fit_dropping(form, X[:, keep], off, y,
-                                                     [cols[j] for j in keep], None, priors, start)
+    fitted = _fit_dropping(form, X[:, keep], off, y, [cols[j] for j in keep], None, priors,
+                           start)
     params = np.zeros(len(cols))
-    params[[cols.index(c) for c in kept]] = p
-    for c, v in fixed.items():
+    params[[cols.index(c) for c in fitted.cols]] = fitted.params
+    for c, v in fitted.fixed.items():
         params[cols.index(c)] = v
-    return params, tuple(fixed), tuple(dropped)
+    return params, tuple(fitted.fixed), tuple(fitted.dropped)
 
 
 def fit_params(form: str, terms: pd.DataFrame, priors: dict[str, float] | None = None) -> np.ndarray:
@@ -346,8 +360,9 @@ def fit(form: str, terms: pd.DataFrame, groups: np.ndarray,
             f"the data cannot separate the {X.shape[1]} terms of the {form} model "
             "(too few distinct sizes or methods)")
     X_kept, off0, cols_kept = X, off, list(cols)
-    params, cols, res, dropped, fixed, off, after = _fit_dropping(form, X, off, y, cols, groups,
-                                                                  priors)
+    fitted_ = _fit_dropping(form, X, off, y, cols, groups, priors)
+    params, cols, res, dropped = fitted_.params, fitted_.cols, fitted_.res, fitted_.dropped
+    fixed, off, after = fitted_.fixed, fitted_.offset, fitted_.after
     unconstrained = None
     if dropped or fixed:
         try:

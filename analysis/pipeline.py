@@ -7,7 +7,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from analysis import costs, data, factors, solve
+from analysis import bootstrap as bootmod
+from analysis import costs, data, factors
+from analysis import crossover_table as xomod
+from analysis import curves as curvmod
 from analysis import fit as fitmod
 from analysis import validate as valmod
 from analysis.prepare import terms_for
@@ -25,10 +28,10 @@ class Analysis:
     profile_note: str
     validation: valmod.Validation
     fit: fitmod.FitResult
-    boot: solve.Bootstrap
-    crossover: solve.CrossoverTable
-    curves: solve.Curves
-    extrapolation: solve.Extrapolation
+    boot: bootmod.Bootstrap
+    crossover: xomod.CrossoverTable
+    curves: curvmod.Curves
+    extrapolation: curvmod.Extrapolation
     factor_analysis: factors.FactorAnalysis
     blog_summary: pd.DataFrame
     op_breakdown: pd.DataFrame
@@ -37,7 +40,7 @@ class Analysis:
 
 
 def run(dataset: data.Dataset, profile: HardwareProfile | None, profile_note: str,
-        widths: tuple[int, ...] = solve.GPT_WIDTHS, n_boot: int = solve.N_BOOT,
+        widths: tuple[int, ...] = curvmod.GPT_WIDTHS, n_boot: int = bootmod.N_BOOT,
         seed: int = 0) -> Analysis:
     sl = data.select(dataset, fitmod.MIN_CONFIGS)
     rows = terms_for(sl.frame, profile, measured=True)
@@ -45,13 +48,13 @@ def run(dataset: data.Dataset, profile: HardwareProfile | None, profile_note: st
     priors = fitmod.priors_from_profile(profile)
     validation = valmod.validate(rows, forms, priors)
     result = fitmod.fit(validation.chosen, rows, rows["config_id"].to_numpy(), priors)
-    boot = solve.bootstrap(result, rows, n_boot=n_boot, seed=seed)
-    xo = solve.crossover_table(result, boot, rows, profile)
-    curves = solve.curves(result, boot, rows, profile)
-    extra = solve.extrapolate(result, boot, rows, widths, profile, sl.device)
+    boot = bootmod.bootstrap(result, rows, n_boot=n_boot, seed=seed)
+    xo = xomod.crossover_table(result, boot, rows, profile)
+    curves = curvmod.curves(result, boot, rows, profile)
+    extra = curvmod.extrapolate(result, boot, rows, widths, profile, sl.device)
     fa = factors.analyse(rows)
     summary = factors.blog_summary(dataset.frame)
-    fitted = result.predict_ms(rows, solve.full_params(result)) / 1e3
+    fitted = result.predict_ms(rows, bootmod.full_params(result)) / 1e3
     ops = op_breakdown(result, rows, profile)
     return Analysis(dataset, sl, rows, profile, profile_note, validation, result, boot, xo,
                     curves, extra, fa, summary, ops, fitted)
@@ -70,7 +73,7 @@ def op_breakdown(result: fitmod.FitResult, rows: pd.DataFrame,
     same = np.ones(len(rows), dtype=bool)
     for c in list(data.CONTEXT_COLUMNS) + ["batch", "embed", "hidden", "rank"]:
         same &= (rows[c] == key[c]).to_numpy()
-    params = solve.full_params(result)
+    params = bootmod.full_params(result)
     _, _, cols = fitmod.design_matrix(result.form, rows.iloc[:1])
     out = []
     for _, row in rows[same].iterrows():

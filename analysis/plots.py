@@ -24,7 +24,8 @@ DPI = 90
 METHOD_COLORS = {"full": "#1f77b4", "lora": "#d62728", "lora_merged": "#2ca02c"}
 
 
-def _save(fig, out: str, name: str, tight: bool = True) -> str:
+def save(fig, out: str, name: str, tight: bool = True) -> str:
+    """Write `fig` to out/name atomically (PNG at DPI) and close it; returns name."""
     try:
         with atomic_output(os.path.join(out, name)) as tmp:
             fig.savefig(tmp, dpi=DPI, bbox_inches="tight" if tight else None, format="png")
@@ -63,7 +64,7 @@ def factor_pairs(a: Analysis, out: str) -> str:
         axes[0, 0].legend(fontsize=6)
     fig.suptitle("median time per method for every pair of factors (log scale)", fontsize=9)
     fig.subplots_adjust(hspace=0.75, wspace=0.12, top=0.95, bottom=0.04, left=0.07, right=0.99)
-    return _save(fig, out, "factor_pairs.png", tight=False)
+    return save(fig, out, "factor_pairs.png", tight=False)
 
 
 def predicted_vs_measured(a: Analysis, out: str) -> str:
@@ -78,7 +79,7 @@ def predicted_vs_measured(a: Analysis, out: str) -> str:
     ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi),
            xlabel="measured time (s)", ylabel=f"fitted time (s), {a.fit.form}")
     ax.legend(fontsize=8)
-    return _save(fig, out, "predicted_vs_measured.png")
+    return save(fig, out, "predicted_vs_measured.png")
 
 
 def residuals_by_factor(a: Analysis, out: str) -> str:
@@ -90,7 +91,7 @@ def residuals_by_factor(a: Analysis, out: str) -> str:
                       dodge=True, size=3, ax=ax, legend=ax is axes[-1])
         ax.axhline(0, color="k", lw=0.8)
         ax.set_ylabel("(fitted - measured) / measured, %" if ax is axes[0] else "")
-    return _save(fig, out, "residuals_by_factor.png")
+    return save(fig, out, "residuals_by_factor.png")
 
 
 def _groups(table: pd.DataFrame) -> list[tuple[int, int]]:
@@ -131,7 +132,7 @@ def time_vs_width(a: Analysis, out: str) -> str:
     fig.suptitle("fitted time vs width (bands: 95% bootstrap CI; dotted: d*; dashed: largest measured)",
                  fontsize=9)
     fig.tight_layout()
-    return _save(fig, out, "time_vs_width.png")
+    return save(fig, out, "time_vs_width.png")
 
 
 def extrapolation(a: Analysis, out: str) -> str:
@@ -154,7 +155,7 @@ def extrapolation(a: Analysis, out: str) -> str:
     fig.suptitle(f"extrapolation on {a.extrapolation.device} (bands: 95% PI; shaded: beyond "
                  f"measured width {a.extrapolation.max_measured_width:g})", fontsize=9)
     fig.tight_layout()
-    return _save(fig, out, "extrapolation.png")
+    return save(fig, out, "extrapolation.png")
 
 
 def op_breakdown(a: Analysis, out: str) -> str:
@@ -175,7 +176,39 @@ def op_breakdown(a: Analysis, out: str) -> str:
     ax.set(xlabel="fitted time (ms)",
            title=f"per-op time, batch {row['batch']}, e {row['embed']}, h {row['hidden']}, "
                  f"rank {row['rank']}")
-    return _save(fig, out, "op_breakdown.png")
+    return save(fig, out, "op_breakdown.png")
+
+
+def model_figures(a: Analysis, out: str) -> list[str]:
+    """The whole-model tables of `analysis.presets` (present with --model/--hardware): ratios
+    across the presets, and the chosen model's memory per method as stacked bars."""
+    names = []
+    t = a.extras.get("model_speedups")
+    if t is not None and not t.empty:
+        fig, ax = plt.subplots(figsize=(8, 3.4))
+        x = np.arange(len(t))
+        ax.plot(x, t["speedup_full_over_lora"], "o-", label="step time full / LoRA")
+        ax.plot(x, t["memory_ratio_full_over_lora"], "s-", label="memory full / LoRA")
+        ax.axhline(1, color="k", lw=0.7)
+        ax.set_xticks(x, t["model"], rotation=60, ha="right", fontsize=7)
+        ax.set_yscale("log")
+        ax.set_title(f"predicted whole-step ratios on {t['hardware'].iloc[0]} "
+                     f"({t['time_basis'].iloc[0]} efficiencies)", fontsize=9)
+        ax.legend(fontsize=7)
+        names.append(save(fig, out, "model_speedups.png"))
+    m = a.extras.get("memory_breakdown")
+    if m is not None and not m.empty:
+        parts = ["weights_gb", "gradients_gb", "optimizer_gb", "activations_gb", "transient_gb"]
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        bottom = np.zeros(len(m))
+        for p in parts:
+            ax.bar(m["method"], m[p], bottom=bottom, label=p.replace("_gb", ""))
+            bottom += m[p].to_numpy()
+        ax.set_ylabel("GB")
+        ax.set_title(f"memory of one training step, {m['model'].iloc[0]}", fontsize=9)
+        ax.legend(fontsize=7)
+        names.append(save(fig, out, "memory_breakdown.png"))
+    return names
 
 
 def all_figures(a: Analysis, out: str) -> list[str]:

@@ -1,6 +1,7 @@
 """Issue 5's part of the main job: `--model NAME --hardware NAME` adds a table and a plot of
 predicted LoRA/full speedup and memory across the model presets (DistilBERT to GPT-3 175B) on
-the chosen hardware, and a stacked bar plot of the chosen model's memory per method.
+the chosen hardware, and a table of the chosen model's memory per method (drawn by
+`analysis.plots.model_figures`).
 
 Everything is `costmodel`'s whole-step model (`step_cost`, `step_time`, `memory_breakdown`).
 The only thing `analysis` adds is the fitted factors: when the hardware is the very device
@@ -122,38 +123,3 @@ def memory_table(model: str) -> pd.DataFrame:
     out = pd.DataFrame(rows)
     out.columns = [c.replace("_bytes", "_gb") for c in out.columns]
     return out
-
-
-def figures(a, out: str) -> list[str]:
-    import matplotlib.pyplot as plt
-
-    from analysis.plots import _save
-
-    names = []
-    t = a.extras.get("model_speedups")
-    if t is not None and not t.empty:
-        fig, ax = plt.subplots(figsize=(8, 3.4))
-        x = np.arange(len(t))
-        ax.plot(x, t["speedup_full_over_lora"], "o-", label="step time full / LoRA")
-        ax.plot(x, t["memory_ratio_full_over_lora"], "s-", label="memory full / LoRA")
-        ax.axhline(1, color="k", lw=0.7)
-        ax.set_xticks(x, t["model"], rotation=60, ha="right", fontsize=7)
-        ax.set_yscale("log")
-        ax.set_title(f"predicted whole-step ratios on {t['hardware'].iloc[0]} "
-                     f"({t['time_basis'].iloc[0]} efficiencies)", fontsize=9)
-        ax.legend(fontsize=7)
-        names.append(_save(fig, out, "model_speedups.png"))
-    m = a.extras.get("memory_breakdown")
-    if m is not None and not m.empty:
-        parts = ["weights_gb", "gradients_gb", "optimizer_gb", "activations_gb", "transient_gb"]
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        bottom = np.zeros(len(m))
-        for p in parts:
-            ax.bar(m["method"], m[p], bottom=bottom, label=p.replace("_gb", ""))
-            bottom += m[p].to_numpy()
-        ax.set_ylabel("GB")
-        ax.set_title(f"memory of one training step, {m['model'].iloc[0]}", fontsize=9)
-        ax.legend(fontsize=7)
-        names.append(_save(fig, out, "memory_breakdown.png"))
-    return names
-

@@ -297,7 +297,7 @@ def _main(argv: list[str]) -> int:
             raise UserError(f"{config.label()}: {one_line(exc)}") from None
         todo_pairs.append((config, bases))
 
-    from measure import dataset, timing
+    from measure import dataset, fingerprint, timing
 
     budget = args.budget_s if args.budget_s is not None else grids.DEFAULT_BUDGET_S[grid.name]
     if args.max_repeats < args.min_repeats:
@@ -313,7 +313,7 @@ def _main(argv: list[str]) -> int:
     # configs in a shuffled order, recorded: a drift over the sweep is not a trend in size
     order = list(range(len(todo_pairs)))
     random.Random(args.order_seed).shuffle(order)
-    fp = dataset.fingerprint()
+    fp = fingerprint.fingerprint()
     session = dataset.Session(
         session_id=dataset.new_session_id(), started_utc=dataset.utc_now(), argv=argv,
         grid={**grid.describe(), "layer": grid.configs[0].layer if grid.configs else None,

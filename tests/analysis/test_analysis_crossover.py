@@ -8,7 +8,7 @@ import pytest
 from synthetic import synthetic_dataset, true_time_s
 
 import costmodel
-from analysis import data, prepare, solve
+from analysis import bootstrap, crossover_table, data, prepare
 from analysis import fit as fitmod
 
 
@@ -33,8 +33,8 @@ def crossover():
     sl = data.select(data.Dataset(frame, "x", "table"), fitmod.MIN_CONFIGS)
     rows = prepare.terms_for(sl.frame, None, measured=True)
     res = fitmod.fit("wls_additive", rows, rows["config_id"].to_numpy())
-    boot = solve.bootstrap(res, rows, n_boot=200, seed=0)
-    return solve.crossover_table(res, boot, rows, None).table
+    boot = bootstrap.bootstrap(res, rows, n_boot=200, seed=0)
+    return crossover_table.crossover_table(res, boot, rows, None).table
 
 
 @pytest.mark.parametrize("batch, rank", [(2, 1), (2, 4), (256, 1)])
@@ -64,7 +64,7 @@ def test_measured_crossover_interpolates_the_sign_change():
         "embed": [100, 100, 400, 400], "hidden": [100, 100, 400, 400],
         "method": ["full", "lora", "full", "lora"], "time_ms": [1.0, 2.0, 4.0, 2.0],
     })
-    d, note = solve.measured_crossover(rows, rows.iloc[0], "lora")
+    d, note = crossover_table.measured_crossover(rows, rows.iloc[0], "lora")
     assert d == pytest.approx(200.0) and note == ""  # log-ratio +log2 -> -log2: midpoint in log d
 
 
@@ -80,9 +80,9 @@ def test_measured_crossover_counts_every_sign_change():
         "method": ["full", "lora_merged"] * len(d),
         "time_ms": np.ravel([[1.0, r] for r in ratio]),
     })
-    crossings = solve.measured_crossings(rows, rows.iloc[0], "lora_merged")
+    crossings = crossover_table.measured_crossings(rows, rows.iloc[0], "lora_merged")
     assert len(crossings) == 2 and 256 < crossings[0] < 384 and 768 < crossings[1] < 1024
-    first, note = solve.measured_crossover(rows, rows.iloc[0], "lora_merged")
+    first, note = crossover_table.measured_crossover(rows, rows.iloc[0], "lora_merged")
     assert first == crossings[0]
     assert "changes sign 2 times (≈ 1 within noise)" in note
     assert f"{crossings[1]:,.0f}" in note
@@ -93,6 +93,6 @@ def test_censored_lower_end_is_printed_as_a_bound(crossover):
     end there is a bound ("≤16"), not an estimate (flagged rows: test_analysis_fit)."""
     from analysis.report import _ci
 
-    assert (crossover["ci_low_censored"] == (crossover["ci_low"] <= solve.D_MIN)).all()
+    assert (crossover["ci_low_censored"] == (crossover["ci_low"] <= crossover_table.D_MIN)).all()
     assert _ci(16.0, 40.0, True) == "[≤16, 40]"
     assert _ci(20.0, 40.0, False) == "[20, 40]"

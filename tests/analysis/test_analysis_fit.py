@@ -90,7 +90,7 @@ def _unconstrained_kernel_coef(rows) -> float:
 
 @pytest.mark.parametrize("priors", [PRIORS, None], ids=["with profile", "without profile"])
 def test_negative_kernel_term_is_fixed_or_dropped_and_said(zero_tau_rows, priors):
-    from analysis import solve
+    from analysis import bootstrap, crossover_table
     from analysis.report import fmt_factor
 
     rows = zero_tau_rows
@@ -103,7 +103,7 @@ def test_negative_kernel_term_is_fixed_or_dropped_and_said(zero_tau_rows, priors
     assert res.unconstrained[cols.index("kernels")] == pytest.approx(
         _unconstrained_kernel_coef(rows))
     tau = {f.name: f for f in res.factors}["time per kernel"]
-    full = solve.full_params(res)
+    full = bootstrap.full_params(res)
     if priors:
         assert dict(res.fixed)["kernels"] == PRIORS["kernels"] and "kernels" not in res.columns
         assert tau.estimate == pytest.approx(2.0) and tau.ci_low == tau.ci_high == tau.estimate
@@ -116,14 +116,14 @@ def test_negative_kernel_term_is_fixed_or_dropped_and_said(zero_tau_rows, priors
         assert "(term dropped)" in fmt_factor(tau)
         assert full[cols.index("kernels")] == 0.0
     # Every replicate redoes the sign check: some keep the prior/zero, some estimate it.
-    boot = solve.bootstrap(res, rows, n_boot=40, seed=0)
+    boot = bootstrap.bootstrap(res, rows, n_boot=40, seed=0)
     share = boot.constrained["kernels"]
     assert 0.5 < share < 1
     k = boot.params[:, cols.index("kernels")]
     held = PRIORS["kernels"] if priors else 0.0
     assert np.sum(k == held) == round(share * len(k)) and np.all(k[k != held] > 0)
     # The crossover says it rests on the prior, and what the unconstrained fit finds.
-    xo = solve.crossover_table(res, boot, rows, None).table
+    xo = crossover_table.crossover_table(res, boot, rows, None).table
     row = xo[(xo["batch"] == 2) & (xo["rank"] == 4) & (xo["method"] == "lora")].iloc[0]
     assert np.isfinite(row["d_star"])
     said = ("d* set by the per-kernel overhead fixed at the device profile's 2 us per kernel "
@@ -134,8 +134,8 @@ def test_negative_kernel_term_is_fixed_or_dropped_and_said(zero_tau_rows, priors
     assert "with no term constrained the fit finds -0.189 us per kernel" in row["note"]
     assert "no crossover in range (LoRA faster throughout)" in row["note"]
     # Replicates already faster at the search floor make the lower end a censored bound.
-    floor = xo[xo["ci_low"] <= solve.D_MIN]
-    assert (xo["ci_low_censored"] == (xo["ci_low"] <= solve.D_MIN)).all()
+    floor = xo[xo["ci_low"] <= crossover_table.D_MIN]
+    assert (xo["ci_low_censored"] == (xo["ci_low"] <= crossover_table.D_MIN)).all()
     if not priors:
         assert len(floor) and floor["ci_low_censored"].all()
     # A row where the unconstrained fit agrees still names the constrained term.
@@ -145,12 +145,12 @@ def test_negative_kernel_term_is_fixed_or_dropped_and_said(zero_tau_rows, priors
 
 def test_no_prior_note_when_nothing_is_constrained(synthetic_rows):
     """Every term fits positive: no prior note at all, and no unconstrained twin is kept."""
-    from analysis import solve
+    from analysis import bootstrap, crossover_table
 
     res = fitmod.fit("wls_additive", synthetic_rows, synthetic_rows["config_id"].to_numpy(), PRIORS)
     assert not res.fixed and not res.dropped and res.unconstrained is None
-    boot = solve.bootstrap(res, synthetic_rows, n_boot=20, seed=0)
-    xo = solve.crossover_table(res, boot, synthetic_rows, None).table
+    boot = bootstrap.bootstrap(res, synthetic_rows, n_boot=20, seed=0)
+    xo = crossover_table.crossover_table(res, boot, synthetic_rows, None).table
     assert not xo["note"].str.contains("constrained|device profile").any()
 
 

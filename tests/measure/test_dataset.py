@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from costmodel.cliutil import UserError
-from measure import dataset
+from measure import dataset, fingerprint
 from measure.schema import COLUMNS, KEY, SCHEMA_VERSION, SchemaError, validate
 
 
@@ -140,8 +140,8 @@ def test_unchecked_fingerprint_entries_do_not_block_a_resume(tmp_path):
 
 
 def test_fingerprint_describes_the_machine():
-    fp = dataset.fingerprint()
-    for key in dataset.CHECKED_FINGERPRINT:
+    fp = fingerprint.fingerprint()
+    for key in fingerprint.CHECKED_FINGERPRINT:
         assert key in fp
     assert fp["backend"] == "cpu" and fp["cpu_count"] >= 1
     assert "jax_enable_x64" in fp["jax_config"]
@@ -174,7 +174,7 @@ def test_a_run_on_fewer_usable_cores_is_another_machine(tmp_path):
     assert _snapshot(tmp_path) == before
     dataset.open_out_dir(tmp_path, fp={**two, "cpu_threads_usable": 1}, session=_session(),
                          force_merge=True)
-    assert "cpu_threads_usable" in dataset.CHECKED_FINGERPRINT
+    assert "cpu_threads_usable" in fingerprint.CHECKED_FINGERPRINT
 
 
 def _csv_only_folder(path, records):

@@ -1,0 +1,74 @@
+"""Case bootstrap of the chosen fit: the refitted parameters every interval downstream uses.
+
+Configs are resampled with replacement (all methods of a resampled config travel together),
+and each replicate is refitted with the fit's sign check redone (a term that fits negative
+there is fixed at its prior or dropped; the prior value is taken as exact), so the intervals
+carry the uncertainty of that choice too. `analysis.crossover_table` reads d* intervals off
+these replicates, `analysis.curves` the confidence and prediction bands.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from analysis import fit as fitmod
+
+N_BOOT = 200
+#: Two-sided level of every bootstrap interval (95%).
+ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """Case-bootstrap replicates of the chosen form's parameters over all design columns.
+
+    constrained: the share of replicates in which each physical term was fixed at its prior
+    or dropped by the sign check, which every replicate redoes."""
+
+    params: np.ndarray  # (B, p)
+    n_failed: int
+    seed: int
+    constrained: dict[str, float] = field(default_factory=dict)
+
+
+def bootstrap(result: fitmod.FitResult, rows: pd.DataFrame, n_boot: int = N_BOOT,
+              seed: int = 0) -> Bootstrap:
+    """Resample configs with replacement, refit `result.form` on each replicate with the same
+    sign check as the fit (a term that fits negative is fixed at its prior or dropped), so the
+    interval carries the uncertainty of that choice; a prior value itself is taken as exact."""
+    X, off, cols = fitmod.design_matrix(result.form, rows)
+    priors = dict(result.priors)
+    start = full_params(result)
+    y = rows["time_ms"].to_numpy()
+    cid = rows["config_id"].to_numpy()
+    ids = np.unique(cid)
+    members = [np.flatnonzero(cid == i) for i in ids]
+    rng = np.random.default_rng(seed)
+    out, failed = [], 0
+    counts: dict[str, int] = {}
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(ids), len(ids))
+        idx = np.concatenate([members[i] for i in pick])
+        try:
+            p, fixed, dropped = fitmod.fit_full(result.form, X[idx], off[idx], y[idx], cols,
+                                                priors, start)
+        except (np.linalg.LinAlgError, ValueError):
+            failed += 1
+            continue
+        if not np.all(np.isfinite(p)):
+            failed += 1
+            continue
+        out.append(p)
+        for c in fixed + dropped:
+            counts[c] = counts.get(c, 0) + 1
+    params = np.array(out).reshape(-1, len(cols))
+    share = {c: k / max(len(out), 1) for c, k in counts.items()}
+    return Bootstrap(params, failed, seed, share)
+
+
+def full_params(result: fitmod.FitResult) -> np.ndarray:
+    """The point estimate over all design columns (zeros for dropped, priors for fixed)."""
+    return fitmod.expand_params(result, result.params[None, :])[0]

@@ -159,6 +159,7 @@ def from_blog(raw: pd.DataFrame, source: str = "blog") -> pd.DataFrame:
             compile_s=np.nan, model_flops=np.nan, model_bytes=np.nan, model_kernels=np.nan,
             trainable_params=0, xla_flops=np.nan, xla_bytes=np.nan,
             error=np.where(ok, "", "no time recorded"), timestamp="",
+            **schema.ADDED_IN_2,  # not paired, not refined
         )
         rows.append(part)
     out = pd.concat(rows, ignore_index=True)

@@ -4,6 +4,10 @@ Long form: one row per (config, method) summary of repeated timings.
 
 Format history (bump SCHEMA_VERSION on any change of names, meaning or dtype):
   1 -- first version.
+  2 -- ``refinement`` marks the rows the crossover refinement measured after the grid
+       (`measure.refine`); ``paired_ratio`` with ``paired_ratio_ci_low/high``: the median over
+       interleaved rounds of t_method / t_full and its 95% bootstrap interval. Version-1
+       tables are read as grid rows without paired ratios (`upgrade`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,12 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Columns added since version 1 and the value a version-1 row takes for them.
+ADDED_IN_2: Mapping[str, object] = {
+    "refinement": False, "paired_ratio": float("nan"), "paired_ratio_ci_low": float("nan"),
+    "paired_ratio_ci_high": float("nan"),
+}
 
 #: column name -> pandas dtype. Units are in the names (``_s`` seconds).
 COLUMNS: Mapping[str, str] = {
@@ -46,6 +55,11 @@ COLUMNS: Mapping[str, str] = {
     "time_cv": "float64",  # coefficient of variation (std / mean)
     "unstable": "bool",
     "compile_s": "float64",
+    # --- paired with full fine-tuning in the same interleaved loop (v2)
+    "paired_ratio": "float64",  # median over rounds of t_method / t_full; 1 for full, NaN unpaired
+    "paired_ratio_ci_low": "float64",  # its 95% bootstrap interval
+    "paired_ratio_ci_high": "float64",
+    "refinement": "bool",  # measured by the crossover refinement after the grid (v2)
     # --- cost model of the same config (costmodel.layer_cost)
     "model_flops": "float64",
     "model_bytes": "float64",
@@ -75,7 +89,9 @@ def validate(df: pd.DataFrame) -> pd.DataFrame:
 
     Raises SchemaError naming the first missing column, the first column whose values cannot
     take the schema dtype, a foreign schema version, or a duplicated (config, method) key.
+    Version-1 tables are upgraded first (`upgrade`).
     """
+    df = upgrade(df)
     for name in COLUMNS:
         if name not in df.columns:
             raise SchemaError(f"missing column {name!r}")
@@ -105,6 +121,27 @@ def validate(df: pd.DataFrame) -> pd.DataFrame:
             "duplicated (config, method) key: " + ", ".join(f"{k}={row[k]}" for k in KEY)
         )
     return out.reset_index(drop=True)
+
+
+def upgrade(df: pd.DataFrame) -> pd.DataFrame:
+    """A version-1 table as version 2: the added columns at their version-1 meaning (grid rows,
+    no paired ratio). Other versions pass through for `validate` to name."""
+    if "schema_version" not in df.columns or len(df) == 0:
+        return df
+    try:
+        v1 = pd.to_numeric(df["schema_version"], errors="coerce") == 1
+    except (TypeError, ValueError):
+        return df
+    if not v1.any():
+        return df
+    df = df.copy()
+    for name, value in ADDED_IN_2.items():
+        if name not in df.columns:
+            df[name] = value
+        else:
+            df.loc[v1, name] = value
+    df.loc[v1, "schema_version"] = SCHEMA_VERSION
+    return df
 
 
 def _as_bool(col: pd.Series) -> pd.Series:

@@ -15,12 +15,13 @@ recorded with its error and the sweep goes on.
 
 from __future__ import annotations
 
+import math
 import random
 import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from costmodel.cliutil import (
     EXIT_INTERRUPTED,
@@ -85,6 +86,7 @@ def describe(config: Config, method: str) -> dict[str, Any]:
 def make_record(
     base: dict[str, Any], *, run_id: str, backend: str, device_kind: str,
     summary=None, prepared=None, error: str = "",
+    paired: tuple[float, float, float] | None = None, refinement: bool = False,
 ) -> dict[str, Any]:
     """A complete schema row for one (config, method): timings NaN when it failed."""
     nan = float("nan")
@@ -94,8 +96,12 @@ def make_record(
         "n_repeats": 0, "calls_per_repeat": 0, "time_median_s": nan, "time_iqr_s": nan,
         "time_min_s": nan, "time_ci_low_s": nan, "time_ci_high_s": nan, "time_cv": nan,
         "unstable": False, "compile_s": nan, "xla_flops": nan, "xla_bytes": nan,
-        "error": error, "timestamp": _utc_now(),
+        "paired_ratio": nan, "paired_ratio_ci_low": nan, "paired_ratio_ci_high": nan,
+        "refinement": bool(refinement), "error": error, "timestamp": _utc_now(),
     }
+    if paired is not None and summary is not None:
+        rec.update(paired_ratio=paired[0], paired_ratio_ci_low=paired[1],
+                   paired_ratio_ci_high=paired[2])
     if summary is not None:
         rec.update(summary.as_record())
     if prepared is not None:
@@ -134,37 +140,58 @@ def prepare(config: Config, method: str, param_seed: int):
     return timing.prepare(kernel.name, kernel.fn, kernel.args)
 
 
+class Measured(NamedTuple):
+    """One (config, method) as timed: summary and prepared kernel (None if it failed), the
+    error ("" if none) and the paired ratio to full in the same loop (median, low, high)."""
+
+    summary: Any
+    prepared: Any
+    error: str
+    paired: tuple[float, float, float] = (float("nan"),) * 3
+
+
+def _paired(report, policy) -> dict[str, tuple[float, float, float]]:
+    from measure import timing
+
+    if "full" not in report.samples_s:
+        return {}
+    ref = report.samples_s["full"]
+    return {m: timing.paired_ratio(s, ref, policy) for m, s in report.samples_s.items()}
+
+
 def run_config(
     config: Config, methods: Sequence[str], policy, param_seed: int
-) -> dict[str, tuple[Any, Any, str]]:
-    """Time `methods` of `config`: method -> (summary or None, prepared or None, error).
+) -> dict[str, Measured]:
+    """Time `methods` of `config`: method -> `Measured`.
 
     Exceptions other than KeyboardInterrupt become error strings. If the interleaved loop
     fails, each method is retried alone, so one method's out-of-memory does not cost the
-    others their measurement.
+    others their measurement (they then carry no paired ratio).
     """
     from measure import timing
 
-    results: dict[str, tuple[Any, Any, str]] = {}
+    results: dict[str, Measured] = {}
     prepared: dict[str, Any] = {}
     for method in methods:
         try:
             prepared[method] = prepare(config, method, param_seed)
         except Exception as exc:  # noqa: BLE001 -- recorded, the sweep goes on
-            results[method] = (None, None, f"{type(exc).__name__}: {one_line(exc)}")
+            results[method] = Measured(None, None, f"{type(exc).__name__}: {one_line(exc)}")
     if not prepared:
         return results
     try:
         report = timing.time_interleaved(prepared, policy)
+        paired = _paired(report, policy)
         for method, prep in prepared.items():
-            results[method] = (report.summaries[method], prep, "")
+            results[method] = Measured(report.summaries[method], prep, "",
+                                       paired.get(method, Measured._field_defaults["paired"]))
     except Exception:  # noqa: BLE001
         for method, prep in prepared.items():
             try:
                 alone = timing.time_interleaved({method: prep}, policy)
-                results[method] = (alone.summaries[method], prep, "")
+                results[method] = Measured(alone.summaries[method], prep, "")
             except Exception as exc:  # noqa: BLE001
-                results[method] = (None, prep, f"{type(exc).__name__}: {one_line(exc)}")
+                results[method] = Measured(None, prep, f"{type(exc).__name__}: {one_line(exc)}")
     return {m: results[m] for m in methods if m in results}
 
 
@@ -208,6 +235,9 @@ def build_parser() -> OneLineArgumentParser:
     p.add_argument("--retry-errors", action="store_true",
                    help="rerun (config, method) pairs recorded with an error")
     p.add_argument("--limit", type=positive_int, help="measure at most this many configs now")
+    p.add_argument("--no-refine", dest="refine", action="store_false",
+                   help="skip the crossover refinement after the grid (see measure.refine; "
+                        "on by default for the clean variant)")
     p.add_argument("--time-limit-s", type=non_negative_float,
                    help="start no new config after this many seconds; the run is marked "
                         "interrupted (exit 0) and the same command resumes it")
@@ -253,7 +283,7 @@ def _fmt_s(t: float) -> str:
 def _summary_line(i: int, n: int, config: Config, results, elapsed_s: float) -> str:
     parts = []
     base = None
-    for method, (summary, _prep, error) in results.items():
+    for method, (summary, _prep, error, _paired) in results.items():
         if error:
             parts.append(f"{method} FAILED ({error[:60]})")
             continue
@@ -334,7 +364,9 @@ def _main(argv: list[str]) -> int:
         ]
         if methods:
             work.append((config, bases, methods))
+    grid_left_after = 0
     if args.limit is not None:
+        grid_left_after = max(0, len(work) - args.limit)
         work = work[: args.limit]
     skipped = len(grid.configs) * len(grid.methods) - sum(len(w[2]) for w in work)
 
@@ -345,24 +377,19 @@ def _main(argv: list[str]) -> int:
     _log(bar, f"{grid.name}: {len(work)} configs to measure x {len(grid.methods)} methods "
               f"({skipped} (config, method) pairs already in {args.out}); budget {budget:g} s/config")
     t_start = time.perf_counter()
+    clock = _Clock(t_start, args.time_limit_s)
+    # the refinement bisects our kernels' crossover once the whole grid is in
+    refine_on = args.refine and args.variant == "clean" and grid_left_after == 0
     try:
-        for i, (config, bases, methods) in enumerate(work, 1):
-            if args.time_limit_s is not None and time.perf_counter() - t_start >= args.time_limit_s:
-                bar.close()
-                out.finish("interrupted", reason=f"--time-limit-s {args.time_limit_s:g} reached")
-                _log(None, f"time limit reached after {time.perf_counter() - t_start:.1f} s: "
-                           f"{len(work) - i + 1} configs left; rerun the same command to resume")
-                return 0
-            t0 = time.perf_counter()
-            results = run_config(config, methods, policy, args.param_seed)
-            by_method = {b["method"]: b for b in bases}
-            for method, (summary, prep, error) in results.items():
-                out.append(make_record(
-                    by_method[method], run_id=out.session_id, backend=fp["backend"],
-                    device_kind=fp["device_kind"], summary=summary, prepared=prep, error=error,
-                ))
-            _log(bar, _summary_line(i, len(work), config, results, time.perf_counter() - t0))
-            bar.update(1)
+        stopped = _measure(out, work, fp, policy, args, bar, clock, refinement=False)
+        bar.close()
+        if not stopped and refine_on:
+            stopped = _refine(out, grid, fp, policy, args, clock)
+        if stopped:
+            out.finish("interrupted", reason=f"--time-limit-s {args.time_limit_s:g} reached")
+            _log(None, f"time limit reached after {clock.elapsed():.1f} s; rerun the same "
+                       "command to resume")
+            return 0
     except OSError as exc:  # the folder vanished, the disk filled: what was appended stays
         bar.close()
         raise UserError(f"cannot write to --out {args.out}: {one_line(exc)}") from None
@@ -374,12 +401,128 @@ def _main(argv: list[str]) -> int:
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)
-    bar.close()
+    if grid_left_after and args.refine and args.variant == "clean":
+        _log(None, "--limit left configs of the grid: the crossover refinement waits for them")
     df = out.finish("complete")
     n_err = int((df["error"] != "").sum())
-    _log(None, f"done in {time.perf_counter() - t_start:.1f} s: {len(df)} records in "
+    _log(None, f"done in {clock.elapsed():.1f} s: {len(df)} records in "
                f"{args.out}/{dataset.CSV_NAME}" + (f" ({n_err} with errors)" if n_err else ""))
     return 0
+
+
+class _Clock:
+    """Seconds since the sweep started, against its --time-limit-s."""
+
+    def __init__(self, t_start: float, limit_s: float | None):
+        self.t_start, self.limit_s = t_start, limit_s
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t_start
+
+    def over(self) -> bool:
+        return self.limit_s is not None and self.elapsed() >= self.limit_s
+
+
+def _measure(out, work, fp, policy, args, bar, clock: _Clock, refinement: bool) -> bool:
+    """Measure `work` [(config, bases, methods)], appending each record; True if the time
+    limit stopped it first."""
+    for i, (config, bases, methods) in enumerate(work, 1):
+        if clock.over():
+            return True
+        t0 = time.perf_counter()
+        results = run_config(config, methods, policy, args.param_seed)
+        by_method = {b["method"]: b for b in bases}
+        for method, res in results.items():
+            out.append(make_record(
+                by_method[method], run_id=out.session_id, backend=fp["backend"],
+                device_kind=fp["device_kind"], summary=res.summary, prepared=res.prepared,
+                error=res.error, paired=res.paired, refinement=refinement,
+            ))
+        tag = "refine " if refinement else ""
+        _log(bar, tag + _summary_line(i, len(work), config, results, time.perf_counter() - t0))
+        if bar is not None:
+            bar.update(1)
+    return False
+
+
+def refinement_work(grid: Grid, records: Sequence[dict[str, Any]], tried: set[Config]
+                    ) -> list[tuple[Config, list[dict[str, Any]]]]:
+    """The widths `measure.refine.assess` proposes next for every curve of `grid`, as
+    (config, bases) pairs, each config measured with all the grid's methods; configs in
+    `tried` (or that the cost model rejects) are skipped."""
+    import dataclasses
+
+    import pandas as pd
+
+    from measure import dataset, refine
+
+    if not records:
+        return []
+    df = dataset.consolidate(records)
+    loras = [m for m in grid.methods if m != "full"]
+    if "full" not in grid.methods or not loras:
+        return []
+    groups: dict[Config, list[Config]] = {}
+    for c in grid.configs:
+        groups.setdefault(dataclasses.replace(c, embed=1, hidden=1), []).append(c)
+    top = max(math.sqrt(c.embed * c.hidden) for c in grid.configs) * refine.MAX_EXPAND_UP
+    todo: list[tuple[Config, list[dict[str, Any]]]] = []
+    for key, members in groups.items():
+        ratios = {c.hidden / c.embed for c in members}
+        h_over_e = ratios.pop() if len(ratios) == 1 else 1.0
+        sel = pd.Series(True, index=df.index)
+        for col in refine.CURVE_COLUMNS:
+            sel &= df[col] == getattr(key, col)
+        rows = df[sel]
+        widths = set()
+        for m in loras:
+            nxt = refine.assess_rows(rows, m, max_width=top).next_width
+            if nxt is not None:
+                widths.add(nxt)
+        for w in sorted(widths):
+            config = dataclasses.replace(key, embed=w, hidden=max(1, round(h_over_e * w)))
+            if config in tried:
+                continue
+            tried.add(config)
+            try:
+                bases = [{**describe(config, m), "refinement": True} for m in grid.methods]
+            except ValueError:
+                continue
+            todo.append((config, bases))
+    return todo
+
+
+def _refine(out, grid: Grid, fp, policy, args, clock: _Clock) -> bool:
+    """Bisect every curve's crossover (`measure.refine`) until nothing is proposed; True if
+    the time limit stopped it first. Pairs already recorded are not measured again."""
+    from measure import dataset
+
+    tried: set[Config] = set()
+    n_done = 0
+    while True:
+        todo = refinement_work(grid, out.records, tried)
+        work = []
+        for config, bases in todo:
+            methods = [b["method"] for b in bases
+                       if not out.is_done(dataset.record_key(b), retry_errors=args.retry_errors)]
+            if methods:
+                work.append((config, bases, methods))
+        if not todo:
+            break
+        if not work:
+            continue
+        if clock.over():
+            return True
+        if n_done == 0:
+            _log(None, "crossover refinement (bisection in log width, python -m measure.refine)")
+        if _measure(out, work, fp, policy, args, None, clock, refinement=True):
+            return True
+        n_done += len(work)
+    out.run.setdefault("refinement", {})
+    out.run["refinement"] = {"configs_measured_this_session": n_done,
+                             "configs": int(sum(bool(r.get("refinement")) for r in out.records)
+                                            // max(len(grid.methods), 1))}
+    return False
 
 
 if __name__ == "__main__":

@@ -226,6 +226,29 @@ def summarize(
     )
 
 
+def paired_ratio(
+    samples_s: Sequence[float], reference_s: Sequence[float], policy: TimingPolicy | None = None
+) -> tuple[float, float, float]:
+    """(median, CI low, CI high) of the per-round ratio samples_s[i] / reference_s[i].
+
+    Two methods timed by `time_interleaved` take one repeat each per round, so round i of one
+    and round i of the other ran within the same few milliseconds: their ratio cancels the
+    drift a ratio of two medians keeps. Rounds beyond the shorter series are unpaired and
+    left out. The interval is `median_ci`'s percentile bootstrap. NaN when nothing pairs.
+    """
+    policy = policy or TimingPolicy()
+    a = np.asarray(samples_s, dtype=float)
+    b = np.asarray(reference_s, dtype=float)
+    n = min(a.size, b.size)
+    if n == 0:
+        nan = float("nan")
+        return nan, nan, nan
+    r = a[:n] / b[:n]
+    low, high = median_ci(r, confidence=policy.confidence, n_resamples=policy.n_resamples,
+                          seed=policy.seed)
+    return float(np.median(r)), low, high
+
+
 def converged(samples_s: Sequence[float], policy: TimingPolicy) -> bool:
     """True once the median's CI is within ±target_rel_ci of it."""
     x = np.asarray(samples_s, dtype=float)

@@ -23,7 +23,8 @@ def _record(**over):
         "time_ci_high_s": 1.01e-3, "time_cv": 0.01, "unstable": False, "compile_s": 0.1,
         "model_flops": 1e6, "model_bytes": 1e4, "model_kernels": 10.0, "trainable_params": 192,
         "xla_flops": float("nan"), "xla_bytes": float("nan"), "error": "",
-        "timestamp": "2026-01-01T00:00:00+00:00",
+        "paired_ratio": 1.0, "paired_ratio_ci_low": 1.0, "paired_ratio_ci_high": 1.0,
+        "refinement": False, "timestamp": "2026-01-01T00:00:00+00:00",
     }
     rec.update(over)
     return rec
@@ -42,6 +43,14 @@ def test_validate_names_the_first_bad_column():
         validate(df.assign(schema_version=SCHEMA_VERSION + 1))
     with pytest.raises(SchemaError, match="duplicated"):
         validate(pd.concat([df, df]))
+
+
+def test_a_version_1_table_reads_as_grid_rows_without_paired_ratios():
+    v1 = pd.DataFrame([_record(schema_version=1)]).drop(
+        columns=["paired_ratio", "paired_ratio_ci_low", "paired_ratio_ci_high", "refinement"])
+    out = validate(v1)
+    assert out["schema_version"].tolist() == [SCHEMA_VERSION]
+    assert out["refinement"].tolist() == [False] and out["paired_ratio"].isna().all()
 
 
 def test_consolidate_keeps_the_last_record_per_key():

@@ -184,7 +184,7 @@ def test_seed_as_written_through_the_cli(tmp_path, capsys):
 def test_clean_kernels_sweep(tmp_path):
     out = tmp_path / "out"
     argv = ["--layer", "linear", "--batch", "2", "--embed", "8", "--rank", "1,2",
-            "--budget-s", "0", "--min-repeats", "2", "--out", str(out)]
+            "--budget-s", "0", "--min-repeats", "2", "--no-refine", "--out", str(out)]
     assert sweep.main(argv) == 0
     df = dataset.read_csv(out / "measurements.csv")
     assert len(df) == 6 and (df["error"] == "").all()
@@ -298,3 +298,51 @@ def test_kill_9_mid_sweep_loses_nothing_finished(tmp_path):
     kept = _keys(out)
     assert len(kept) >= 4
     _resume_and_check(out, kept, prefix)
+
+
+def test_refinement_bisects_the_crossover_marks_its_rows_and_resumes(tmp_path, monkeypatch):
+    """A fake timing whose LoRA/full ratio crosses 1 at d = 100 exactly: the refinement
+    measures sqrt(a·b) widths until the bracket is within ±10%, and a run stopped half-way
+    resumes its refinement from the recorded rows."""
+    from measure.timing import TimingSummary
+
+    def fake(config, methods, policy, param_seed):
+        d = (config.embed * config.hidden) ** 0.5
+        out = {}
+        for m in methods:
+            r = 1.0 if m == "full" else (100.0 / d) ** 0.5
+            t = 1e-3 * r
+            s = TimingSummary(9, 1, t, 0.0, t, t, t, 0.0, False)
+            out[m] = sweep.Measured(s, None, "", (r, r * 0.99, r * 1.01))
+        return out
+
+    calls = []
+
+    def interrupted_after_two(config, methods, policy, param_seed):
+        calls.append(config.embed)
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        return fake(config, methods, policy, param_seed)
+
+    out = tmp_path / "out"
+    argv = ["--layer", "linear", "--batch", "2", "--embed", "32,512", "--methods", "full,lora",
+            "--out", str(out)]
+    monkeypatch.setattr(sweep, "run_config", fake)
+    assert sweep.main([*argv, "--no-refine"]) == 0  # the grid alone
+    monkeypatch.setattr(sweep, "run_config", interrupted_after_two)
+    assert sweep.main(argv) == 130  # Ctrl-C on the third refinement width
+    assert calls == [128, 64, 91] and _run_json(out)["status"] == "interrupted"
+    monkeypatch.setattr(sweep, "run_config", fake)
+    assert sweep.main(argv) == 0  # resumes the refinement where it stopped
+    df = dataset.read_csv(out / "measurements.csv")
+    assert sorted(df.loc[~df["refinement"], "embed"].unique()) == [32, 512]
+    # bisection in log d: sqrt(32·512) = 128, sqrt(32·128) = 64, sqrt(64·128) ≈ 91,
+    # sqrt(91·128) ≈ 108; [91, 108] is within ±10% (108 / 91 = 1.19)
+    assert sorted(df.loc[df["refinement"], "embed"].unique()) == [64, 91, 108, 128]
+    assert len(df) == 12 and not df.duplicated(["embed", "method"]).any()
+    from measure import refine
+
+    a = refine.assess_rows(df, "lora")
+    (c,) = a.crossings
+    assert c.low <= 100 <= c.high and c.high / c.low <= refine.BRACKET_RATIO
+    assert a.next_width is None and _run_json(out)["status"] == "complete"

@@ -164,3 +164,16 @@ def test_prepare_compiles_ahead_and_reports_xla_cost():
     assert prep.compile_s > 0
     assert prep.xla_flops >= 2 * 4 * 8 * 16
     assert float(prep.call(*prep.args)) == 4 * 8 * 16 * 1.0
+
+
+def test_paired_ratio_pairs_rounds_and_cancels_shared_drift():
+    # a drift that doubles both methods' times over the rounds: round by round the ratio is
+    # exactly 0.5, while the ratio of the two medians would not see the pairing
+    drift = np.linspace(1.0, 2.0, 21)
+    full, lora = 2e-3 * drift, 1e-3 * drift
+    med, lo, hi = timing.paired_ratio(list(lora) + [9.0], full)  # the unpaired extra is ignored
+    assert (med, lo, hi) == (pytest.approx(0.5), pytest.approx(0.5), pytest.approx(0.5))
+    r = np.array([0.4, 0.5, 0.6, 0.5, 0.45, 0.55, 0.5])
+    med, lo, hi = timing.paired_ratio(r, np.ones_like(r))
+    assert med == 0.5 and 0.4 <= lo <= 0.5 <= hi <= 0.6
+    assert all(math.isnan(x) for x in timing.paired_ratio([], [1.0]))

@@ -26,12 +26,34 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from costmodel.cliutil import OneLineArgumentParser, UserError, csv_list, positive_int, run
+from costmodel import cli_parallel
+from costmodel.cliutil import (
+    OneLineArgumentParser,
+    UserError,
+    csv_list,
+    positive_int,
+    run,
+)
 from costmodel.hardware import HardwareProfile
 from costmodel.memory import MemoryBreakdown, memory_breakdown
-from costmodel.model import METHODS, OPTIMIZERS, PRECISIONS, StepCost, StepTime, step_cost, step_time
+from costmodel.model import (
+    METHODS,
+    OPTIMIZERS,
+    PRECISIONS,
+    StepCost,
+    StepTime,
+    step_cost,
+    step_time,
+)
 from costmodel.presets_hardware import HARDWARE, resolve_hardware
-from costmodel.presets_models import MLP_KINDS, MODELS, NORM_KINDS, ModelShape, param_count, resolve_model
+from costmodel.presets_models import (
+    MLP_KINDS,
+    MODELS,
+    NORM_KINDS,
+    ModelShape,
+    param_count,
+    resolve_model,
+)
 
 PROG = "python -m costmodel"
 DEFAULT_HARDWARE = "a100-80gb"
@@ -79,6 +101,7 @@ def _parser() -> OneLineArgumentParser:
     p.add_argument("--recompute", action="store_true", help="activation recomputation per block")
     p.add_argument("--no-clip", action="store_true", help="no gradient-norm clipping")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    cli_parallel.add_arguments(p)
     return p
 
 
@@ -256,6 +279,12 @@ def _body(args) -> int:
         return 0
     if args.frozen_prefix < 0:
         raise UserError(f"--frozen-prefix must be >= 0, got {args.frozen_prefix}")
+    if args.gpus is not None or args.layout is not None:
+        shape = model_from_args(args)
+        seq = args.seq if args.seq is not None else min(shape.seq, DEFAULT_MAX_SEQ)
+        out = cli_parallel.evaluate(args, shape, resolve_hardware(args.hardware), seq)
+        print(json.dumps(out, indent=2) if args.json else cli_parallel.render(out))
+        return 0
     out = evaluate(args)
     if args.json:
         print(json.dumps(out, indent=2))

@@ -666,3 +666,117 @@ def _memory(spec: StepSpec, layout: Layout, st: StageCosts, p_first, p_last, t_f
                                          "activations_bytes", "transient_bytes")) for s in rows}
     first = total["first"] >= total["last"]
     return DeviceMemory(**{k: np.where(first, rows["first"][k], rows["last"][k]) for k in rows["first"]})
+
+
+# --------------------------------------------------------------------------- layout search
+
+
+def _divisors(n: int) -> list[int]:
+    return [k for k in range(1, n + 1) if n % k == 0]
+
+
+def candidate_layouts(model: ModelShape, gpus: int, global_batch: int,
+                      max_micro_batch: int = 64) -> Layout:
+    """Every layout of `gpus` devices the model can take, as one array `Layout`.
+
+    tp divides the heads and the MLP width (and the kv heads, or is a multiple of them),
+    pp ≤ layers, dp = gpus/(tp·pp) divides the global batch; ZeRO stages 0–3 when dp > 1
+    (0 only otherwise); micro-batches of powers of two up to `max_micro_batch` sequences
+    that divide the replica's share. ValueError when none exists.
+    """
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+        raise ValueError(f"the device count must be a whole number >= 1, got {gpus!r}")
+    if isinstance(global_batch, bool) or not isinstance(global_batch, int) or global_batch < 1:
+        raise ValueError(f"the global batch must be a whole number >= 1, got {global_batch!r}")
+    rows = []
+    for tp in _divisors(gpus):
+        if model.heads % tp or model.ffn % tp or (model.kv_heads % tp and tp % model.kv_heads):
+            continue
+        for pp in _divisors(gpus // tp):
+            dp = gpus // (tp * pp)
+            if pp > model.layers or global_batch % dp:
+                continue
+            share = global_batch // dp
+            for zero in (ZERO_STAGES if dp > 1 else (0,)):
+                mb = 1
+                while mb <= min(share, max_micro_batch):
+                    if share % mb == 0:
+                        rows.append((dp, tp, pp, zero, mb, share // mb))
+                    mb *= 2
+    if not rows:
+        raise ValueError(f"no layout of {gpus} devices fits {model.name} with a global batch of "
+                         f"{global_batch} (tp must divide {model.heads} heads, dp the global batch)")
+    cols = np.array(rows, dtype=np.int64).T
+    return Layout(*cols)
+
+
+@dataclass(frozen=True)
+class LayoutChoice:
+    """The fastest layout of a method that fits device memory, or, when none fits, the one
+    that needs the least memory (`fits` False, `lacks_bytes` > 0 says by how much)."""
+
+    method: str
+    gpus: int
+    step: ParallelStep  # one layout (scalars)
+    recompute: bool
+    fits: bool
+    lacks_bytes: float
+    candidates: int
+
+
+def search_layouts(model: ModelShape, method: str, gpus: int, cluster: Cluster, profile: HardwareProfile,
+                   global_batch: int, overlap: float = DEFAULT_OVERLAP, recompute: Sequence[bool] = (False, True),
+                   **options) -> LayoutChoice:
+    """The fastest layout of `gpus` devices whose memory fits `profile`'s capacity
+    (`extra["memory_bytes"]`; without one, every layout fits), with and without activation
+    recomputation as `recompute` allows. Every candidate of `candidate_layouts` is costed in
+    one vectorised pass per recompute setting."""
+    layouts = candidate_layouts(model, gpus, global_batch)
+    best = None  # (key, recompute, index)
+    n = 0
+    for rc in recompute:
+        step = parallel_step(model, method, layouts, cluster, profile, overlap, recompute=rc, **options)
+        n += int(np.size(step.step_time_s))
+        t = np.broadcast_to(step.step_time_s, layouts.shape)
+        mem = np.broadcast_to(step.memory.total_bytes, layouts.shape)
+        fits = np.broadcast_to(step.fits, layouts.shape)
+        i = int(np.argmin(np.where(fits, t, np.inf))) if fits.any() else int(np.argmin(mem))
+        key = (0, float(t[i])) if fits.any() else (1, float(mem[i]))
+        if best is None or key < best[0]:
+            best = (key, rc, i)
+    assert best is not None
+    (_, _), rc, i = best
+    chosen = parallel_step(model, method, layouts.pick(i), cluster, profile, overlap, recompute=rc, **options)
+    fits = bool(chosen.fits)
+    cap = chosen.capacity_bytes
+    lacks = 0.0 if fits or cap is None else float(chosen.memory.total_bytes) - cap
+    return LayoutChoice(method, gpus, chosen, rc, fits, lacks, n)
+
+
+def device_counts(gpus_per_node: int, limit: int) -> list[int]:
+    """Device counts tried by `fewest_gpus`: powers of two up to a node, then whole nodes
+    (1, 2, …, 64 nodes), then doubling node counts, up to `limit`."""
+    counts = {1 << k for k in range(31) if (1 << k) <= gpus_per_node}
+    counts |= {k * gpus_per_node for k in range(1, 65)}
+    k = 128
+    while k * gpus_per_node <= limit:
+        counts.add(k * gpus_per_node)
+        k *= 2
+    return sorted(c for c in counts if c <= limit)
+
+
+def fewest_gpus(model: ModelShape, method: str, cluster: Cluster, profile: HardwareProfile,
+                global_batch: int, limit: int = 8192, **options) -> int | None:
+    """The fewest devices (of `device_counts`) on which some layout of `method` fits
+    memory, trying the global batch `global_batch`; None when none up to `limit` does."""
+    opts = {k: v for k, v in options.items() if k != "recompute"}
+    for gpus in device_counts(cluster.gpus_per_node, limit):
+        try:
+            layouts = candidate_layouts(model, gpus, global_batch)
+        except ValueError:
+            continue
+        # recomputation keeps the fewest activations: if nothing fits with it, nothing does
+        step = parallel_step(model, method, layouts, cluster, profile, recompute=True, **opts)
+        if np.any(step.fits):
+            return gpus
+    return None

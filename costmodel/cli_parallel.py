@@ -204,11 +204,10 @@ def _gb(x: float) -> str:
 
 def render(out: dict) -> str:
     c, pc, m, cf = out["cluster"], out["parallel_config"], out["model"], out["config"]
-    lines = [f"{m['name']}: {m['params']:,} params, d {m['d_model']}, {m['layers']} layers, {m['heads']} heads "
-             f"({m['kv_heads']} kv), ffn {m['ffn']}, vocab {m['vocab']}",
-             f"{cf['precision']}, {cf['optimizer']}"
-             + (f", rank {cf['rank']} on {cf['targets']}" if set(out["methods"]) - {"full"} else "")
-             + f"; hardware {out['hardware']['name']}"]
+    adapters = f", rank {cf['rank']} on {cf['targets']}" if set(out["methods"]) - {"full"} else ""
+    lines = [(f"{m['name']}: {m['params']:,} params, d {m['d_model']}, {m['layers']} layers, {m['heads']} heads "
+              f"({m['kv_heads']} kv), ffn {m['ffn']}, vocab {m['vocab']}"),
+             f"{cf['precision']}, {cf['optimizer']}{adapters}; hardware {out['hardware']['name']}"]
     lines.append(f"devices: {c['gpus']} ({c['gpus_per_node']} per node, {c['nics_per_node']} NICs per node); "
                  f"intra-node {c['intra']['name']} {c['intra']['bandwidth_bytes_per_s'] / 1e9:g} GB/s "
                  f"α {c['intra']['latency_s'] * 1e6:g} µs, inter-node {c['inter']['name']} "

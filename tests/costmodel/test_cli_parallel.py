@@ -21,7 +21,7 @@ def run_json(capsys, *argv) -> dict:
 def test_search_on_eight_devices(capsys):
     out = run_json(capsys, "--model", "gpt2-small", "--gpus", "8", "--seq", "512", "--method", "full,lora")
     assert out["parallel_config"]["global_batch"] == 8  # --batch 1 × 8 devices
-    for name, rec in out["methods"].items():
+    for rec in out["methods"].values():
         lay = rec["layout"]
         assert lay["dp"] * lay["tp"] * lay["pp"] == 8
         assert lay["dp"] * lay["micro_batch"] * lay["n_micro"] == 8

@@ -63,7 +63,7 @@ layout of a device count in one pass.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
@@ -151,7 +151,8 @@ class Layout:
         if gpus is not None and np.any(self.gpus != gpus):
             raise ValueError(f"layout dp·tp·pp = {int(np.ravel(self.gpus)[0])} ≠ {gpus} devices")
         if np.any(model.heads % self.tp):
-            raise ValueError(f"tp = {int(np.ravel(self.tp)[0])} does not divide the {model.heads} heads of {model.name}")
+            raise ValueError(f"tp = {int(np.ravel(self.tp)[0])} does not divide the {model.heads} heads "
+                             f"of {model.name}")
         if np.any(model.ffn % self.tp):
             raise ValueError(f"tp = {int(np.ravel(self.tp)[0])} does not divide the MLP width {model.ffn}")
         if np.any((model.kv_heads % self.tp != 0) & (self.tp % model.kv_heads != 0)):
@@ -292,14 +293,31 @@ def _only(cost: Cost, phase: str) -> Cost:
 
 @dataclass(frozen=True)
 class StageCosts:
-    """Per-micro-batch costs of one device of the first and of the last stage."""
+    """Per-micro-batch costs of one device of the first and of the last stage, by part
+    (`costmodel.step.PARTS` names: embeddings, first_block, middle_blocks, head)."""
 
-    first: Cost
-    last: Cost
+    first_parts: Mapping[str, Cost]
+    last_parts: Mapping[str, Cost]
     first_tensors: np.ndarray  # trainable tensors on a first-stage device
     last_tensors: np.ndarray
     block_trainable: np.ndarray  # trainable parameters of one block shard
     recompute_transient_bytes: np.ndarray
+
+    @property
+    def first(self) -> Cost:
+        return _sum(self.first_parts.values())
+
+    @property
+    def last(self) -> Cost:
+        return _sum(self.last_parts.values())
+
+
+def _sum(costs) -> Cost:
+    costs = list(costs)
+    total = costs[0]
+    for c in costs[1:]:
+        total = total + c
+    return total
 
 
 def stage_costs(spec: StepSpec, layout: Layout) -> StageCosts:
@@ -317,27 +335,32 @@ def stage_costs(spec: StepSpec, layout: Layout) -> StageCosts:
     emb = base.parts["embeddings"]
     bps = np.ceil(spec.model.layers / pp)
     one = (pp == 1).astype(float)
-    first = emb + first_b + mid_b.scaled(bps - 1, "middle: ") + head.scaled(one)
-    last = mid_b.scaled(bps, "middle: ") + head.scaled(1 - one) + emb.scaled(one)
+    first = {"embeddings": emb, "first_block": first_b, "middle_blocks": mid_b.scaled(bps - 1, "middle: "),
+             "head": head.scaled(one)}
+    last = {"embeddings": emb.scaled(one), "first_block": first_b.scaled(0),
+            "middle_blocks": mid_b.scaled(bps, "middle: "), "head": head.scaled(1 - one)}
     # the embedding and head tensors (their optimizer kernels) are charged to both end stages
     ends = base.trainable_tensors - first_n - (spec.model.layers - 1) * mid_n
     first_tensors = ends + first_n + (bps - 1) * mid_n
     last_tensors = bps * mid_n + ends
-    return StageCosts(first, last, np.asarray(first_tensors), np.asarray(last_tensors),
+    return StageCosts(MappingProxyType(first), MappingProxyType(last),
+                      np.asarray(first_tensors), np.asarray(last_tensors),
                       np.asarray(mid_b.trainable_params, dtype=float), transient)
 
 
-def _time(spec: StepSpec, cost: Cost, profile: HardwareProfile, part: str = "middle_blocks") -> StepTime:
-    """`costmodel.model.step_time` of `cost` placed in one part of an otherwise empty step
-    (so the profile's derating, or its fitted rates and LoRA multiplier, apply as on one
-    device)."""
-    empty = _empty(cost.dtype)
-    parts = {name: empty for name in ("embeddings", "frozen_blocks", "first_block", "middle_blocks",
-                                      "head", "optimizer")}
-    parts[part] = cost
-    sc = StepCost(spec=spec, parts=MappingProxyType(parts), block_saved_bytes=MappingProxyType({}),
+def _time(spec: StepSpec, parts: Mapping[str, Cost], profile: HardwareProfile) -> StepTime:
+    """`step_time` of a step made of `parts` (the others empty), so the profile's derating,
+    or its fitted rates with the LoRA multiplier on the blocks only, apply as on one device."""
+    empty = _empty(spec.prec.compute_dtype)
+    full = {name: parts.get(name, empty) for name in ("embeddings", "frozen_blocks", "first_block",
+                                                       "middle_blocks", "head", "optimizer")}
+    sc = StepCost(spec=spec, parts=MappingProxyType(full), block_saved_bytes=MappingProxyType({}),
                   recompute_transient_bytes=np.zeros(()), trainable_tensors=0)
     return step_time(sc, profile)
+
+
+def _only_parts(parts: Mapping[str, Cost], phase: str) -> dict[str, Cost]:
+    return {k: _only(c, phase) for k, c in parts.items()}
 
 
 # --------------------------------------------------------------------------- collectives
@@ -574,8 +597,8 @@ def parallel_step(model: ModelShape, method: str, layout: Layout, cluster: Clust
         return own + np.where(one, other, 0.0)
 
     # per micro-batch slot of each stage: compute + tensor-parallel collectives
-    t_first = _time(spec, st.first, profile).time_s
-    t_last = _time(spec, st.last, profile).time_s
+    t_first = _time(spec, st.first_parts, profile).time_s
+    t_last = _time(spec, st.last_parts, profile).time_s
     tp_first = stage_comm("first", group="tp", per="micro-batch")
     tp_last = stage_comm("last", group="tp", per="micro-batch")
     p2p = total_time_s(coll, cluster, stage="first", group="pp")  # one send + one receive per slot
@@ -595,7 +618,7 @@ def parallel_step(model: ModelShape, method: str, layout: Layout, cluster: Clust
     t_dev = np.where(first_slower, t_first_p, t_last_p)
     tensors = np.where(first_slower, st.first_tensors, st.last_tensors)
     opt = optimizer_cost(t_dev / shard, tensors, spec.optimizer, prec, spec.clip_grad)
-    optimizer_s = _time(spec, opt, profile, part="optimizer").time_s
+    optimizer_s = _time(spec, {"optimizer": opt}, profile).time_s
 
     # data parallel: per micro-batch ones run m times; the overlappable part hides behind
     # the backward pass
@@ -605,8 +628,8 @@ def parallel_step(model: ModelShape, method: str, layout: Layout, cluster: Clust
 
     dp_over = np.maximum(dp_time("first", True), dp_time("last", True))
     dp_fixed = np.maximum(dp_time("first", False), dp_time("last", False))
-    backward = m_ * np.maximum(_time(spec, _only(st.first, "backward"), profile).time_s,
-                               _time(spec, _only(st.last, "backward"), profile).time_s)
+    backward = m_ * np.maximum(_time(spec, _only_parts(st.first_parts, "backward"), profile).time_s,
+                               _time(spec, _only_parts(st.last_parts, "backward"), profile).time_s)
     hidden = np.minimum(overlap * dp_over, backward)
     other = np.maximum(*(stage_comm(s, group="tp", per="step") + stage_comm(s, group="embedding")
                          + stage_comm(s, group="world") for s in ("first", "last")))
@@ -623,7 +646,7 @@ def parallel_step(model: ModelShape, method: str, layout: Layout, cluster: Clust
             + getattr(opt, k) for k in ("flops", "bytes_moved", "kernels")}
 
     memory = _memory(spec, layout, st, p_first, p_last, t_first_p, t_last_p)
-    basis = _time(spec, st.first, profile)
+    basis = _time(spec, st.first_parts, profile)
     return ParallelStep(
         method=method, layout=layout, step_time_s=step, pipeline_s=pipeline,
         bubble_fraction=(pp - 1) / slots, optimizer_s=optimizer_s, tp_comm_s=tp_comm,

@@ -8,12 +8,14 @@ import pytest
 
 from costmodel.comm import Cluster, Interconnect, collective_time
 from costmodel.layers import LayerConfig, build
+from costmodel.model import StepSpec
 from costmodel.parallel import (
     Layout,
     block_params_per_device,
     collectives,
     parallel_step,
     parse_layout,
+    stage_costs,
     stage_params_per_device,
 )
 from costmodel.presets_hardware import HARDWARE
@@ -156,3 +158,26 @@ def test_parse_layout():
     for bad in ("dp=x", "foo=1", "", "dp=3"):
         with pytest.raises(ValueError):
             parse_layout(bad, global_batch=32)
+
+
+def test_tp_memory_per_device_is_a_hand_count():
+    """GPT-2 small, tp = 2, full, mixed-precision AdamW: 16 bytes per parameter a device
+    holds; a device holds half of every matrix, the whole norms, row-split biases and
+    positions, half the vocabulary."""
+    d, f, v, t = 768, 3072, 50257, 1024
+    block = 2 * 2 * d + 3 * (d + 1) * d / 2 + d * d / 2 + d + (d + 1) * f / 2 + f * d / 2 + d
+    device = v * d / 2 + t * d + 12 * block + 2 * d
+    step = parallel_step(GPT2, "full", Layout(dp=1, tp=2, pp=1), CLUSTER, A100, seq=512)
+    assert float(step.memory.params) == pytest.approx(device, rel=1e-12)
+    assert float(step.memory.model_state_bytes) == pytest.approx(16 * device, rel=1e-12)
+
+
+def test_first_stage_holds_pp_micro_batches_of_activations():
+    """1F1B: the first stage holds min(pp, m) micro-batches' activations (Narayanan et al.
+    2021, sec. 2.2): 4 at pp = 4 and m = 8 or 16, each the first stage's saved bytes."""
+    def step(m):
+        return parallel_step(GPT2, "full", Layout(dp=1, tp=1, pp=4, n_micro=m), CLUSTER, A100, seq=512)
+    lay = Layout(dp=1, tp=1, pp=4, n_micro=8)
+    one = float(stage_costs(StepSpec(GPT2, "full", batch=1, seq=512), lay).first.saved_bytes)
+    assert float(step(8).memory.activations_bytes) == pytest.approx(4 * one, rel=1e-12)
+    assert float(step(16).memory.activations_bytes) == pytest.approx(4 * one, rel=1e-12)

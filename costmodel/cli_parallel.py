@@ -237,6 +237,8 @@ def render(out: dict) -> str:
         ("  model states", lambda r: _gb(r["memory"]["model_state_bytes"])),
         ("  activations", lambda r: _gb(r["memory"]["activations_bytes"])),
         ("capacity", lambda r: _gb(r["capacity_bytes"]) if r["capacity_bytes"] else "unknown"),
+        ("TFLOP per device per step", lambda r: f"{r['flops_per_device'] / 1e12:,.1f}"),
+        ("kernels per device", lambda r: f"{r['kernels_per_device']:,.0f}"),
         ("communication share", lambda r: f"{100 * r['comm_share']:.1f}%"),
         ("pipeline bubble", lambda r: f"{100 * r['time']['bubble_fraction']:.1f}%"),
     ]

@@ -19,7 +19,7 @@ whose first touch costs time per byte on top of the traffic the cost model count
 faults on a CPU; an allocation on any device). It is what makes full fine-tuning of a wide
 layer at a tiny batch slower than its bytes alone say (its e×h gradients are results; a
 merged LoRA's e×h ΔW is a reused temporary). A training step that updates its weights in
-place does not pay it, so `costmodel.model`'s fitted step time leaves it out.
+place does not pay it, so `costmodel.steptime`'s fitted step time leaves it out.
 
 Candidate forms (`FORMS`), compared by `analysis.validate` and chosen by out-of-scale error:
 

@@ -18,7 +18,7 @@ import seaborn as sns  # noqa: E402
 
 from analysis.factors import FACTORS  # noqa: E402
 from analysis.pipeline import Analysis  # noqa: E402
-from costmodel.cliutil import atomic_output  # noqa: E402
+from costmodel.fileio import atomic_output  # noqa: E402
 
 DPI = 90
 METHOD_COLORS = {"full": "#1f77b4", "lora": "#d62728", "lora_merged": "#2ca02c"}

@@ -6,7 +6,7 @@ the chosen hardware, and a table of the chosen model's memory per method (drawn 
 Everything is `costmodel`'s whole-step model (`step_cost`, `step_time`, `memory_breakdown`).
 The only thing `analysis` adds is the fitted factors: when the hardware is the very device
 the timings were measured on (its measured profile JSON), the fitted rates go in as
-`costmodel.model.FittedRates` and the table's `time_basis` says "fitted"; for any other
+`costmodel.steptime.FittedRates` and the table's `time_basis` says "fitted"; for any other
 hardware the cost model's own basis is used ("unfitted" datasheet efficiencies, or
 "measured" achieved rates) and labelled so. The run also writes `fitted_profile.json`, the
 measured profile with the fitted rates under its `extra` keys, which
@@ -52,10 +52,10 @@ def prepare(model: str | None, hardware: str | None) -> Callable:
 
 
 def fitted_rates(a):
-    """The fitted additive factors as `costmodel.model.FittedRates`, or None (log-link form,
+    """The fitted additive factors as `costmodel.steptime.FittedRates`, or None (log-link form,
     an unbounded rate, or a cost model without `FittedRates`)."""
     try:
-        from costmodel.model import FittedRates
+        from costmodel.steptime import FittedRates
     except ImportError:
         return None
     if a.fit.form not in ("ols_additive", "wls_additive", "gamma_identity"):
@@ -85,8 +85,9 @@ def _rates_for(profile, a):
 
 def speedup_table(profile, rates=None) -> pd.DataFrame:
     from costmodel.memory import memory_breakdown
-    from costmodel.model import step_cost, step_time
     from costmodel.presets_models import MODELS, param_count
+    from costmodel.step import step_cost
+    from costmodel.steptime import step_time
 
     rows = []
     for name, shape in MODELS.items():
@@ -109,8 +110,8 @@ def speedup_table(profile, rates=None) -> pd.DataFrame:
 
 def memory_table(model: str) -> pd.DataFrame:
     from costmodel.memory import memory_breakdown
-    from costmodel.model import step_cost
     from costmodel.presets_models import MODELS
+    from costmodel.step import step_cost
 
     shape = MODELS[model]
     seq = min(shape.seq, MAX_SEQ)

@@ -15,7 +15,7 @@ import pandas as pd
 
 from analysis.pipeline import Analysis
 from analysis.validate import POOLED
-from costmodel.cliutil import atomic_write_text
+from costmodel.fileio import atomic_write_text
 
 VALIDATION_COLUMNS = ["model", "kind", "scheme", "quantity", "n", "median_ape_pct", "p90_ape_pct"]
 
@@ -333,7 +333,7 @@ def to_json(a: Analysis) -> dict:
 
 
 def fitted_profile(a: Analysis) -> dict | None:
-    """The measured device profile with the fitted rates under `costmodel.model.FIT_KEYS`,
+    """The measured device profile with the fitted rates under `costmodel.steptime.FIT_KEYS`,
     so the whole-model step (`python -m costmodel --hardware PATH`) uses them."""
     from analysis.presets import fitted_rates
 
@@ -341,7 +341,7 @@ def fitted_profile(a: Analysis) -> dict | None:
     if a.profile is None or rates is None:
         return None
     try:
-        from costmodel.model import FIT_KEYS
+        from costmodel.steptime import FIT_KEYS
     except ImportError:
         return None
     d = a.profile.to_dict()

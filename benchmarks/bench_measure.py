@@ -55,8 +55,9 @@ def harness_overhead(budget_s: float) -> None:
     floor = timing.time_interleaved({"noop": noop}, timing.TimingPolicy(budget_s=budget_s))
     print(f"\nsmallest quick config: {config.label()}")
     for m, s in report.summaries.items():  # one k per config, shared by the methods
+        ci = timing.ci_half_width_rel(s.time_median_s, s.time_ci_low_s, s.time_ci_high_s)
         print(f"  {m:12s} kernel {s.time_median_s * 1e6:8.1f} µs/call  (n={s.n_repeats}, "
-              f"k={s.calls_per_repeat}, CI ±{100 * timing.ci_half_width_rel(s.time_median_s, s.time_ci_low_s, s.time_ci_high_s):.1f}%)")
+              f"k={s.calls_per_repeat}, CI ±{100 * ci:.1f}%)")
     print(f"  harness overhead outside timed intervals: {report.overhead_per_call_s * 1e6:.2f} µs "
           f"per call ({report.calls} calls, loop {report.loop_wall_s:.2f} s, timed {report.timed_s:.2f} s)")
     print(f"  floor of a timed call (jitted x+1, dispatch + block): "

@@ -16,9 +16,10 @@ import time
 import numpy as np
 
 from costmodel.memory import memory_breakdown
-from costmodel.model import step_cost, step_time
 from costmodel.presets_hardware import resolve_hardware
 from costmodel.presets_models import MODELS
+from costmodel.step import step_cost
+from costmodel.steptime import step_time
 
 METHODS = ("full", "lora")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -84,7 +85,7 @@ def resolve_profile(name: str) -> HardwareProfile:
 
 def method_record(cfg: LayerConfig, cost: Cost, rt: RooflineTime | None) -> dict:
     """One method's numbers as plain JSON-ready values."""
-    rec = {
+    rec: dict[str, Any] = {
         "method": cfg.method,
         "flops": float(cost.flops),
         "bytes": float(cost.bytes_moved),
@@ -105,7 +106,7 @@ def method_record(cfg: LayerConfig, cost: Cost, rt: RooflineTime | None) -> dict
 
 
 def _config_record(cfg: LayerConfig) -> dict:
-    out = {"layer": cfg.layer, "targets": list(cfg.targets),
+    out: dict[str, Any] = {"layer": cfg.layer, "targets": list(cfg.targets or ()),
            "input_requires_grad": cfg.input_requires_grad, "dtype": cfg.dtype}
     for name in ("batch", "embed", "hidden", "seq", "heads", "kv_heads"):
         out[name] = int(getattr(cfg, name))
@@ -139,7 +140,7 @@ def _body(args) -> int:
     profile = resolve_profile(args.hardware) if args.hardware else None
     if args.crossover and profile is None:
         raise UserError("--crossover needs --hardware (a preset name or a measured profile JSON)")
-    records, cfg = {}, None
+    records: dict[str, dict[str, Any]] = {}
     for method in args.method:
         cfg = _config(args, method)
         cost = build(cfg)
@@ -151,7 +152,10 @@ def _body(args) -> int:
         if "full" in records and "lora" in records:
             out["speedup"] = records["full"]["time"]["time_s"] / records["lora"]["time"]["time_s"]
     if args.crossover:
-        extra = {k: getattr(cfg, k) for k in ("seq", "heads", "kv_heads")} if args.layer == "block" else {}
+        assert profile is not None  # checked above
+        extra: dict[str, Any] = {}
+        if args.layer == "block":
+            extra = {k: getattr(cfg, k) for k in ("seq", "heads", "kv_heads")}
         extra.update(targets=cfg.targets, input_requires_grad=cfg.input_requires_grad)
         c = crossover(args.layer, profile, batch=args.batch, rank=args.rank, dtype=args.dtype, **extra)
         out["crossover"] = {"d_star": c.d_star, "d_min": c.d_min, "d_max": c.d_max,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,24 +37,11 @@ from costmodel.cliutil import (
 )
 from costmodel.hardware import HardwareProfile
 from costmodel.memory import MemoryBreakdown, memory_breakdown
-from costmodel.model import (
-    METHODS,
-    OPTIMIZERS,
-    PRECISIONS,
-    StepCost,
-    StepTime,
-    step_cost,
-    step_time,
-)
+from costmodel.optimizer import OPTIMIZERS, PRECISIONS
 from costmodel.presets_hardware import HARDWARE, resolve_hardware
-from costmodel.presets_models import (
-    MLP_KINDS,
-    MODELS,
-    NORM_KINDS,
-    ModelShape,
-    param_count,
-    resolve_model,
-)
+from costmodel.presets_models import MLP_KINDS, MODELS, NORM_KINDS, ModelShape, param_count, resolve_model
+from costmodel.step import METHODS, StepCost, step_cost
+from costmodel.steptime import StepTime, step_time
 
 PROG = "python -m costmodel"
 DEFAULT_HARDWARE = "a100-80gb"
@@ -129,7 +117,7 @@ def model_from_args(args) -> ModelShape:
     d = given["d_model"]
     mlp = args.mlp or "gelu"
     heads = given.get("heads", max(1, d // 64))
-    style = dict(_CUSTOM_STYLE[mlp])
+    style: dict[str, Any] = dict(_CUSTOM_STYLE[mlp])
     if args.norm is not None:
         style["norm"] = args.norm
     return ModelShape(
@@ -146,7 +134,7 @@ def _f(x) -> float:
 
 def method_record(cost: StepCost, t: StepTime, mem: MemoryBreakdown, profile: HardwareProfile) -> dict:
     """One method's numbers as JSON-ready values (a single configuration)."""
-    rec = {
+    rec: dict[str, Any] = {
         "method": cost.spec.method,
         "step_time_s": _f(t.time_s),
         "tokens_per_s": _f(t.tokens_per_s),
@@ -192,7 +180,7 @@ def evaluate(args) -> dict:
                          optimizer=args.optimizer, recompute=args.recompute, clip_grad=not args.no_clip)
         t = step_time(cost, profile)
         out["methods"][method] = method_record(cost, t, memory_breakdown(cost), profile)
-        basis = {"label": t.basis, "note": t.note}
+        basis: dict[str, Any] = {"label": t.basis, "note": t.note}
         if t.efficiency is not None:
             basis.update(flops_efficiency=t.efficiency.flops, bandwidth_efficiency=t.efficiency.bandwidth,
                          overhead_scale=t.efficiency.overhead)

@@ -2,18 +2,16 @@
 
 Bad input never ends in a traceback: argparse's own errors become `UserError`, and `run`
 prints it (or a ValueError from the model) as one line, ``<prog>: error: <what is wrong>``,
-and returns 2. Output files are written atomically (`atomic_output`), so an interrupted or
-failed run never leaves half a file. `costmodel`, `measure` and `analysis` all use these.
+and returns 2. `costmodel`, `measure` and `analysis` all use these; their output files are
+written atomically by `costmodel.fileio`.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
@@ -33,7 +31,7 @@ def one_line(message: object, limit: int = 300) -> str:
 class OneLineArgumentParser(argparse.ArgumentParser):
     """argparse whose errors raise `UserError` (one line, exit 2 through `run`), no usage dump."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise UserError(one_line(message))
 
 
@@ -99,32 +97,3 @@ def positive_float(text: str) -> float:
     if value == 0:
         raise argparse.ArgumentTypeError("must be > 0")
     return value
-
-
-@contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary path beside `path`; on success it replaces `path` (os.replace),
-    on any failure it is removed and `path` is left as it was."""
-    path = os.fspath(path)
-    directory, name = os.path.split(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory or ".")
-    os.close(fd)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` atomically, flushed to disk before the rename."""
-    with atomic_output(path) as tmp:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())

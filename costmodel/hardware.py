@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from costmodel.cliutil import atomic_write_text
+from costmodel.fileio import atomic_write_text
 
 #: Bytes per element of each dtype the model knows.
 DTYPE_BYTES: Mapping[str, int] = MappingProxyType(
@@ -68,7 +68,7 @@ class HardwareProfile:
     def peak(self, dtype: str) -> float:
         """Peak FLOP/s at `dtype`; float16 falls back to bfloat16 and vice versa."""
         for candidate in (dtype, {"float16": "bfloat16", "bfloat16": "float16"}.get(dtype)):
-            if candidate in self.peak_flops_per_s:
+            if candidate is not None and candidate in self.peak_flops_per_s:
                 return self.peak_flops_per_s[candidate]
         raise ValueError(
             f"profile {self.name!r} has no peak FLOP/s for {dtype}; "

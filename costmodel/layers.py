@@ -205,7 +205,7 @@ def build(cfg: LayerConfig) -> Cost:
 def record(g: Graph, x: Tensor, cfg: LayerConfig) -> Tensor:
     """Record the layer's forward ops on `g` from input `x`; return its output (no loss).
 
-    For composing layers into a model (`costmodel.model`): the caller seeds the backward
+    For composing layers into a model (`costmodel.step`): the caller seeds the backward
     with `g.cost(output)`, i.e. with the gradient arriving from the layer above.
     """
     return {"linear": _linear, "attention": _attention, "block": _block}[cfg.layer](g, x, cfg)

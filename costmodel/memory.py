@@ -18,7 +18,8 @@ Activations are the graph's `saved_bytes` (forward tensors the backward reads), 
 per block; LoRA's extra saved inputs for ∂A, its dropout masks and `lora_merged`'s merged
 weights are in them. The peak adds the largest transient buffer of the backward pass: the
 (tokens × vocab) logits gradient or, under recomputation, one block's re-materialised
-activations, whichever is larger (the first is freed before the second exists). Allocator fragmentation, CUDA context and workspace are not modelled.
+activations, whichever is larger (the first is freed before the second exists). Allocator fragmentation,
+CUDA context and workspace are not modelled.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from types import MappingProxyType
 import numpy as np
 
 from costmodel.hardware import dtype_bytes
-from costmodel.model import OPTIMIZER_STATES, StepCost
+from costmodel.optimizer import OPTIMIZER_STATES
 from costmodel.presets_models import param_count
+from costmodel.step import StepCost
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 MLP_KINDS = ("gelu", "swiglu")
 NORM_KINDS = ("layernorm", "rmsnorm")
@@ -186,7 +187,7 @@ _GPT3 = (
 
 
 def _bert(name: str, repo: str, d: int, layers: int, heads: int, vocab: int, **kw) -> ModelShape:
-    defaults = dict(
+    defaults: dict[str, Any] = dict(
         kv_heads=heads, ffn=4 * d, seq=512, mlp="gelu", norm="layernorm", bias=True,
         tied_embeddings=True, positional="learned", type_vocab=2, causal=False,
         norm_placement="post", mlm_head=True, source=f"HF config.json of {repo}: {_HF.format(repo)}",

@@ -80,7 +80,7 @@ def test_import_does_not_load_jax():
 
 
 def test_atomic_output_keeps_the_old_file_on_failure(tmp_path):
-    from costmodel.cliutil import atomic_output, atomic_write_text
+    from costmodel.fileio import atomic_output, atomic_write_text
 
     path = tmp_path / "result.csv"
     atomic_write_text(path, "old\n")

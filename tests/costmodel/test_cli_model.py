@@ -76,7 +76,7 @@ def test_fitted_profile_path_uses_the_fitted_rates(capsys, tmp_path):
     """A profile carrying analysis's fitted rates (as fitted_profile.json does): the CLI's step
     time is the additive form with those rates, labelled fitted, by hand for SGD in fp32."""
     from costmodel.hardware import HardwareProfile
-    from costmodel.model import step_cost
+    from costmodel.step import step_cost
 
     rates = {"fit_flops_per_s": 2e11, "fit_bytes_per_s": 2e10, "fit_kernel_overhead_s": 1e-6,
              "fit_dispatch_s": 1e-5}

@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 from costmodel.hardware import HardwareProfile
 from costmodel.layers import layer_cost
 from costmodel.memory import memory_breakdown
-from costmodel.model import PARTS, UNFITTED, FittedRates, efficiency_for, step_cost, step_time
 from costmodel.presets_hardware import HARDWARE
 from costmodel.presets_models import MODELS, param_count
+from costmodel.step import PARTS, step_cost
+from costmodel.steptime import UNFITTED, FittedRates, efficiency_for, step_time
 
 SMALL = ["gpt2-small", "bert-base", "llama3.2-1b", "distilbert", "roberta-base"]
 

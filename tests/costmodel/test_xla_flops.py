@@ -29,7 +29,7 @@ CASES = (
 
 @pytest.mark.parametrize("input_grad", [False, True], ids=["no-dX", "dX"])
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("layer,shape", CASES, ids=[f"{l}-{i}" for i, (l, _) in enumerate(CASES)])
+@pytest.mark.parametrize("layer,shape", CASES, ids=[f"{name}-{i}" for i, (name, _) in enumerate(CASES)])
 def test_flops_match_xla_within_1pct(layer, shape, method, input_grad):
     model = layer_cost(layer, method, input_requires_grad=input_grad, **shape)
     xla = xla_cost(build(layer, method, input_requires_grad=input_grad, **shape))

@@ -1,0 +1,386 @@
+"""One training step of a whole transformer: embeddings, L blocks, final norm, LM head, loss,
+gradient clipping and the optimizer update, under full fine-tuning or LoRA.
+
+    >>> from costmodel.step import step_cost
+    >>> from costmodel.presets_models import MODELS
+    >>> c = step_cost(MODELS["gpt2-small"], "lora", batch=8, seq=1024, rank=4, targets="q,v")
+    >>> int(c.trainable_params)  # 2 · L · d · r per square target type: 2 · 2·12·768·4
+    147456
+
+The step is built from the same cost graph as the single layers (`costmodel.graph`,
+`costmodel.layers`), part by part, and `StepCost.total` is exactly the sum of the parts:
+
+- ``embeddings``: token gather (+ learned positions, + BERT token types, + the embedding norm
+  of post-norm models). Their backward (a scatter-add into the table) exists only when the
+  tables train.
+- ``frozen_blocks``: the `frozen_prefix` first blocks, forward only: nothing before or in them
+  needs a gradient, so autodiff stops at the first trainable block.
+- ``first_block``: the first block that trains. Its input needs a gradient only when the
+  embeddings train (full fine-tuning without a frozen prefix); under LoRA it gets no dX.
+- ``middle_blocks``: the other blocks, one block's cost scaled by their number (they are
+  identical), so a 96-layer model costs two block graphs, not 96.
+- ``head``: final norm (pre-norm models) or BERT's MLM transform, the vocabulary projection
+  (tied to the token embedding where published so) and softmax cross-entropy over every token.
+- ``optimizer``: loss-scale unscaling (fp16-mixed), global-norm gradient clipping and the SGD
+  or AdamW update, all per trainable parameter.
+
+Post-norm (BERT) blocks are costed as the pre-norm block: the same ops in another order.
+Attention materialises its (seq × seq) scores per head, as the measured kernels do (no
+FlashAttention-style fusion), so long contexts are costed as the unfused computation.
+Dropout inside the base model (attention/residual dropout) is not modelled; LoRA's own
+input dropout (`dropout=True`) is. GPT-3's locally banded sparse layers are costed as dense.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+import numpy as np
+
+from costmodel.graph import Cost, Graph, OpCost, Tensor, Terms, Vjp
+from costmodel.hardware import dtype_bytes
+from costmodel.layers import LayerConfig, parse_targets, record
+from costmodel.optimizer import OPTIMIZERS, PRECISIONS, Precision, optimizer_cost, resolve_precision
+from costmodel.presets_models import ModelShape
+from costmodel.primitives import (
+    Size,
+    elementwise_bytes,
+    elementwise_flops,
+    reduction_bytes,
+    reduction_flops,
+)
+
+METHODS = ("full", "lora", "lora_merged")
+PARTS = ("embeddings", "frozen_blocks", "first_block", "middle_blocks", "head", "optimizer")
+
+#: Token ids are int32.
+TOKEN_ID_BYTES = 4
+
+
+# --------------------------------------------------------------------------- the step
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One training step: a model shape under a method, precision and optimizer.
+
+    batch: sequences per step; seq: tokens per sequence (default: the model's context);
+    both may be numpy arrays (broadcast together). rank, targets, dropout: LoRA's (ignored by
+    full). frozen_prefix: the first k blocks (and the embedding lookup) get no gradients.
+    recompute: activation checkpointing per block (keep each block's input, recompute the
+    block in the backward). clip_grad: global-norm gradient clipping.
+    """
+
+    model: ModelShape
+    method: str
+    batch: Size = 1
+    seq: Size | None = None
+    rank: Size = 0
+    targets: tuple[str, ...] | str | None = None
+    dropout: bool = False
+    frozen_prefix: int = 0
+    precision: str = "bf16-mixed"
+    optimizer: str = "adamw"
+    recompute: bool = False
+    clip_grad: bool = True
+
+    def __post_init__(self) -> None:
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        resolve_precision(self.precision)
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        set_("targets", parse_targets("block", self.targets))
+        set_("batch", _positive("batch", self.batch))
+        set_("seq", _positive("seq", self.model.seq if self.seq is None else self.seq))
+        rows = self.model.n_position_rows
+        if rows and np.any(self.seq > rows):
+            raise ValueError(f"seq {np.max(self.seq):g} exceeds the {rows} learned positions of {self.model.name}")
+        k = self.frozen_prefix
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < self.model.layers:
+            raise ValueError(
+                f"frozen_prefix must be a whole number in [0, {self.model.layers - 1}] "
+                f"(at least one block must train), got {k!r}")
+        if self.method == "full":
+            set_("rank", np.asarray(0.0))
+            set_("dropout", False)
+        else:
+            rank = _positive("rank", self.rank)
+            set_("rank", rank)
+
+    @property
+    def prec(self) -> Precision:
+        return PRECISIONS[self.precision]
+
+    @property
+    def tokens(self) -> np.ndarray:
+        return np.asarray(self.batch * self.seq)
+
+    @property
+    def tables_train(self) -> bool:
+        """The embedding tables get gradients through the lookup."""
+        return self.method == "full" and self.frozen_prefix == 0
+
+    def block_config(self, input_requires_grad: bool) -> LayerConfig:
+        m = self.model
+        return LayerConfig(
+            "block", self.method, batch=self.batch, embed=m.d_model, hidden=m.ffn,
+            rank=self.rank if self.method != "full" else 0, targets=self.targets,
+            input_requires_grad=input_requires_grad, dtype=self.prec.compute_dtype,
+            seq=self.seq, heads=m.heads, kv_heads=m.kv_heads, mlp=m.mlp, norm=m.norm,
+            bias=m.bias, causal=m.causal, lora_dropout=self.dropout,
+        )
+
+
+def _positive(name: str, value: Size) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if np.any(~np.isfinite(arr) | (arr <= 0)):
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    return arr
+
+
+@dataclass(frozen=True)
+class BlockCosts:
+    """One block's step cost and what it keeps for the backward pass."""
+
+    cost: Cost
+    trainable_tensors: int
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """The parts of one training step; `total` is their sum (op rows concatenated)."""
+
+    spec: StepSpec
+    parts: Mapping[str, Cost]
+    #: saved-activation bytes of ONE block of each kind (first, middle), for the memory model
+    block_saved_bytes: Mapping[str, np.ndarray]
+    #: activations one block holds while its backward runs: with recomputation, its whole
+    #: recomputed saved set (0 otherwise: it is already counted in `saved_bytes`)
+    recompute_transient_bytes: np.ndarray
+    trainable_tensors: int
+    total: Cost = field(init=False)
+
+    def __post_init__(self) -> None:
+        total = None
+        for name in PARTS:
+            total = self.parts[name] if total is None else total + self.parts[name]
+        object.__setattr__(self, "total", total)
+
+    @property
+    def flops(self) -> np.ndarray:
+        return self.total.flops
+
+    @property
+    def bytes_moved(self) -> np.ndarray:
+        return self.total.bytes_moved
+
+    @property
+    def kernels(self) -> np.ndarray:
+        return self.total.kernels
+
+    @property
+    def saved_bytes(self) -> np.ndarray:
+        return self.total.saved_bytes
+
+    @property
+    def trainable_params(self) -> np.ndarray:
+        return self.total.trainable_params
+
+    @property
+    def tokens(self) -> np.ndarray:
+        return self.spec.tokens
+
+
+def step_cost(model: ModelShape, method: str, **options) -> StepCost:
+    """FLOPs, bytes, kernels, trainable parameters and saved activations of one training step.
+
+    `options` are the fields of `StepSpec` (batch, seq, rank, targets, dropout, frozen_prefix,
+    precision, optimizer, recompute, clip_grad). Raises ValueError (one line) on bad input.
+    """
+    return build_step(StepSpec(model, method, **options))
+
+
+def build_step(spec: StepSpec) -> StepCost:
+    """The step's parts for `spec` (see the module docstring); two block graphs, whatever L."""
+    m = spec.model
+    k = spec.frozen_prefix
+    n_middle = m.layers - k - 1
+    emb, emb_tensors = _embeddings_cost(spec)
+    # the first trainable block needs dX only when something before it trains
+    first = _block_cost(spec, input_requires_grad=spec.tables_train)
+    middle = _block_cost(spec, input_requires_grad=True)
+    frozen = _forward_only(_block_cost(spec, input_requires_grad=False, method="full").cost)
+    head, head_tensors = _head_cost(spec)
+    tensors = emb_tensors + head_tensors + first.trainable_tensors + n_middle * middle.trainable_tensors
+    params = emb.trainable_params + head.trainable_params + first.cost.trainable_params \
+        + n_middle * middle.cost.trainable_params
+    first_c, middle_c = first.cost, middle.cost
+    transient = np.zeros(())
+    if spec.recompute:
+        transient = np.maximum(first_c.saved_bytes, middle_c.saved_bytes)
+        first_c, middle_c = _recomputed(first_c, spec), _recomputed(middle_c, spec)
+    parts = {
+        "embeddings": emb,
+        "frozen_blocks": frozen.scaled(k, "frozen: "),
+        "first_block": first_c,
+        "middle_blocks": middle_c.scaled(n_middle, "middle: "),
+        "head": head,
+        "optimizer": optimizer_cost(params, tensors, spec.optimizer, spec.prec, spec.clip_grad),
+    }
+    return StepCost(
+        spec=spec,
+        parts=MappingProxyType(parts),
+        block_saved_bytes=MappingProxyType({"first": first_c.saved_bytes, "middle": middle_c.saved_bytes}),
+        recompute_transient_bytes=transient,
+        trainable_tensors=int(tensors),
+    )
+
+
+def _block_cost(spec: StepSpec, input_requires_grad: bool, method: str | None = None) -> BlockCosts:
+    """One block's forward + the backward it needs, seeded by dY from the layer above."""
+    cfg = spec.block_config(input_requires_grad)
+    if method is not None:
+        cfg = replace(cfg, method=method, rank=0)
+    g = Graph(cfg.dtype)
+    x = g.input("X", (cfg.batch * cfg.seq, cfg.embed), requires_grad=cfg.input_requires_grad)
+    out = record(g, x, cfg)
+    n_trainable = sum(1 for p in g.params if p.requires_grad)
+    return BlockCosts(g.cost(out), n_trainable)
+
+
+def _forward_only(cost: Cost) -> Cost:
+    """A frozen block: its forward ops; no backward, nothing saved, nothing trainable."""
+    ops = tuple(op for op in cost.ops if op.phase == "forward")
+    return Cost(ops, np.asarray(0), np.asarray(0), cost.dtype)
+
+
+def _recomputed(cost: Cost, spec: StepSpec) -> Cost:
+    """Activation checkpointing per block (Chen et al. 2016, "Training Deep Nets with
+    Sublinear Memory Cost"): keep only the block input (tokens × d), re-run the block's
+    forward inside the backward pass."""
+    redo = tuple(replace(op, name=f"recompute {op.name}", phase="backward")
+                 for op in cost.ops if op.phase == "forward")
+    kept = spec.tokens * spec.model.d_model * dtype_bytes(spec.prec.compute_dtype)
+    return Cost(cost.ops + redo, cost.trainable_params, np.asarray(kept), cost.dtype)
+
+
+# --------------------------------------------------------------------------- embeddings
+
+
+def _gather(g: Graph, name: str, table: Tensor, rows: Size, out_shape: tuple) -> Tensor:
+    """Look up `rows` rows of a (V, d) table: read the ids and the rows, write the rows.
+
+    VJP (only when the table trains): a zero-filled (V, d) gradient, then a scatter-add of
+    the `rows` incoming row gradients into it (PyTorch's `embedding_dense_backward`).
+    """
+    s = g.itemsize
+    v, d = table.shape
+    n_out = rows * d
+    fwd = Terms(0, 0, rows * TOKEN_ID_BYTES + 2 * n_out * s, 1)
+    scatter = Terms(elementwise_flops(n_out), 0,
+                    v * d * s + rows * TOKEN_ID_BYTES + n_out * s + 2 * n_out * s, 2)
+    vjp = Vjp("scatter", scatter,
+              residuals=((f"{name}:ids", rows * TOKEN_ID_BYTES / s),))  # int32 ids, in itemsize units
+    return g.custom(name, "gather", fwd, (table,), out_shape, (vjp,))
+
+
+def _embeddings_cost(spec: StepSpec) -> tuple[Cost, int]:
+    m = spec.model
+    d, b, t = m.d_model, spec.batch, spec.seq
+    g = Graph(spec.prec.compute_dtype)
+    train = spec.tables_train
+    # A tied token table is one parameter shared with the LM head; it is counted (and its
+    # head gradient taken) in the head part, so here it is a leaf that only carries grad.
+    if m.tied_embeddings:
+        E = g.input("E", (m.vocab, d), requires_grad=train)
+    else:
+        E = g.param("E", (m.vocab, d), trainable=train)
+    x = _gather(g, "x=E[tokens]", E, b * t, (b, t, d))
+    if m.n_position_rows:
+        P = g.param("Epos", (m.n_position_rows, d), trainable=train)
+        x = g.add("x=x+pos", x, _gather(g, "pos=Epos[0:seq]", P, t, (t, d)))
+    if m.type_vocab:
+        T = g.param("Etype", (m.type_vocab, d), trainable=train)
+        x = g.add("x=x+type", x, _gather(g, "type=Etype[token types]", T, b * t, (b, t, d)))
+    if m.norm_placement == "post":
+        x = _norm(g, "ln_emb", x, m, train)
+    cost = g.cost(x)
+    if m.tied_embeddings and train:
+        # the lookup's scatter-add and the head's dE meet in one gradient buffer
+        n = m.vocab * d
+        acc = OpCost("accumulate dE (tied with the LM head)", "backward", "elementwise",
+                     elementwise_flops(n), 0, elementwise_bytes(n, (n, n), g.itemsize), 1)
+        cost = Cost(cost.ops + (acc,), cost.trainable_params, cost.saved_bytes, cost.dtype)
+    return cost, sum(1 for p in g.params if p.requires_grad)
+
+
+def _norm(g: Graph, name: str, x: Tensor, m: ModelShape, trainable: bool) -> Tensor:
+    gamma = g.param(f"γ{name}", (m.d_model,), trainable=trainable)
+    if m.norm == "rmsnorm":
+        return g.rmsnorm(name, x, gamma)
+    beta = g.param(f"β{name}", (m.d_model,), trainable=trainable) if m.bias else None
+    return g.layernorm(name, x, gamma, beta)
+
+
+# --------------------------------------------------------------------------- head and loss
+
+
+def _cross_entropy(g: Graph, logits: Tensor) -> Tensor:
+    """Mean softmax cross-entropy over n rows of V logits (fused log-softmax + NLL).
+
+    Forward: row max (n(V−1)), shift (nV), exp (nV transcendentals), row sum (n(V−1)),
+    log (n transcendentals), log-probabilities = shift − log Σ (nV), pick the targets and
+    average (n). VJP: dlogits = (exp(logp) − onehot)/n, as NLL backward (writes nV) then
+    log-softmax backward (exp, row sum, multiply, subtract: 3nV FLOPs + nV exp); it reads the
+    saved log-probabilities (n × V).
+    """
+    n, v = logits.shape
+    nv = logits.numel
+    s = g.itemsize
+    red = reduction_flops(nv, n)
+    fwd = Terms(
+        flops=red + elementwise_flops(nv) + red + elementwise_flops(nv) + reduction_flops(n, 1) + 1,
+        transcendentals=nv + n,
+        bytes_moved=(reduction_bytes(nv, n, s) + elementwise_bytes(nv, (nv, n), s)
+                     + elementwise_bytes(nv, (nv,), s) + reduction_bytes(nv, n, s)
+                     + elementwise_bytes(nv, (nv, n), s) + n * TOKEN_ID_BYTES + reduction_bytes(n, 1, s)),
+        kernels=6,
+    )
+    bwd = Terms(
+        flops=red + 2 * elementwise_flops(nv),
+        transcendentals=nv,
+        bytes_moved=nv * s + n * TOKEN_ID_BYTES + elementwise_bytes(nv, (nv, nv), s),
+        kernels=2,
+    )
+    vjp = Vjp("softmax", bwd, residuals=(("logp", nv),))
+    return g.custom("loss=cross-entropy(logits)", "softmax", fwd, (logits,), (), (vjp,))
+
+
+def _head_cost(spec: StepSpec) -> tuple[Cost, int]:
+    m = spec.model
+    d = m.d_model
+    n = spec.tokens
+    g = Graph(spec.prec.compute_dtype)
+    full = spec.method == "full"
+    # blocks always train (frozen_prefix < layers), so the head input carries a gradient
+    h = g.input("h", (n, d), requires_grad=True)
+    if m.norm_placement == "pre":
+        h = _norm(g, "ln_f", h, m, full)
+    if m.mlm_head:  # BERT: dense + GELU + LayerNorm before the vocabulary projection
+        Wt = g.param("Wmlm", (d, d), trainable=full)
+        h = g.add("t=t+bmlm", g.matmul("t=h·Wmlm", h, Wt), g.param("bmlm", (d,), trainable=full))
+        h = _norm(g, "ln_mlm", g.gelu("u=gelu(t)", h), m, full)
+    if m.tied_embeddings:
+        E = g.param("E", (m.vocab, d), trainable=full)
+        logits = g.matmul("logits=h·Eᵀ", h, E, transpose_b=True)
+    else:
+        W = g.param("Wout", (d, m.vocab), trainable=full)
+        logits = g.matmul("logits=h·Wout", h, W)
+    if m.mlm_head:
+        logits = g.add("logits=logits+bvocab", logits, g.param("bvocab", (m.vocab,), trainable=full))
+    cost = g.cost(_cross_entropy(g, logits))
+    return cost, sum(1 for p in g.params if p.requires_grad)

@@ -422,12 +422,13 @@ class Graph:
             if node.output.uid not in needs:
                 continue
             if node.shared is not None and any(t.requires_grad for t in node.inputs):
-                vjp = node.shared
-                ops.append(OpCost(f"shared backward of {node.name}", "backward", vjp.kind, *_fields(vjp.terms)))
-                for t in vjp.reads + ((node.output,) if vjp.reads_output else ()):
+                shared = node.shared
+                ops.append(OpCost(f"shared backward of {node.name}", "backward", shared.kind,
+                                  *_fields(shared.terms)))
+                for t in shared.reads + ((node.output,) if shared.reads_output else ()):
                     if t.role != "param":
                         saved[t.uid] = t.numel
-                for key, n in vjp.residuals:
+                for key, n in shared.residuals:
                     saved[key] = n
             for inp, vjp in zip(node.inputs, node.vjps):
                 if not inp.requires_grad:

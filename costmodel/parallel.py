@@ -73,17 +73,10 @@ from costmodel.comm import Cluster, Collective, total_time_s
 from costmodel.graph import Cost, Graph
 from costmodel.hardware import HardwareProfile, dtype_bytes
 from costmodel.layers import record
-from costmodel.model import (
-    OPTIMIZER_STATES,
-    StepCost,
-    StepSpec,
-    StepTime,
-    _recomputed,
-    build_step,
-    optimizer_cost,
-    step_time,
-)
+from costmodel.optimizer import OPTIMIZER_STATES, optimizer_cost
 from costmodel.presets_models import ModelShape, linear_shapes, norm_params
+from costmodel.step import StepCost, StepSpec, _recomputed, build_step
+from costmodel.steptime import StepTime, step_time
 
 ZERO_STAGES = (0, 1, 2, 3)
 #: Default fraction of the overlappable data-parallel traffic hidden behind the backward

@@ -8,7 +8,6 @@ import pytest
 
 from costmodel.comm import Cluster, Interconnect, collective_time
 from costmodel.layers import LayerConfig, build
-from costmodel.model import StepSpec
 from costmodel.parallel import (
     Layout,
     block_params_per_device,
@@ -21,6 +20,7 @@ from costmodel.parallel import (
 from costmodel.presets_hardware import HARDWARE
 from costmodel.presets_interconnect import INTERCONNECTS
 from costmodel.presets_models import MODELS, block_params, param_count
+from costmodel.step import StepSpec
 
 GPT2 = MODELS["gpt2-small"]
 CLUSTER = Cluster(8, INTERCONNECTS["nvlink3"], INTERCONNECTS["ib-hdr"])

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from costmodel.cliutil import UserError, atomic_write_text, one_line
-from measure.comm_schema import TABLES, TABLE_VERSION, empty_table, validate_table
+from measure.comm_schema import TABLE_VERSION, TABLES, empty_table, validate_table
 from measure.schema import SchemaError
 
 RUN_FORMAT = "lora-crossover-comm-run"
@@ -147,7 +147,7 @@ class Table:
         self.run["status"] = status
         self.run["updated_utc"] = utc_now()
         self.run["sessions"][-1]["status"] = status
-        self.run["n_records"] = int(len(df))
+        self.run["n_records"] = len(df)
         atomic_write_text(run_file, json.dumps(self.run, indent=2, allow_nan=True) + "\n")
         return df
 

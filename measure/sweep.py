@@ -238,10 +238,36 @@ def build_parser() -> OneLineArgumentParser:
     p.add_argument("--no-refine", dest="refine", action="store_false",
                    help="skip the crossover refinement after the grid (see measure.refine; "
                         "on by default for the clean variant)")
+    p.add_argument("--shard", type=shard_spec, metavar="K/N",
+                   help="measure only share K of N (1 <= K <= N) of the shuffled configs: "
+                        "every N-th config of the --order-seed order, from the K-th; merge the "
+                        "shards' folders with python -m measure.merge")
     p.add_argument("--time-limit-s", type=non_negative_float,
                    help="start no new config after this many seconds; the run is marked "
                         "interrupted (exit 0) and the same command resumes it")
     return p
+
+
+def shard_spec(text: str) -> tuple[int, int]:
+    """An argparse `type=` for "K/N": share K (1-based) of N."""
+    import argparse
+
+    k, sep, n = text.partition("/")
+    try:
+        ki, ni = int(k), int(n)
+    except ValueError:
+        ki = ni = 0
+    if not sep or ni < 1 or not 1 <= ki <= ni:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected K/N with 1 <= K <= N, e.g. 2/4")
+    return ki, ni
+
+
+def shard_of(order: list[int], shard: tuple[int, int] | None) -> list[int]:
+    """Share K of N of a shuffled order: positions K-1, K-1+N, ... (disjoint, covering)."""
+    if shard is None:
+        return order
+    k, n = shard
+    return order[k - 1 :: n]
 
 
 def grid_from_args(args) -> Grid:
@@ -343,6 +369,7 @@ def _main(argv: list[str]) -> int:
     # configs in a shuffled order, recorded: a drift over the sweep is not a trend in size
     order = list(range(len(todo_pairs)))
     random.Random(args.order_seed).shuffle(order)
+    order = shard_of(order, args.shard)
     fp = fingerprint.fingerprint()
     session = dataset.Session(
         session_id=dataset.new_session_id(), started_utc=dataset.utc_now(), argv=argv,
@@ -351,7 +378,8 @@ def _main(argv: list[str]) -> int:
         seeds={"order_seed": args.order_seed, "param_seed": args.param_seed,
                "bootstrap_seed": policy.seed},
         policy={k: getattr(policy, k) for k in policy.__dataclass_fields__},
-        extra={"config_order": [todo_pairs[i][0].label() for i in order]},
+        extra={"config_order": [todo_pairs[i][0].label() for i in order],
+               "shard": list(args.shard) if args.shard else None},
     )
     out = dataset.open_out_dir(args.out, fp=fp, session=session, force_merge=args.force_merge)
 
@@ -368,7 +396,7 @@ def _main(argv: list[str]) -> int:
     if args.limit is not None:
         grid_left_after = max(0, len(work) - args.limit)
         work = work[: args.limit]
-    skipped = len(grid.configs) * len(grid.methods) - sum(len(w[2]) for w in work)
+    skipped = len(order) * len(grid.methods) - sum(len(w[2]) for w in work)
 
     from tqdm import tqdm
 
@@ -378,8 +406,9 @@ def _main(argv: list[str]) -> int:
               f"({skipped} (config, method) pairs already in {args.out}); budget {budget:g} s/config")
     t_start = time.perf_counter()
     clock = _Clock(t_start, args.time_limit_s)
-    # the refinement bisects our kernels' crossover once the whole grid is in
-    refine_on = args.refine and args.variant == "clean" and grid_left_after == 0
+    # the refinement bisects our kernels' crossover once the whole grid is in (one shard
+    # holds only part of it: run the refinement on the merged folder)
+    refine_on = args.refine and args.variant == "clean" and grid_left_after == 0 and not args.shard
     try:
         stopped = _measure(out, work, fp, policy, args, bar, clock, refinement=False)
         bar.close()

@@ -36,14 +36,19 @@ import json
 import math
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from costmodel.cliutil import OneLineArgumentParser, UserError, atomic_write_text, one_line
+from costmodel.cliutil import (
+    OneLineArgumentParser,
+    UserError,
+    atomic_write_text,
+    one_line,
+)
 
 #: layouts the issue's target is stated on
 TARGET_LAYOUTS: tuple[tuple[int, int], ...] = ((2, 1), (4, 1), (1, 2))
@@ -130,7 +135,7 @@ def fit_alpha_beta(df: pd.DataFrame, collective: str, devices: int) -> AlphaBeta
     res = _wls(y, X)
     ci = np.asarray(res.conf_int(0.05)) if len(d) > 2 else np.full((2, 2), np.nan)
     return AlphaBeta(collective, int(devices), float(res.params[0]), (float(ci[0, 0]), float(ci[0, 1])),
-                     float(res.params[1]), (float(ci[1, 0]), float(ci[1, 1])), int(len(d)))
+                     float(res.params[1]), (float(ci[1, 0]), float(ci[1, 1])), len(d))
 
 
 def fit_cross_group(df: pd.DataFrame, collective: str) -> CrossGroup:
@@ -379,7 +384,8 @@ def to_json(a: CommAnalysis) -> dict[str, Any]:
     def records(df: pd.DataFrame) -> list[dict[str, Any]]:
         return json.loads(df.to_json(orient="records")) if len(df) else []
 
-    return {"summary": a.summary, "alpha_beta": records(a.fit.table()) if a.fit else [],
+    summary = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in a.summary.items()}
+    return {"summary": summary, "alpha_beta": records(a.fit.table()) if a.fit else [],
             "validation": records(a.validation), "sharded": records(a.sharded),
             "ratios": records(a.ratios)}
 
@@ -430,6 +436,17 @@ def has_comm(folder: str | os.PathLike) -> bool:
 
     return os.path.isdir(folder) and any(
         comm_store.files(folder, t)[1].exists() for t in ("collectives", "sharded"))
+
+
+def from_folder(folder: str | os.PathLike | None) -> CommAnalysis | None:
+    """The analysis of a folder's communication tables, None if it holds no collectives.csv
+    (the hook `analysis.crossover` calls: a new section when the dataset has them)."""
+    if folder is None or not has_comm(folder):
+        return None
+    coll, sharded = load(folder)
+    if coll is None or not len(usable(coll)):
+        return None
+    return analyse(coll, sharded)
 
 
 def write(a: CommAnalysis, out: str) -> list[str]:

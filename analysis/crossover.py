@@ -206,12 +206,24 @@ def run(args) -> int:
         if extras_fn is not None:
             figures += plots.model_figures(result, out)
     files = report.write_files(result, out, figures)
+    from analysis import (
+        comm,  # collectives and sharded steps, when the folder holds them
+    )
+
+    comm_result = comm.from_folder(args.data or path)
+    if comm_result is not None:
+        files += comm.write(comm_result, out)
     elapsed = time.perf_counter() - t0
     _log(f"analysis took {time.perf_counter() - t_fit:.1f} s ({elapsed:.1f} s in all)")
     if args.json:
-        print(json.dumps(report.to_json(result), indent=1, allow_nan=False))
+        payload = report.to_json(result)
+        if comm_result is not None:
+            payload["communication"] = comm.to_json(comm_result)
+        print(json.dumps(payload, indent=1, allow_nan=False))
     else:
         print(report.stdout_report(result, files, out))
+        if comm_result is not None:
+            print("\n" + comm.text_report(comm_result))
     return 0
 
 

@@ -55,28 +55,32 @@ TARGET_LAYOUTS: tuple[tuple[int, int], ...] = ((2, 1), (4, 1), (1, 2))
 TARGET_REL_ERROR = 0.15
 
 
+#: measure's collective names -> costmodel.comm's kinds (the formulas' one home)
+COSTMODEL_KIND: dict[str, str] = {
+    "all_reduce": "all-reduce", "all_gather": "all-gather", "reduce_scatter": "reduce-scatter",
+    "ppermute": "p2p",
+}
+
+
+def _kind(collective: str) -> str:
+    try:
+        return COSTMODEL_KIND[collective]
+    except KeyError:
+        raise ValueError(f"unknown collective {collective!r}") from None
+
+
 def bandwidth_factor(collective: str, p: np.ndarray | int) -> np.ndarray:
-    """f(p): bytes each device sends per message byte (ring algorithms; nccl-tests' busbw)."""
-    p = np.asarray(p, dtype=float)
-    if collective == "all_reduce":
-        return 2.0 * (p - 1.0) / p
-    if collective in ("all_gather", "reduce_scatter"):
-        return (p - 1.0) / p
-    if collective == "ppermute":
-        return np.ones_like(p)
-    raise ValueError(f"unknown collective {collective!r}")
+    """f(p): bytes each device sends per message byte (`costmodel.comm.wire_factor`)."""
+    from costmodel.comm import wire_factor
+
+    return np.asarray(wire_factor(_kind(collective), p), dtype=float)
 
 
 def latency_steps(collective: str, p: np.ndarray | int) -> np.ndarray:
-    """s(p): sequential message steps of the ring algorithm (Thakur et al. 2005)."""
-    p = np.asarray(p, dtype=float)
-    if collective == "all_reduce":
-        return 2.0 * (p - 1.0)
-    if collective in ("all_gather", "reduce_scatter"):
-        return p - 1.0
-    if collective == "ppermute":
-        return np.ones_like(p)
-    raise ValueError(f"unknown collective {collective!r}")
+    """s(p): sequential steps of the ring algorithm (`costmodel.comm.latency_steps`)."""
+    from costmodel.comm import latency_steps as steps
+
+    return np.asarray(steps(_kind(collective), p), dtype=float)
 
 
 # ----------------------------------------------------------------------------- fits
@@ -155,6 +159,29 @@ def fit_cross_group(df: pd.DataFrame, collective: str) -> CrossGroup:
                       tuple(sorted(int(x) for x in d["devices"].unique())))
 
 
+@dataclass(frozen=True)
+class LinkFit:
+    """`costmodel.comm`'s link model fitted to every collective and group size at once:
+    t = α·s(p) + f(p)·V/B (no other term), so `Cluster.with_fitted` can use α and B."""
+
+    alpha_s: float
+    bandwidth_bytes_per_s: float
+    median_rel_error: float
+    n: int
+
+
+def fit_link(df: pd.DataFrame) -> LinkFit:
+    d = usable(df)
+    d = d[d["processes"] == d["processes"].min()]
+    steps = np.array([latency_steps(c, p) for c, p in zip(d["collective"], d["devices"])], dtype=float)
+    wire = np.array([bandwidth_factor(c, p) for c, p in zip(d["collective"], d["devices"])], dtype=float)
+    y = d["time_median_s"].to_numpy(float)
+    res = _wls(y, np.column_stack([steps, wire * d["message_bytes"].to_numpy(float)]))
+    alpha, inv_b = float(res.params[0]), float(res.params[1])
+    pred = alpha * steps + inv_b * wire * d["message_bytes"].to_numpy(float)
+    return LinkFit(alpha, 1.0 / inv_b if inv_b > 0 else math.inf, float(np.median(_rel(pred, y))), len(d))
+
+
 def usable(df: pd.DataFrame) -> pd.DataFrame:
     return df[(df["error"] == "") & (df["time_median_s"] > 0)].copy()
 
@@ -163,6 +190,7 @@ def usable(df: pd.DataFrame) -> pd.DataFrame:
 class CollectiveFit:
     per_group: dict[tuple[str, int], AlphaBeta]
     cross: dict[str, CrossGroup]
+    link: LinkFit | None = None
 
     def predict_s(self, collective: str, devices: int, message_bytes: float) -> float:
         ab = self.per_group.get((collective, int(devices)))
@@ -194,7 +222,8 @@ def fit_collectives(df: pd.DataFrame) -> CollectiveFit:
     for c in sorted(d["collective"].unique()):
         if d.loc[d["collective"] == c, "message_bytes"].nunique() >= 2:
             cross[str(c)] = fit_cross_group(d, str(c))
-    return CollectiveFit(per, cross)
+    link = fit_link(d) if d["message_bytes"].nunique() >= 2 else None
+    return CollectiveFit(per, cross, link)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -364,7 +393,15 @@ def profile_entries(a: CommAnalysis) -> dict[str, Any]:
     """The fitted α, β for `fitted_profile.json` (``extra.comm``): per collective and group size."""
     if a.fit is None:
         return {}
-    return {
+    out: dict[str, Any] = {}
+    if a.fit.link is not None and math.isfinite(a.fit.link.bandwidth_bytes_per_s) and a.fit.link.alpha_s >= 0:
+        from costmodel.comm import FIT_COMM_KEYS
+
+        # the host devices of this machine are one node's devices: its intra-node link
+        a_key, b_key = FIT_COMM_KEYS["intra"]
+        out[a_key] = a.fit.link.alpha_s
+        out[b_key] = a.fit.link.bandwidth_bytes_per_s
+    return {**out,
         "source": "analysis.comm: WLS of measure.collectives timings on this machine",
         "alpha_beta": [
             {"collective": ab.collective, "devices": ab.devices, "alpha_s": ab.alpha_s,
@@ -399,6 +436,11 @@ def text_report(a: CommAnalysis) -> str:
                 f"  {r['collective']:<15} p={r['devices']}: α = {r['alpha_s'] * 1e6:.1f} µs "
                 f"[{r['alpha_ci_low_s'] * 1e6:.1f}, {r['alpha_ci_high_s'] * 1e6:.1f}], "
                 f"bus bandwidth {r['bus_bandwidth_gb_per_s']:.2f} GB/s")
+    if a.fit is not None and a.fit.link is not None:
+        lk = a.fit.link
+        lines.append(f"  one link for all (costmodel.comm's form t = α·s(p) + f(p)·V/B): α = "
+                     f"{lk.alpha_s * 1e6:.1f} µs per step, B = {lk.bandwidth_bytes_per_s / 1e9:.2f} GB/s "
+                     f"(median |error| {100 * lk.median_rel_error:.1f}% over {lk.n} points)")
     s = a.summary
     if "collective_heldout_size_median_rel_error" in s:
         lines.append(f"  held-out message sizes: median |error| "
@@ -466,7 +508,14 @@ def write(a: CommAnalysis, out: str) -> list[str]:
     if entries and os.path.isfile(path):
         with open(path, encoding="utf-8") as fh:
             prof = json.load(fh)
-        prof.setdefault("extra", {})["comm"] = entries
+        from costmodel.comm import FIT_COMM_KEYS
+
+        extra = prof.setdefault("extra", {})
+        for keys in FIT_COMM_KEYS.values():  # scalars beside the rates, as costmodel reads them
+            for k in keys:
+                if k in entries:
+                    extra[k] = entries.pop(k)
+        extra["comm"] = entries
         atomic_write_text(path, json.dumps(prof, indent=2) + "\n")
     elif entries:
         atomic_write_text(os.path.join(out, "comm_profile.json"), json.dumps({"comm": entries}, indent=2) + "\n")

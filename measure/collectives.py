@@ -307,8 +307,8 @@ def free_port() -> int:
 
 
 def comm_fingerprint() -> dict[str, Any]:
-    """`measure.dataset.fingerprint`, with the device count left to the rows (devices, processes)."""
-    from measure.dataset import fingerprint
+    """`measure.fingerprint.fingerprint`, with the device count left to the rows (devices, processes)."""
+    from measure.fingerprint import fingerprint
 
     return {**fingerprint(), "device_count": "per row"}
 

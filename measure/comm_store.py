@@ -157,7 +157,8 @@ def open_table(
     force: bool = False,
 ) -> Table:
     """Open `table` in folder `out` for a new session; UserError (folder untouched) if refused."""
-    from measure.dataset import fingerprint_differences, utc_now
+    from measure.dataset import utc_now
+    from measure.fingerprint import fingerprint_differences
 
     path = Path(out)
     if path.exists() and not path.is_dir():

@@ -9,7 +9,7 @@ Each input folder must be a dataset of this tool (``run.json`` + measurements, s
 (``collectives.*``, ``sharded.*``) are merged too when present. Before anything is written:
 
 - every folder's fingerprint must equal the first's (device, library versions, XLA flags:
-  `measure.dataset.CHECKED_FINGERPRINT`), else the merge is refused — shards measured on
+  `measure.fingerprint.CHECKED_FINGERPRINT`), else the merge is refused — shards measured on
   different devices are not one dataset (cf. pyperf's ``_CHECKED_METADATA``);
 - no (config, method) key may appear in two folders, else it is refused — two shards of one
   sweep never overlap, so an overlap means the wrong folders.
@@ -67,7 +67,7 @@ def _check(
     name: str, parts: list[tuple[Path, dict[str, Any], list[dict[str, Any]]]], key_of, force: bool
 ) -> list[dict[str, Any]]:
     """All records of `parts` after the fingerprint and duplicate checks (UserError if refused)."""
-    from measure.dataset import fingerprint_differences
+    from measure.fingerprint import fingerprint_differences
 
     first_path, first_run, _ = parts[0]
     for path, run, _recs in parts[1:]:

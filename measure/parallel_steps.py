@@ -319,6 +319,7 @@ class HloCollective:
     collective: str
     result_bytes: int
     group_size: int
+    first_group: tuple[int, ...] = ()  # device ids of the first replica group, when listed
 
 
 def hlo_collectives(hlo_text: str) -> list[HloCollective]:
@@ -339,13 +340,15 @@ def hlo_collectives(hlo_text: str) -> list[HloCollective]:
             n = int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
             nbytes += n * _HLO_BYTES.get(dt, 4)
         g = _HLO_GROUPS.search(line)
+        first: tuple[int, ...] = ()
         if g:
-            size = len(g.group(1).split(","))
+            first = tuple(int(i) for i in g.group(1).split(","))
+            size = len(first)
         else:
             gi = _HLO_GROUPS_IOTA.search(line)
             size = int(gi.group(2)) if gi else 1
         if size > 1:  # a one-device group moves nothing
-            out.append(HloCollective(HLO_COLLECTIVES[m.group("op")], nbytes, size))
+            out.append(HloCollective(HLO_COLLECTIVES[m.group("op")], nbytes, size, first))
     return out
 
 

@@ -57,6 +57,13 @@ def test_fit_recovers_alpha_and_bus_bandwidth_exactly_without_noise():
     assert 1 / cg.b_s_per_byte == pytest.approx(BUS, rel=1e-6)
 
 
+def test_one_link_fit_is_costmodels_form():
+    link = comm.fit_link(synthetic_collectives())
+    assert link.alpha_s == pytest.approx(10e-6, rel=1e-6)
+    assert link.bandwidth_bytes_per_s == pytest.approx(BUS, rel=1e-6)
+    assert link.median_rel_error < 1e-9
+
+
 def test_confidence_intervals_cover_the_truth_under_noise():
     fit = comm.fit_collectives(synthetic_collectives(noise=0.03, seed=1))
     covered = 0
@@ -170,3 +177,12 @@ def test_crossover_adds_a_communication_section(tmp_path, capsys, fixture_csv, f
     prof = json.loads((out / "fitted_profile.json").read_text())
     ab = {(e["collective"], e["devices"]): e for e in prof["extra"]["comm"]["alpha_beta"]}
     assert ab["all_reduce", 4]["bus_bandwidth_bytes_per_s"] == pytest.approx(BUS, rel=1e-6)
+    # costmodel.comm reads the link's α and B from these keys (Cluster.with_fitted)
+    from costmodel.comm import FIT_COMM_KEYS, Cluster, Interconnect
+
+    a_key, b_key = FIT_COMM_KEYS["intra"]
+    assert prof["extra"][b_key] == pytest.approx(BUS, rel=1e-6)
+    assert prof["extra"][a_key] == pytest.approx(10e-6, rel=1e-6)
+    base = Interconnect("x", 1e9, 1e-6)
+    fitted = Cluster(8, base, base).with_fitted(prof["extra"])
+    assert fitted.intra.bandwidth_bytes_per_s == pytest.approx(BUS, rel=1e-6)

@@ -54,7 +54,7 @@ def sharded_results() -> dict:
             )
             out[f"{method}/{lay.label()}"] = {
                 "loss": float(loss), "ref_loss": ref_loss, "grad_rel_err": err,
-                "collectives": [[c.collective, c.result_bytes, c.group_size]
+                "collectives": [[c.collective, c.result_bytes, c.group_size, list(c.first_group)]
                                 for c in ps.hlo_collectives(compiled.as_text())],
                 "trainable": int(sum(v.size for v in trainable.values())),
             }

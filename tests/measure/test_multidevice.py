@@ -84,7 +84,7 @@ LORA_PARAMS = 2 * (E * R + R * E)  # A, B of q and v
 
 def _bytes_by(collectives) -> dict[tuple[str, int], int]:
     out: dict[tuple[str, int], int] = defaultdict(int)
-    for kind, nbytes, group in collectives:
+    for kind, nbytes, group, _ids in collectives:
         out[kind, group] += nbytes
     return dict(out)
 
@@ -143,3 +143,61 @@ def test_local_share_shapes(steps):
     s = steps["local_shapes"]
     assert s["x"] == [N_TOK // 2, E]
     assert s["Aq"] == [E, R] and s["Bq"] == [R, E // 2]
+
+
+# ------------------------------------------------------------------ against the cost model
+# costmodel.parallel.collectives lists a whole model's collectives; a one-block model with
+# no bias, pre-LayerNorm and a GELU MLP is the block measure.parallel_steps shards. The
+# block-level entries (the tp all-reduces of activations and of the LoRA factors' gradients,
+# the dp gradient all-reduce) must match the compiled HLO kind for kind and byte for byte;
+# the embedding/head entries have no counterpart in a block step and are left out.
+BLOCK_PURPOSES = ("tp_block_forward", "tp_block_backward", "tp_lora_factor_grads", "dp_grad_allreduce")
+KIND = {"all-reduce": "all_reduce", "all-gather": "all_gather", "reduce-scatter": "reduce_scatter",
+        "p2p": "ppermute"}
+
+
+def _block_model():
+    from costmodel.presets_models import ModelShape
+
+    return ModelShape(name="one block", d_model=E, layers=1, heads=4, kv_heads=4, ffn=H, vocab=64,
+                      seq=8, mlp="gelu", norm="layernorm", bias=False, tied_embeddings=False,
+                      positional="rope", type_vocab=0, causal=False, source="test: multidevice_checks.SHAPE")
+
+
+def _model_bytes(method: str, dp: int, tp: int) -> dict[tuple[str, str], float]:
+    """(kind, group) -> bytes per step the cost model lists for the block."""
+    from costmodel.parallel import Layout, block_params_per_device, collectives
+
+    model = _block_model()
+    layout = Layout(dp=dp, tp=tp, pp=1, micro_batch=4 // dp)
+    out: dict[tuple[str, str], float] = defaultdict(float)
+    for c in collectives(model, method, layout, seq=8, rank=R, targets=("q", "v"), precision="fp32",
+                         clip_grad=False):
+        if c.purpose not in BLOCK_PURPOSES or float(c.count) == 0 or float(c.group_size) == 1:
+            continue
+        nbytes = float(c.message_bytes) * float(c.count)
+        if c.purpose == "dp_grad_allreduce" and method == "full":
+            # a whole model's trainable parameters: keep its one block's (the same function)
+            nbytes = float(block_params_per_device(model, tp)) * F32
+        out[KIND[c.kind], c.group] += nbytes
+    return dict(out)
+
+
+def _hlo_bytes(collectives, dp: int, tp: int) -> dict[tuple[str, str], float]:
+    """(kind, group) -> bytes of the compiled step; groups told apart by their device ids
+    (the mesh numbers tp fastest). The scalar loss's dp all-reduce (4 bytes, ours: the step
+    returns the loss) is taken out."""
+    out: dict[tuple[str, str], float] = defaultdict(float)
+    for kind, nbytes, _size, ids in collectives:
+        group = "tp" if tuple(ids) == tuple(range(tp)) else "dp"
+        out[kind, group] += nbytes
+    if dp > 1:
+        out["all_reduce", "dp"] -= F32
+    return dict(out)
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("dp, tp", [(2, 1), (4, 1), (1, 2), (2, 2)])
+def test_hlo_collectives_match_the_cost_models_list(steps, method, dp, tp):
+    got = _hlo_bytes(steps[f"{method}/dp={dp},tp={tp}"]["collectives"], dp, tp)
+    assert got == pytest.approx(_model_bytes(method, dp, tp))

@@ -14,10 +14,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from measure import dataset, merge, sweep
+from measure.fingerprint import CHECKED_FINGERPRINT
 
 REPO = Path(__file__).resolve().parents[2]
 QUICK = REPO / "tests" / "data" / "quick_cpu.csv"
-FP = {k: f"fake-{k}" for k in dataset.CHECKED_FINGERPRINT}
+FP = {k: f"fake-{k}" for k in CHECKED_FINGERPRINT}
 
 
 @given(st.integers(0, 60), st.integers(1, 9), st.integers(0, 10**6))
@@ -66,7 +67,6 @@ def test_merge_unions_disjoint_shards(tmp_path, quick, capsys):
     assert merge.main([str(a), str(b), "--out", str(tmp_path / "m")]) == 0
     got = dataset.read_csv(tmp_path / "m" / dataset.CSV_NAME)
     assert len(got) == len(quick)
-    key = list(dataset.KEY) if hasattr(dataset, "KEY") else None
     from measure.schema import KEY
 
     key = list(KEY)

@@ -98,7 +98,7 @@ class BlockShape:
             raise ValueError("heads must divide embed")
         unknown = set(self.targets) - set(COLUMN_SPLIT + ROW_SPLIT + ("mlp",))
         if unknown:
-            raise ValueError(f"unknown target {sorted(unknown)[0]!r}")
+            raise ValueError(f"unknown target {min(unknown)!r}")
 
     @property
     def head_dim(self) -> int:

@@ -135,7 +135,7 @@ def test_cluster_runs_shards_with_submitits_local_executor_and_merges(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(
         [sys.executable, "-m", "measure.cluster", "--shards", "2", "--executor", "local",
-         "--out", str(out), "--", *tiny], capture_output=True, text=True, env=env, timeout=300,
+         "--out", str(out), "--", *tiny], check=False, capture_output=True, text=True, env=env, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     parts = [dataset.read_csv(out / f"shard-{k}-of-2" / dataset.CSV_NAME) for k in (1, 2)]

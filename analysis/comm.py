@@ -46,9 +46,9 @@ import pandas as pd
 from costmodel.cliutil import (
     OneLineArgumentParser,
     UserError,
-    atomic_write_text,
     one_line,
 )
+from costmodel.fileio import atomic_write_text
 
 #: layouts the issue's target is stated on
 TARGET_LAYOUTS: tuple[tuple[int, int], ...] = ((2, 1), (4, 1), (1, 2))

@@ -22,7 +22,8 @@ from typing import Any
 
 import pandas as pd
 
-from costmodel.cliutil import UserError, atomic_write_text, one_line
+from costmodel.cliutil import UserError, one_line
+from costmodel.fileio import atomic_write_text
 from measure.comm_schema import TABLE_VERSION, TABLES, empty_table, validate_table
 from measure.schema import SchemaError
 

@@ -31,12 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from costmodel.cliutil import (
-    OneLineArgumentParser,
-    UserError,
-    atomic_write_text,
-    one_line,
-)
+from costmodel.cliutil import OneLineArgumentParser, UserError, one_line
+from costmodel.fileio import atomic_write_text
 
 
 def _load_main(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:

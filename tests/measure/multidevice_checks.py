@@ -10,14 +10,13 @@ import json
 import sys
 
 import jax
-
-jax.config.update("jax_num_cpu_devices", 4)
-
 import numpy as np
 
 from measure import collectives as mc
 from measure import parallel_steps as ps
 from measure import sharded as msh
+
+jax.config.update("jax_num_cpu_devices", 4)  # before the first use starts JAX's backend
 
 
 def collective_results() -> dict:

@@ -1,6 +1,9 @@
 """Case bootstrap of the chosen fit: the refitted parameters every interval downstream uses.
 
-Configs are resampled with replacement (all methods of a resampled config travel together),
+Shapes are resampled with replacement: every method and every rank of a resampled shape
+travel together, because full fine-tuning ignores the rank, so the full rows of one shape at
+several ranks are replicates of one measurement and a shape is the independent unit
+(`analysis.validate.shape_ids`).
 and each replicate is refitted with the fit's sign check redone (a term that fits negative
 there is fixed at its prior or dropped; the prior value is taken as exact), so the intervals
 carry the uncertainty of that choice too. `analysis.crossover_table` reads d* intervals off
@@ -16,7 +19,9 @@ import pandas as pd
 
 from analysis import fit as fitmod
 
-N_BOOT = 200
+#: Default refits: 1,000 keep the analysis of the quick grid within 15 s on a shared 2-core
+#: CPU (about 5 s of CPU time; `python benchmarks/stability.py` prints the analysis time).
+N_BOOT = 1000
 #: Two-sided level of every bootstrap interval (95%).
 ALPHA = 0.05
 
@@ -36,14 +41,16 @@ class Bootstrap:
 
 def bootstrap(result: fitmod.FitResult, rows: pd.DataFrame, n_boot: int = N_BOOT,
               seed: int = 0) -> Bootstrap:
-    """Resample configs with replacement, refit `result.form` on each replicate with the same
+    """Resample shapes with replacement, refit `result.form` on each replicate with the same
     sign check as the fit (a term that fits negative is fixed at its prior or dropped), so the
     interval carries the uncertainty of that choice; a prior value itself is taken as exact."""
     X, off, cols = fitmod.design_matrix(result.form, rows)
     priors = dict(result.priors)
     start = full_params(result)
     y = rows["time_ms"].to_numpy()
-    cid = rows["config_id"].to_numpy()
+    from analysis.validate import shape_ids
+
+    cid = shape_ids(rows)
     ids = np.unique(cid)
     members = [np.flatnonzero(cid == i) for i in ids]
     rng = np.random.default_rng(seed)

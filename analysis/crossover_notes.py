@@ -69,6 +69,34 @@ def measured_note(log_ratio: np.ndarray | None, widths: np.ndarray,
                                                   ", where LoRA stops being faster"))
 
 
+def measured_text(assessment) -> str:
+    """A `measure.refine.Assessment` in words: every measured crossing with its interval,
+    "≈ 1 within noise over [a, b]", or where LoRA is faster at every measured width."""
+    pts = assessment.points
+    if not pts:
+        return "not measured"
+    span = f"{assessment.lo:,.0f}-{assessment.hi:,.0f}"
+    if not assessment.crossings:
+        side = "faster" if pts[0].faster else "slower"
+        return f"measured: LoRA {side} at every width {span}"
+    parts = []
+    for c in assessment.crossings:
+        if c.within_noise:
+            parts.append(f"≈ 1 within noise over [{c.low:,.0f}, {c.high:,.0f}]")
+        else:
+            way = "faster above" if c.direction == "faster_above" else "faster below"
+            parts.append(f"d* ≈ {c.d_star:,.0f} [{c.ci_low:,.0f}, {c.ci_high:,.0f}] ({way})")
+    return "measured: " + "; ".join(parts)
+
+
+def curve_note(crossings, directions: list[bool]) -> str:
+    """A fitted curve that changes sign more than once, in words."""
+    where = ", ".join(f"{x:,.0f}" for x in crossings)
+    runs = " | ".join("faster" if f else "slower" for f in directions)
+    return (f"the fitted ratio changes sign {len(crossings)} times, at d ≈ {where}: "
+            f"LoRA {runs} on the intervals between")
+
+
 def point_note(d_star: float, faster_above: bool, speedup_at_d_max: float, d_lo: float,
                d_max: float, min_measured: float, max_measured: float) -> str:
     """What the point estimate d* says: no crossover in range, LoRA faster below d*, or a d*
@@ -115,20 +143,23 @@ def prior_note(constrained: list[str], fixed: dict[str, float],
     subject = "d*" if np.isfinite(d_star) else "the verdict"
 
     def how(c: str) -> str:
-        return "fixed" if c in fixed else "dropped"
+        return "held" if c in fixed else "dropped"
 
     def why(c: str) -> str:
         before = after.get(c, ())
+        free_v = None if unconstrained is None else unconstrained.get(c)
+        where = ("below zero" if free_v is None or free_v < 0 or c not in fixed
+                 else "outside that box")
         if not before:
-            return "the free fit put it below zero"
+            return f"the free fit put it {where}"
         names = " and ".join(f"{TERM_NAMES.get(b, b)} was {how(b)}" for b in before)
-        return f"below zero once the {names}"
+        return f"{where} once the {names}"
 
     def statement(c: str) -> str:
         share = f"{how(c)} in {boot_share.get(c, 0.0):.0%} of the bootstrap refits"
         if c in fixed:
-            return (f"fixed at the device profile's {term_value(c, fixed[c])} "
-                    f"({why(c)}; {share})")
+            return (f"held at {term_value(c, fixed[c])}, an end of its box around the device "
+                    f"profile's measured value ({why(c)}; {share})")
         return f"dropped (0: {why(c)}; {share})"
 
     if free is None or unconstrained is None:

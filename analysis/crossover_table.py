@@ -22,13 +22,14 @@ import numpy as np
 import pandas as pd
 
 import costmodel
-from analysis import costs, crossover_notes
+from analysis import conformal, costs, crossover_notes
 from analysis import fit as fitmod
 from analysis.bootstrap import ALPHA, Bootstrap, full_params
 from analysis.crossover_notes import Verdict
 from analysis.curves import D_MAX, D_MIN, crossover_groups, design, terms_square, time_fn
 from analysis.data import CONTEXT_COLUMNS
 from costmodel.hardware import HardwareProfile
+from measure import refine
 
 __all__ = ["D_MAX", "D_MIN", "N_GRID", "CrossoverTable", "crossover_table",
            "measured_crossings", "measured_crossover"]
@@ -118,10 +119,87 @@ def _verdict(w: np.ndarray, gap: np.ndarray) -> Verdict:
     return Verdict(float(_first_crossing(w, gap[:, None], faster_above)[0]), faster_above)
 
 
+def sign_changes(w: np.ndarray, gap: np.ndarray) -> tuple[np.ndarray, list[bool]]:
+    """Every width where gap = log t_lora − log t_full changes sign along w (log-linear
+    interpolation between grid points), and whether LoRA is faster on each of the
+    len(crossings) + 1 intervals they cut the range into."""
+    faster = gap < 0
+    idx = np.flatnonzero(faster[1:] != faster[:-1]) + 1
+    logd = np.log(w)
+    cross = []
+    for i in idx:
+        g0, g1 = gap[i - 1], gap[i]
+        frac = g0 / (g0 - g1) if g0 != g1 else 0.5
+        cross.append(float(np.exp(logd[i - 1] + frac * (logd[i] - logd[i - 1]))))
+    directions = [bool(faster[0])] + [bool(faster[i]) for i in idx]
+    return np.asarray(cross), directions
+
+
+def lora_faster_label(crossings: np.ndarray, directions: list[bool]) -> str:
+    """The verdict's stable key: where LoRA is faster over the searched range."""
+    if len(crossings) == 0:
+        return "whole range" if directions[0] else "nowhere in range"
+    if len(crossings) == 1:
+        return "below d*" if directions[0] else "above d*"
+    return "alternates"
+
+
+def agreement(w: np.ndarray, gap: np.ndarray, points) -> tuple[bool, list[float]]:
+    """(agrees, widths where it does not): at every measured width whose ratio interval lies
+    wholly on one side of 1, the fitted gap must be on the same side. Points outside the
+    searched range, or within noise, do not vote."""
+    bad = []
+    for p in points:
+        if not p.certain or p.width < w[0] or p.width > w[-1]:
+            continue
+        g = float(np.interp(np.log(p.width), np.log(w), gap))
+        if (g < 0) != p.faster:
+            bad.append(float(p.width))
+    return not bad, bad
+
+
+def _interval_with_model_error(w: np.ndarray, band_lo: np.ndarray, band_hi: np.ndarray,
+                               d_star: float) -> tuple[float, float]:
+    """The connected run of widths around d_star where the gap band contains 0 (the ratio
+    cannot be told from 1 there, parameter and model error together); an end at the search
+    range's edge is open: w[0] (censored) or +inf."""
+    contains = (band_lo <= 0) & (band_hi >= 0)
+    i = int(np.clip(np.searchsorted(w, d_star), 0, len(w) - 1))
+    if not contains[i]:
+        j = [k for k in (i - 1, i + 1) if 0 <= k < len(w) and contains[k]]
+        if not j:
+            return d_star, d_star
+        i = j[0]
+    lo = i
+    while lo > 0 and contains[lo - 1]:
+        lo -= 1
+    hi = i
+    while hi < len(w) - 1 and contains[hi + 1]:
+        hi += 1
+    return float(w[lo]), (np.inf if hi == len(w) - 1 else float(w[hi]))
+
+
+def _measured_points(measured: pd.DataFrame | None, tmpl: pd.Series, method: str):
+    if measured is None:
+        return ()
+    sel = np.ones(len(measured), dtype=bool)
+    for k in list(CONTEXT_COLUMNS) + ["batch", "rank"]:
+        sel &= (measured[k] == tmpl[k]).to_numpy()
+    return refine.curve_points(measured[sel], method)
+
+
 def crossover_table(result: fitmod.FitResult, boot: Bootstrap, rows: pd.DataFrame,
                     profile: HardwareProfile | None, d_min: float = D_MIN,
-                    d_max: float = D_MAX, n_grid: int = N_GRID) -> CrossoverTable:
-    """d* with its bootstrap interval, the measured crossover and the asymptotic speedup."""
+                    d_max: float = D_MAX, n_grid: int = N_GRID,
+                    measured: pd.DataFrame | None = None,
+                    bands: conformal.Conformal | None = None) -> CrossoverTable:
+    """The verdict of every curve over the searched range [d_min, d_max]: every fitted sign
+    change (`crossings`), LoRA faster or not on each interval (`directions`), the full/LoRA
+    ratio at both ends; d* with its interval only when there is exactly one crossing; the
+    measured crossover from `measure.refine` (measured: the schema rows, with paired
+    ratios); whether the fitted verdict agrees with every measured width; and the asymptotic
+    speedup. bands: the conformal model error (`analysis.conformal`) the d* interval adds to
+    the bootstrap's parameter error."""
     max_w = float(max(rows["embed"].max(), rows["hidden"].max()))
     min_w = float(min(rows["embed"].min(), rows["hidden"].min()))
     widths = np.geomspace(d_min, d_max, n_grid)
@@ -140,22 +218,20 @@ def crossover_table(result: fitmod.FitResult, boot: Bootstrap, rows: pd.DataFram
         fn = time_fn(result, tmpl, targets, profile)
         n = len(w)
         params = full_params(result)
+        mu = fitmod.predict_many(result.form, X, off, params)
         mu_free = (None if result.unconstrained is None
                    else fitmod.predict_many(result.form, X, off, result.unconstrained))
         for k, m in enumerate(grp["loras"], start=1):
             gap_b = np.log(np.clip(mu_b[k * n:(k + 1) * n], 1e-30, None)) - np.log(
                 np.clip(mu_b[:n], 1e-30, None))
-            mu = fitmod.predict_many(result.form, X, off, params)
-            gap = np.log(max(mu[k * n], 1e-30)) - np.log(max(mu[0], 1e-30))
-            # LoRA slower at the start: find where it becomes faster. LoRA already faster at
-            # the start: find where (if anywhere) it stops being faster -- same solver, the
-            # roles of the two methods swapped.
-            faster_above = bool(gap >= 0)
-            swap = {"lora": m, "full": "full"} if faster_above else {"lora": "full", "full": m}
-            point = costmodel.solve_crossover(lambda meth, d: fn(swap[meth], d), lo, d_max,
-                                              n_grid=n_grid, limit=False)
-            limit = costmodel.asymptotic_speedup(lambda meth, d: fn(m if meth == "lora" else meth, d),
-                                                 d_max)
+            gap = np.log(np.clip(mu[k * n:(k + 1) * n], 1e-30, None)) - np.log(
+                np.clip(mu[:n], 1e-30, None))
+            crossings, directions = sign_changes(w, gap)
+            if len(crossings):  # polish each crossing with Brent on the fitted times
+                crossings = np.array([_polish(fn, m, c, w) for c in crossings])
+            faster_above = not directions[0]
+            limit = costmodel.asymptotic_speedup(
+                lambda meth, d: fn(m if meth == "lora" else meth, d), d_max)
             roof_limit = np.nan
             if profile is not None:
                 # The cost model alone (unfitted roofline on the device profile), for contrast.
@@ -165,15 +241,44 @@ def crossover_table(result: fitmod.FitResult, boot: Bootstrap, rows: pd.DataFram
                                                np.atleast_1d(d), profile).roofline_s
                 lim = costmodel.asymptotic_speedup(roof_fn, d_max)
                 roof_limit = np.nan if lim is None else float(lim)
+            single = len(crossings) == 1
+            d_star = float(crossings[0]) if single else np.nan
             d_b = _first_crossing(w, gap_b, faster_above)
             q = np.quantile(d_b, [ALPHA / 2, 1 - ALPHA / 2], method="inverted_cdf")
-            meas, meas_note = measured_crossover(rows, tmpl, m)
-            at_max = point.speedup_at_d_max if faster_above else 1 / point.speedup_at_d_max
-            d_star = np.nan if point.d_star is None else float(point.d_star)
-            note = crossover_notes.point_note(d_star, faster_above, at_max, lo, d_max, min_w, max_w)
-            # Terms whose count differs between full and this LoRA method along the axis.
+            ci_low, ci_high = (float(q[0]), float(q[1])) if single else (np.nan, np.nan)
+            boot_ci = (ci_low, ci_high)
+            if single and bands is not None:
+                g_lo, g_hi = np.quantile(gap_b, [ALPHA / 2, 1 - ALPHA / 2], axis=1)
+                qr = bands.q_ratio(w)
+                if np.all(np.isfinite(qr)):
+                    me_lo, me_hi = _interval_with_model_error(w, g_lo - qr, g_hi + qr, d_star)
+                    ci_low, ci_high = min(ci_low, me_lo), max(ci_high, me_hi)
+            points = _measured_points(measured, tmpl, m)
+            verdict = refine.assess(points, rank=int(tmpl["rank"]))
+            mcross = verdict.crossings
+            m_single = mcross[0] if len(mcross) == 1 else None
+            agrees, disagree_at = agreement(w, gap, points)
+            meas_d = m_single.d_star if m_single else np.nan
+            at_max = float(mu[n - 1] / mu[(k + 1) * n - 1])
+            at_min = float(mu[0] / mu[k * n])
+            flags = []
+            if single and not (min_w <= d_star <= max_w):
+                flags.append("extrapolated")
+            if single and ci_low <= w[0]:
+                flags.append("censored_low")
+            if not agrees:
+                flags.append("disagrees_with_measurements")
+            if any(c.within_noise for c in mcross):
+                flags.append("measured_within_noise")
+            if single and m_single is not None and not (ci_low <= meas_d <= ci_high):
+                flags.append("measured_outside_interval")
             Xf, Xm = X[:n], X[k * n:(k + 1) * n]
             method_terms = {c for j, c in enumerate(all_cols) if np.any(Xf[:, j] != Xm[:, j])}
+            if set(constrained) & method_terms:  # a held term sets this curve's verdict
+                flags.append("constrained_terms")
+            note = (crossover_notes.point_note(d_star, faster_above, at_max, lo, d_max, min_w,
+                                               max_w) if len(crossings) <= 1
+                    else crossover_notes.curve_note(crossings, directions))
             free = None
             if mu_free is not None:
                 tf, tm = mu_free[:n], mu_free[k * n:(k + 1) * n]
@@ -185,27 +290,58 @@ def crossover_table(result: fitmod.FitResult, boot: Bootstrap, rows: pd.DataFram
                         free = free._replace(positive_from=float(w[start]))
             extra = crossover_notes.prior_note(
                 constrained, dict(result.fixed), dict(result.constrained_after),
-                boot.constrained, unconstrained, method_terms, d_star, faster_above,
-                (float(q[0]), float(q[1])), free)
+                boot.constrained, unconstrained, method_terms,
+                d_star if single else (np.inf if not len(crossings) else float(crossings[0])),
+                faster_above, boot_ci, free)
             note = "; ".join(x for x in (note, extra) if x)
             records.append({
                 **{c: tmpl[c] for c in CONTEXT_COLUMNS},
                 "batch": int(tmpl["batch"]), "rank": int(tmpl["rank"]), "method": m,
                 "d_star": d_star,
-                "lora_faster": (("above d*" if faster_above else "below d*")
-                                if np.isfinite(d_star) else
-                                ("nowhere in range" if faster_above else "whole range")),
-                "ci_low": float(q[0]), "ci_high": float(q[1]),
-                # A replicate already past its crossing at the range's start is recorded as
-                # d = the start: an interval end there is a censored bound ("≤ start").
-                "ci_low_censored": bool(q[0] <= w[0]),
+                "lora_faster": lora_faster_label(crossings, directions),
+                "ci_low": ci_low, "ci_high": ci_high,
+                "ci_low_censored": bool(single and ci_low <= w[0]),
+                "boot_ci_low": boot_ci[0], "boot_ci_high": boot_ci[1],
                 "share_boot_no_crossover": float(np.mean(np.isinf(d_b))),
-                "measured_d_star": meas,
-                "measured_sign_changes": len(measured_crossings(rows, tmpl, m)),
-                "measured_note": meas_note,
+                "crossings": [float(c) for c in crossings],
+                "directions": ["faster" if f else "slower" for f in directions],
+                "speedup_at_d_min": at_min,
+                "measured_d_star": meas_d,
+                "measured_ci_low": m_single.ci_low if m_single else np.nan,
+                "measured_ci_high": m_single.ci_high if m_single else np.nan,
+                "measured_within_noise": bool(m_single.within_noise) if m_single else False,
+                "measured_crossings": [float(c.d_star) for c in mcross],
+                "measured_sign_changes": len(mcross),
+                "measured_lo": verdict.lo, "measured_hi": verdict.hi,
+                "measured_faster_everywhere": bool(points) and all(p.faster for p in points),
+                "measured_slower_everywhere": bool(points) and not any(p.faster for p in points),
+                "measured_note": crossover_notes.measured_text(verdict),
+                "agrees_with_measurements": bool(agrees),
+                "disagrees_at": disagree_at,
+                "flags": flags,
                 "asymptotic_speedup": np.nan if limit is None else float(limit),
                 "asymptotic_speedup_roofline": roof_limit,
-                "speedup_at_d_max": float(at_max),
+                "speedup_at_d_max": at_max,
                 "note": note,
             })
     return CrossoverTable(pd.DataFrame.from_records(records), d_min, d_max, max_w)
+
+
+def _polish(fn, method: str, guess: float, w: np.ndarray) -> float:
+    """Brent's root of log t_method − log t_full between the grid points around `guess`."""
+    from scipy.optimize import brentq
+
+    i = int(np.clip(np.searchsorted(w, guess), 1, len(w) - 1))
+    a, b = float(w[i - 1]), float(w[i])
+
+    def g(d):
+        tm, tf = fn(method, d)[0], fn("full", d)[0]
+        return np.log(max(tm, 1e-30)) - np.log(max(tf, 1e-30))
+
+    try:
+        ga, gb = g(a), g(b)
+        if ga == 0 or gb == 0 or np.sign(ga) == np.sign(gb):
+            return guess
+        return float(brentq(g, a, b, xtol=1e-6 * a))
+    except (ValueError, RuntimeError):
+        return guess

@@ -1,9 +1,9 @@
 """Fitted time along the width axis e = h = d, with bands: the crossover groups, the time
 functions the crossover solver takes, and the curves and GPT-scale extrapolation for plots.
 
-Prediction intervals. The predicted mean of each bootstrap replicate times a multiplicative
-residual drawn from the chosen fit's relative residuals (measured / fitted): parameter and
-run-to-run uncertainty together, without assuming a residual law. The full/LoRA ratios
+Prediction intervals. The bootstrap CI of the mean widened by the conformal model error of
+`analysis.conformal` (out-of-sample residuals, growing with the distance beyond the largest
+measured width): parameter, model and run-to-run error together, positive by construction. The full/LoRA ratios
 carry the bootstrap CI of the mean ratio only (no residual draws): a confidence interval.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis import costs
+from analysis import conformal, costs
 from analysis import fit as fitmod
 from analysis.bootstrap import ALPHA, Bootstrap, full_params
 from analysis.data import CONTEXT_COLUMNS
@@ -81,9 +81,17 @@ def time_fn(result: fitmod.FitResult, tmpl: pd.Series, targets: dict[str, str],
 # ---------------------------------------------------------------- curves and extrapolation
 
 
-def _bands(mu_b: np.ndarray, rel_resid: np.ndarray, seed: int) -> tuple[np.ndarray, ...]:
-    """(CI low, CI high, PI low, PI high) of rows of mu_b (n, B)."""
+def _bands(mu_b: np.ndarray, rel_resid: np.ndarray, seed: int, widths: np.ndarray | None = None,
+           bands: conformal.Conformal | None = None) -> tuple[np.ndarray, ...]:
+    """(CI low, CI high, PI low, PI high) of rows of mu_b (n, B).
+
+    With `bands` (rows at `widths`): the PI is the CI of the mean widened by the conformal
+    model error e^±q(d) (`analysis.conformal`), positive whenever the mean is. Without:
+    bootstrap means times residuals drawn from the fit's in-sample relative residuals."""
     ci = np.quantile(mu_b, [ALPHA / 2, 1 - ALPHA / 2], axis=1)
+    if bands is not None and widths is not None and np.isfinite(bands.q_time_in):
+        q = bands.q_time(widths)
+        return ci[0], ci[1], ci[0] * np.exp(-q), ci[1] * np.exp(q)
     rng = np.random.default_rng(seed)
     eps = rng.choice(rel_resid, size=(1, mu_b.shape[1], RESID_DRAWS))
     draws = (mu_b[:, :, None] * eps).reshape(mu_b.shape[0], -1)
@@ -100,7 +108,7 @@ class Curves:
 
 def predict_square(result: fitmod.FitResult, boot: Bootstrap, rows: pd.DataFrame,
                    widths: np.ndarray, profile: HardwareProfile | None,
-                   seed: int = 0) -> pd.DataFrame:
+                   seed: int = 0, bands: conformal.Conformal | None = None) -> pd.DataFrame:
     """Predicted time with CI and PI at e = h = width for every crossover group and method,
     plus each LoRA method's speedup (full / LoRA time) with its bootstrap CI."""
     params = full_params(result)
@@ -114,7 +122,8 @@ def predict_square(result: fitmod.FitResult, boot: Bootstrap, rows: pd.DataFrame
         X, off = design(result.form, terms)
         mu = fitmod.predict_many(result.form, X, off, params)
         mu_b = fitmod.predict_many(result.form, X, off, boot.params)
-        ci_lo, ci_hi, pi_lo, pi_hi = _bands(mu_b, result.rel_resid, seed)
+        ci_lo, ci_hi, pi_lo, pi_hi = _bands(mu_b, result.rel_resid, seed,
+                                            np.tile(w, len(methods)), bands)
         n = len(w)
         for k, m in enumerate(methods):
             s = slice(k * n, (k + 1) * n)
@@ -147,15 +156,17 @@ class Extrapolation:
 
 def extrapolate(result: fitmod.FitResult, boot: Bootstrap, rows: pd.DataFrame,
                 widths: tuple[int, ...], profile: HardwareProfile | None,
-                device: str) -> Extrapolation:
-    table = predict_square(result, boot, rows, np.asarray(widths, dtype=float), profile, seed=1)
+                device: str, bands: conformal.Conformal | None = None) -> Extrapolation:
+    table = predict_square(result, boot, rows, np.asarray(widths, dtype=float), profile, seed=1,
+                           bands=bands)
     max_w = float(max(rows["embed"].max(), rows["hidden"].max()))
     return Extrapolation(table, max_w, device)
 
 
 def curves(result: fitmod.FitResult, boot: Bootstrap, rows: pd.DataFrame,
-           profile: HardwareProfile | None, n: int = 60) -> Curves:
+           profile: HardwareProfile | None, bands: conformal.Conformal | None = None,
+           n: int = 60) -> Curves:
     lo = float(min(rows["embed"].min(), rows["hidden"].min()))
     hi = float(max(rows["embed"].max(), rows["hidden"].max()))
     widths = np.geomspace(max(D_MIN, lo / 2), max(hi * 8, 16384), n)
-    return Curves(predict_square(result, boot, rows, widths, profile, seed=2))
+    return Curves(predict_square(result, boot, rows, widths, profile, seed=2, bands=bands))

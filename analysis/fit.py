@@ -53,6 +53,7 @@ never through statsmodels' configurable formula layer, so an installed formulaic
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -89,6 +90,11 @@ LOG_FORMS = ("gamma_log_offset", "gamma_log_roofline")
 #: The terms of the free-elasticity form.
 LOG_ROOF_FORMULA = "1 + log_roof + lora + lora_merged"
 ADDITIVE_FORMS = ("ols_additive", "wls_additive", "gamma_identity")
+#: An overhead with a device-profile value v (per kernel, per call) is held in
+#: [v / OVERHEAD_TOLERANCE, v · OVERHEAD_TOLERANCE]: `measure.device` times a null kernel and an
+#: empty call alone, while inside a real call the same overhead meets other cache and
+#: scheduling states, so the fit may move it, but not by more than this factor either way.
+OVERHEAD_TOLERANCE = 3.0
 #: Terms whose coefficient is a time per unit and so cannot be negative.
 PHYSICAL = ("Intercept", "gflops", "gbytes", "kernels", "gresult")
 
@@ -142,15 +148,39 @@ def terms_frame(
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _design_info(formula: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """(column name, the numeric factors multiplied into it) of every column patsy builds for
+    `formula`, parsed by patsy once. The formulas hold numeric columns and their products
+    only, so each column is that product (the intercept an empty one): evaluating it with
+    numpy gives patsy's matrix (a test checks) at a fraction of its per-call cost, which the
+    bootstrap pays thousands of times."""
+    info = patsy.dmatrix(formula, _dummy_terms(), return_type="dataframe").design_info
+    out = []
+    for term, name in zip(info.terms, info.column_names):
+        out.append((name, tuple(f.name() for f in term.factors)))
+    return tuple(out)
+
+
 def design_matrix(form: str, terms: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(X, offset, column names) of `form` for the rows of `terms`, built by patsy itself.
+    """(X, offset, column names) of `form` for the rows of `terms`, the columns as patsy
+    names and builds them (`_design_info`).
 
     Missing values raise instead of silently dropping rows.
     """
     formula = {"gamma_log_offset": LOG_FORMULA, "gamma_log_roofline": LOG_ROOF_FORMULA}.get(
         form, ADDITIVE_FORMULA)
-    dm = patsy.dmatrix(formula, terms, NA_action=patsy.NAAction(NA_types=[]),
-                       return_type="dataframe")
+    info = _design_info(formula)
+    n = len(terms)
+    cols = {}
+    for name, factors in info:
+        col = np.ones(n)
+        for f in factors:
+            col = col * terms[f].to_numpy(dtype=float)
+        if not np.all(np.isfinite(col)):
+            raise patsy.PatsyError(f"missing or infinite values in design column {name!r}")
+        cols[name] = col
+    dm = pd.DataFrame(cols)
     if form == "gamma_log_offset":
         offset = np.log(terms["roof_ms"].to_numpy())
     else:
@@ -182,7 +212,16 @@ class Factor:
     ci_high: float
     unit: str
     note: str = ""
-    status: str = "fitted"  # fitted | fixed (at a device-profile prior) | dropped (fitted negative)
+    #: fitted | at_bound (an overhead held at an end of its box around the device profile's
+    #: measured value: the data alone put it outside) | dropped (a rate at its bound 0: the
+    #: data cannot identify it)
+    status: str = "fitted"
+    #: A stable key (``flop_rate``, ``byte_rate``, ``result_rate``, ``kernel_time``,
+    #: ``dispatch_time``, ``lora_multiplier_lora``, ...); `name` is for people.
+    key: str = ""
+    #: The physical box the estimate was held in, in the factor's unit (NaN: unbounded).
+    lower_bound: float = float("nan")
+    upper_bound: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -250,6 +289,8 @@ def _fit_arrays(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray,
                 start = np.linalg.lstsq(X * sw[:, None], (y - off) * sw, rcond=None)[0]
             else:
                 start = np.linalg.lstsq(X, np.log(y) - off, rcond=None)[0]
+        if not robust:
+            return _irls(form, X, off, y, start), None
         if form == "gamma_identity":
             family = sm.families.Gamma(link=sm.families.links.Identity())
             model = sm.GLM(y, X, family=family, offset=off)
@@ -277,6 +318,30 @@ class _Dropped(NamedTuple):
     after: dict[str, tuple[str, ...]]
 
 
+def _irls(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray, start: np.ndarray,
+          max_iter: int = 50, tol: float = 1e-8) -> np.ndarray:
+    """Point estimate of a Gamma GLM by iteratively reweighted least squares (McCullagh &
+    Nelder §2.5), the lean path for cross-validation and the bootstrap. Gamma variance μ²:
+    identity link -> weights 1/μ², working response y − offset; log link -> weights 1,
+    working response η + (y − μ)/μ. Same estimate as statsmodels' GLM (a test checks)."""
+    beta = np.asarray(start, dtype=float)
+    for _ in range(max_iter):
+        eta = X @ beta + off
+        if form == "gamma_identity":
+            mu = np.maximum(eta, 1e-12 * np.max(np.abs(y)))
+            sw = 1.0 / mu
+            z = y - off
+        else:
+            mu = np.exp(eta)
+            sw = np.ones_like(y)
+            z = eta - off + (y - mu) / mu
+        new = np.linalg.lstsq(X * sw[:, None], z * sw, rcond=None)[0]
+        if np.max(np.abs(new - beta)) <= tol * (np.max(np.abs(beta)) + tol):
+            return new
+        beta = new
+    return beta
+
+
 def _fit_dropping(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray, cols: list[str],
                   groups: np.ndarray | None, priors: dict[str, float] | None = None,
                   start: np.ndarray | None = None) -> _Dropped:
@@ -297,18 +362,39 @@ def _fit_dropping(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray, cols
                                   start if start is not None and len(start) == len(cols) else None)
         if res is not None:
             params = np.asarray(res.params)
-        bad = [(params[j], c) for j, c in enumerate(cols) if c in PHYSICAL and params[j] < 0]
+        bad = []  # (relative violation, term, the bound it is held at or None to drop)
+        for j, c in enumerate(cols):
+            if c not in PHYSICAL:
+                continue
+            if c in priors and priors[c] > 0:
+                lo, hi = bounds_of(c, priors)
+                if params[j] < lo:
+                    bad.append((-(lo - params[j]) / lo, c, lo))
+                elif params[j] > hi:
+                    bad.append((-(params[j] - hi) / hi, c, hi))
+            elif params[j] < 0:
+                bad.append((-np.inf if c in priors else params[j], c, None))
         if form in LOG_FORMS or not bad or len(cols) <= 2:
             return _Dropped(params, cols, res, dropped, fixed, off, after)
-        j = cols.index(min(bad)[1])
-        name = cols.pop(j)
+        _, name, held = min(bad, key=lambda b: b[0])
+        j = cols.index(name)
+        cols.pop(j)
         after[name] = tuple(dropped) + tuple(fixed)
-        if name in priors:
-            fixed[name] = float(priors[name])
+        if held is not None:
+            fixed[name] = float(held)
             off = off + X[:, j] * fixed[name]
         else:
             dropped.append(name)
         X = np.delete(X, j, axis=1)
+
+
+def bounds_of(term: str, priors: dict[str, float]) -> tuple[float, float]:
+    """The box (design units) a physical term is held in: [v/T, v·T] around a positive
+    device-profile value v (T = `OVERHEAD_TOLERANCE`), else [0, inf)."""
+    v = priors.get(term)
+    if v is not None and v > 0:
+        return v / OVERHEAD_TOLERANCE, v * OVERHEAD_TOLERANCE
+    return 0.0, np.inf
 
 
 def fit_full(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray, cols: Sequence[str],
@@ -378,8 +464,11 @@ def fit(form: str, terms: pd.DataFrame, groups: np.ndarray,
               else X_all[:, keep] @ params + off)
     summary = res.summary(yname="time_ms", xname=cols).as_text()
     n_configs = len(np.unique(groups))
-    cov_type = "cluster(config)" if n_configs >= MIN_CLUSTERS else "HC3"
-    factors = _factors(form, cols, params, cov, fixed)
+    cov_type = (f"cluster(shape), t with {n_configs - 1} df" if n_configs >= MIN_CLUSTERS
+                else "HC3")
+    factors = _factors(form, cols, params, cov, fixed,
+                       df=n_configs - 1 if n_configs >= MIN_CLUSTERS else len(y) - len(cols),
+                       priors=priors)
     return FitResult(
         form=form, columns=tuple(cols), params=params, cov=cov, cov_type=cov_type,
         n_obs=len(y), n_configs=n_configs, rel_resid=y / fitted, summary_text=summary,
@@ -405,14 +494,18 @@ def _dummy_terms() -> pd.DataFrame:
     return terms_frame([1.0], [1.0], [1.0], ["full"], [1.0])
 
 
-def _z() -> float:
-    return float(stats.norm.ppf(0.5 + CI_LEVEL / 2))
+def critical_value(df: int | None = None) -> float:
+    """Two-sided `CI_LEVEL` critical value: Student's t with `df` degrees of freedom (G − 1
+    for G clusters: the cluster-robust covariance has G − 1, not n − p; Cameron & Miller,
+    J. Human Resources 2015, §VI.B), the normal one when df is None."""
+    q = 0.5 + CI_LEVEL / 2
+    return float(stats.norm.ppf(q) if df is None else stats.t.ppf(q, max(int(df), 1)))
 
 
-def _rate_from_inverse(beta: float, se: float, scale: float) -> tuple[float, float, float]:
+def _rate_from_inverse(beta: float, se: float, scale: float, z: float
+                       ) -> tuple[float, float, float]:
     """A rate r = scale/β with the interval from β's (monotone inversion); inf when β's
     interval reaches 0 (the data cannot bound the rate from above)."""
-    z = _z()
     lo_b, hi_b = beta - z * se, beta + z * se
     est = scale / beta if beta > 0 else np.inf
     lo = scale / hi_b if hi_b > 0 else np.inf
@@ -420,9 +513,24 @@ def _rate_from_inverse(beta: float, se: float, scale: float) -> tuple[float, flo
     return est, lo, hi
 
 
+#: Stable keys of the factors of the additive forms: design column -> (key, name, unit, note).
+RATE_FACTORS = {
+    "gflops": ("flop_rate", "effective FLOP/s", "FLOP/s", "dense compute rate"),
+    "gbytes": ("byte_rate", "effective bytes/s", "bytes/s", "memory traffic rate"),
+    "gresult": ("result_rate", "result-buffer bytes/s", "bytes/s",
+                "first touch of the returned gradients' fresh buffers"),
+}
+OVERHEAD_FACTORS = {
+    "kernels": ("kernel_time", "time per kernel", "per launched op"),
+    "Intercept": ("dispatch_time", "dispatch per call", "fixed cost of one call"),
+}
+
+
 def _factors(form: str, cols: list[str], params: np.ndarray, cov: np.ndarray,
-             fixed: dict[str, float] | None = None) -> tuple[Factor, ...]:
-    z = _z()
+             fixed: dict[str, float] | None = None, df: int | None = None,
+             priors: dict[str, float] | None = None) -> tuple[Factor, ...]:
+    z = critical_value(df)
+    priors = priors or {}
     se = np.sqrt(np.clip(np.diag(cov), 0, None))
     idx = {c: j for j, c in enumerate(cols)}
     out: list[Factor] = []
@@ -432,41 +540,45 @@ def _factors(form: str, cols: list[str], params: np.ndarray, cov: np.ndarray,
             jr = idx["log_roof"]
             out.append(Factor("elasticity of time in roofline time", params[jr],
                               params[jr] - z * se[jr], params[jr] + z * se[jr], "",
-                              "1: time proportional to the roofline"))
+                              "1: time proportional to the roofline", key="roofline_elasticity"))
         out.append(Factor("time / roofline (all methods)" if form == "gamma_log_offset"
                           else "time / roofline at 1 ms", *np.exp(
             [params[j], params[j] - z * se[j], params[j] + z * se[j]]), "x",
-            "measured time over the device profile's roofline"))
+            "measured time over the device profile's roofline", key="roofline_scale"))
         for m in ("lora", "lora_merged"):
             if m in idx:
                 j = idx[m]
                 out.append(Factor(f"LoRA multiplier ({m})", *np.exp(
                     [params[j], params[j] - z * se[j], params[j] + z * se[j]]), "x",
-                    f"{m} time over full's at equal roofline time"))
+                    f"{m} time over full's at equal roofline time", key=f"lora_multiplier_{m}"))
         return tuple(out)
-    # ms per GFLOP -> FLOP/s: 1e9 FLOP / (beta * 1e-3 s); a dropped term is unbounded.
-    for col, name, unit, note in (("gflops", "effective FLOP/s", "FLOP/s", "dense compute rate"),
-                                  ("gbytes", "effective bytes/s", "bytes/s", "memory traffic rate"),
-                                  ("gresult", "result-buffer bytes/s", "bytes/s",
-                                   "first touch of the returned gradients' fresh buffers")):
+    # ms per GFLOP -> FLOP/s: 1e9 FLOP / (beta * 1e-3 s); a rate at its bound 0 is unbounded.
+    for col, (key, name, unit, note) in RATE_FACTORS.items():
         if col in idx:
-            f, lo, hi = _rate_from_inverse(params[idx[col]], se[idx[col]], 1e12)
-            out.append(Factor(name, f, lo, hi, unit, note))
+            f, lo, hi = _rate_from_inverse(params[idx[col]], se[idx[col]], 1e12, z)
+            out.append(Factor(name, f, lo, hi, unit, note, key=key, lower_bound=0.0))
         else:
-            out.append(Factor(name, np.inf, np.inf, np.inf, unit, "term dropped: fitted negative",
-                              "dropped"))
-    for col, name, note in (("kernels", "time per kernel", "per launched op"),
-                            ("Intercept", "dispatch per call", "fixed cost of one call")):
+            out.append(Factor(name, np.inf, np.inf, np.inf, unit,
+                              "not identified: its time per unit fitted at the bound 0",
+                              "dropped", key=key, lower_bound=0.0))
+    for col, (key, name, note) in OVERHEAD_FACTORS.items():
+        lo_b, hi_b = bounds_of(col, priors)
+        box = dict(key=key, lower_bound=lo_b * 1e3, upper_bound=hi_b * 1e3)
         if col in idx:
             j = idx[col]
-            out.append(Factor(name, params[j] * 1e3, (params[j] - z * se[j]) * 1e3,
-                              (params[j] + z * se[j]) * 1e3, "us", note))
+            out.append(Factor(name, params[j] * 1e3, max((params[j] - z * se[j]) * 1e3,
+                                                         box["lower_bound"]),
+                              min((params[j] + z * se[j]) * 1e3, box["upper_bound"]), "us", note,
+                              **box))
         elif fixed and col in fixed:
             v = fixed[col] * 1e3
-            out.append(Factor(name, v, v, v, "us", "fixed at the device profile's measured "
-                              "value: fitted negative, not identified by the data", "fixed"))
+            side = "lower" if np.isclose(fixed[col], lo_b) else "upper"
+            out.append(Factor(name, v, v, v, "us", f"not identified: held at the {side} end of "
+                              f"its box, the device profile's {priors[col] * 1e3:.3g} us "
+                              f"/x {OVERHEAD_TOLERANCE:g}", "at_bound", **box))
         else:
-            out.append(Factor(name, 0.0, 0.0, 0.0, "us", "term dropped: fitted negative", "dropped"))
+            out.append(Factor(name, 0.0, 0.0, 0.0, "us",
+                              "not identified: fitted at the bound 0", "dropped", **box))
     if "gflops" not in idx:
         return tuple(out)
     jf = idx["gflops"]
@@ -483,5 +595,6 @@ def _factors(form: str, cols: list[str], params: np.ndarray, cov: np.ndarray,
         se_r = float(np.sqrt(max(grad @ cov @ grad, 0.0)))
         out.append(Factor(f"LoRA multiplier ({m})", 1 + ratio, 1 + ratio - z * se_r,
                           1 + ratio + z * se_r, "x",
-                          f"time per FLOP under {m} over full's (delta method)"))
+                          f"time per FLOP under {m} over full's (delta method)",
+                          key=f"lora_multiplier_{m}", lower_bound=0.0))
     return tuple(out)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from analysis import bootstrap as bootmod
-from analysis import costs, data, factors
+from analysis import conformal, costs, data, diagnose, factors
 from analysis import crossover_table as xomod
 from analysis import curves as curvmod
 from analysis import fit as fitmod
@@ -36,28 +38,54 @@ class Analysis:
     blog_summary: pd.DataFrame
     op_breakdown: pd.DataFrame
     fitted: np.ndarray  # in-sample fitted time (s) of each row of `rows`
+    scaling: diagnose.Scaling | None = None  # does time follow the work? (withholds if not)
+    bands: conformal.Conformal | None = None  # model error from out-of-sample residuals
+    #: numerical warnings raised inside the analysis, handled there: (category, message) once each
+    warnings: tuple[tuple[str, str], ...] = ()
     extras: dict = field(default_factory=dict)  # e.g. the whole-model preset tables
+
+    @property
+    def withheld(self) -> bool:
+        """Crossover and extrapolation withheld: the times do not scale with the work."""
+        return self.scaling is not None and not self.scaling.scales
 
 
 def run(dataset: data.Dataset, profile: HardwareProfile | None, profile_note: str,
         widths: tuple[int, ...] = curvmod.GPT_WIDTHS, n_boot: int = bootmod.N_BOOT,
         seed: int = 0) -> Analysis:
+    """Everything the report shows. Warnings that numpy, pandas, scipy or statsmodels raise
+    inside are caught here, never reach the terminal, and are listed once each in
+    `Analysis.warnings` for the report's own words."""
+    with warnings.catch_warnings(record=True) as caught, np.errstate(all="ignore"):
+        warnings.simplefilter("always")
+        a = _run(dataset, profile, profile_note, widths, n_boot, seed)
+    seen = dict.fromkeys((w.category.__name__, str(w.message).splitlines()[0]) for w in caught)
+    return dataclasses.replace(a, warnings=tuple(seen))
+
+
+def _run(dataset: data.Dataset, profile: HardwareProfile | None, profile_note: str,
+         widths: tuple[int, ...], n_boot: int, seed: int) -> Analysis:
     sl = data.select(dataset, fitmod.MIN_CONFIGS)
     rows = terms_for(sl.frame, profile, measured=True)
     forms = tuple(f for f in fitmod.FORMS if f not in fitmod.LOG_FORMS or profile is not None)
     priors = fitmod.priors_from_profile(profile)
     validation = valmod.validate(rows, forms, priors)
-    result = fitmod.fit(validation.chosen, rows, rows["config_id"].to_numpy(), priors)
+    # clusters are shapes: the full rows of a shape at several ranks are replicates
+    result = fitmod.fit(validation.chosen, rows, valmod.shape_ids(rows), priors)
     boot = bootmod.bootstrap(result, rows, n_boot=n_boot, seed=seed)
-    xo = xomod.crossover_table(result, boot, rows, profile)
-    curves = curvmod.curves(result, boot, rows, profile)
-    extra = curvmod.extrapolate(result, boot, rows, widths, profile, sl.device)
+    train = valmod.out_of_scale_split(rows["embed"].to_numpy(), rows["hidden"].to_numpy())
+    d_train = float(np.sqrt((rows["embed"] * rows["hidden"]).to_numpy(float)[train]).max())
+    bands = conformal.from_validation(rows, validation.cv_pred.get(validation.chosen),
+                                      validation.os_pred.get(validation.chosen), d_train)
+    xo = xomod.crossover_table(result, boot, rows, profile, measured=sl.frame, bands=bands)
+    curves = curvmod.curves(result, boot, rows, profile, bands)
+    extra = curvmod.extrapolate(result, boot, rows, widths, profile, sl.device, bands)
     fa = factors.analyse(rows)
     summary = factors.blog_summary(dataset.frame)
     fitted = result.predict_ms(rows, bootmod.full_params(result)) / 1e3
     ops = op_breakdown(result, rows, profile)
     return Analysis(dataset, sl, rows, profile, profile_note, validation, result, boot, xo,
-                    curves, extra, fa, summary, ops, fitted)
+                    curves, extra, fa, summary, ops, fitted, diagnose.scaling(rows), bands)
 
 
 def op_breakdown(result: fitmod.FitResult, rows: pd.DataFrame,

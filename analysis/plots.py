@@ -121,15 +121,16 @@ def time_vs_width(a: Analysis, out: str) -> str:
             mm = m_rows[m_rows["method"] == m]
             ax.scatter(np.sqrt(mm["embed"] * mm["hidden"]), mm["time_ms"] / 1e3, color=col, s=10)
         for _, x in xo[(xo["batch"] == b) & (xo["rank"] == r)].iterrows():
-            if np.isfinite(x["d_star"]) and not x["note"].startswith("LoRA faster"):
-                ax.axvline(x["d_star"], color=METHOD_COLORS.get(x["method"], "gray"), ls=":", lw=1)
+            for d in x["crossings"]:  # every fitted sign change, from the field
+                ax.axvline(d, color=METHOD_COLORS.get(x["method"], "gray"), ls=":", lw=1)
         ax.axvline(a.crossover.max_measured_width, color="gray", lw=0.6, ls="--")
         ax.set(xscale="log", yscale="log", title=f"batch {b}, rank {r}", xlabel="width d (e = h)",
                ylabel="time (s)")
     for ax in axes.flat[len(groups):]:
         ax.set_visible(False)
     axes.flat[0].legend(fontsize=7)
-    fig.suptitle("fitted time vs width (bands: 95% bootstrap CI; dotted: d*; dashed: largest measured)",
+    fig.suptitle("fitted time vs width (bands: 95% bootstrap CI; dotted: crossings; dashed: "
+                 "largest measured)",
                  fontsize=9)
     fig.tight_layout()
     return save(fig, out, "time_vs_width.png")
@@ -215,8 +216,9 @@ def all_figures(a: Analysis, out: str) -> list[str]:
     names = [factor_pairs(a, out)]
     names.append(predicted_vs_measured(a, out))
     names.append(residuals_by_factor(a, out))
-    names.append(time_vs_width(a, out))
-    names.append(extrapolation(a, out))
+    if not a.withheld:  # times that do not follow the work: no curves to draw
+        names.append(time_vs_width(a, out))
+        names.append(extrapolation(a, out))
     if not a.op_breakdown.empty:
         names.append(op_breakdown(a, out))
     return names

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import textwrap
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,6 +18,8 @@ from analysis.pipeline import Analysis
 from analysis.validate import POOLED
 from costmodel.fileio import atomic_write_text
 
+#: Columns of the stdout report.
+WIDTH = 100
 VALIDATION_COLUMNS = ["model", "kind", "scheme", "quantity", "n", "median_ape_pct", "p90_ape_pct"]
 
 
@@ -91,8 +94,10 @@ def md_table(df: pd.DataFrame, floatfmt: str = "{:.3g}") -> str:
 
 
 def factors_table(a: Analysis) -> pd.DataFrame:
-    return pd.DataFrame([{"name": f.name, "estimate": f.estimate, "ci_low": f.ci_low,
-                          "ci_high": f.ci_high, "unit": f.unit, "status": f.status, "note": f.note}
+    return pd.DataFrame([{"key": f.key, "name": f.name, "estimate": f.estimate,
+                          "ci_low": f.ci_low, "ci_high": f.ci_high, "unit": f.unit,
+                          "status": f.status, "lower_bound": f.lower_bound,
+                          "upper_bound": f.upper_bound, "note": f.note}
                          for f in a.fit.factors])
 
 
@@ -105,33 +110,96 @@ def _ci(lo: float, hi: float, lo_censored: bool = False) -> str:
     return f"[{low}, {fmt_width(hi)}]"
 
 
-def crossover_display(a: Analysis) -> pd.DataFrame:
+#: Short flags of the crossover table: stable key -> (letter, footnote said once).
+FLAGS = {
+    "extrapolated": ("E", "d* lies outside the measured widths: an extrapolation"),
+    "censored_low": ("C", "the interval reaches the search floor (16): its low end is a bound"),
+    "disagrees_with_measurements": ("D", "fitted and measured verdicts disagree at some width "
+                                         "(crossover.csv: disagrees_at)"),
+    "measured_within_noise": ("N", "measured ratio ≈ 1 within noise over a bracket"),
+    "measured_outside_interval": ("O", "the measured d* lies outside the fitted d*'s interval"),
+    "constrained_terms": ("P", "set by a term held at its physical bound (see the factors)"),
+}
+
+VERDICTS = {"above d*": "faster > d*", "below d*": "faster < d*", "whole range": "faster all",
+            "nowhere in range": "slower all", "alternates": "alternates"}
+
+
+def _d_with_ci(d: float, lo: float, hi: float, censored: bool = False) -> str:
+    if not math.isfinite(d):
+        return "-"
+    return f"{fmt_width(d)} {_ci(lo, hi, censored)}"
+
+
+def _measured_cell(r) -> str:
+    if r["measured_sign_changes"] == 1:
+        if r["measured_within_noise"]:
+            return f"≈1 [{fmt_width(r['measured_ci_low'])}, {fmt_width(r['measured_ci_high'])}]"
+        return _d_with_ci(r["measured_d_star"], r["measured_ci_low"], r["measured_ci_high"])
+    if r["measured_sign_changes"] > 1:
+        return f"{r['measured_sign_changes']} crossings"
+    if r["measured_faster_everywhere"]:
+        return "faster all"
+    if r["measured_slower_everywhere"]:
+        return "slower all"
+    return "-"
+
+
+def _fitted_cell(r) -> str:
+    if len(r["crossings"]) > 1:
+        return ", ".join(fmt_width(x) for x in r["crossings"])
+    return _d_with_ci(r["d_star"], r["ci_low"], r["ci_high"], bool(r["ci_low_censored"]))
+
+
+def crossover_display(a: Analysis, short: bool = False) -> pd.DataFrame:
+    """The crossover table from fields only. short: the stdout form (verdict, d* with CI,
+    measured d* with CI, asymptotic speedup, flag letters); else every column, with the
+    prose notes."""
     t = a.crossover.table
     if t.empty:
         return pd.DataFrame()
-    return pd.DataFrame({
-        "layer": t["layer"], "batch": t["batch"], "rank": t["rank"], "method": t["method"],
-        "d*": [fmt_width(x) for x in t["d_star"]],
-        "LoRA faster": t["lora_faster"],
-        "95% CI": [_ci(lo, hi, bool(c)) for lo, hi, c in
-                   zip(t["ci_low"], t["ci_high"], t["ci_low_censored"])],
-        "measured d*": [fmt_width(x) if math.isfinite(x) else "-" for x in t["measured_d_star"]],
-        "full/LoRA as d->inf": [f"{x:.3g}x" for x in t["asymptotic_speedup"]],
-        "(roofline)": [f"{x:.3g}x" if math.isfinite(x) else "-" for x in t["asymptotic_speedup_roofline"]],
-        "note": ["; ".join(x for x in (n, m) if x) for n, m in zip(t["note"], t["measured_note"])],
+    out = pd.DataFrame({
+        "batch": t["batch"], "rank": t["rank"], "method": t["method"],
+        "LoRA": [VERDICTS.get(v, v) for v in t["lora_faster"]],
+        "fitted d* [95%]": [_fitted_cell(r) for _, r in t.iterrows()],
+        "measured d* [95%]": [_measured_cell(r) for _, r in t.iterrows()],
+        "d->inf": [f"{x:.3g}x" if math.isfinite(x) else "-" for x in t["asymptotic_speedup"]],
+        "flags": ["".join(FLAGS[f][0] for f in fl if f in FLAGS) or "-" for fl in t["flags"]],
     })
+    if not short:
+        out.insert(0, "layer", t["layer"])
+        out["agrees"] = ["yes" if x else "NO" for x in t["agrees_with_measurements"]]
+        out["(roofline)"] = [f"{x:.3g}x" if math.isfinite(x) else "-"
+                             for x in t["asymptotic_speedup_roofline"]]
+        out["note"] = ["; ".join(x for x in (n, m) if x)
+                       for n, m in zip(t["note"], t["measured_note"])]
+    return out
 
 
-def validation_display(a: Analysis) -> pd.DataFrame:
-    """Wide: one row per model and scheme; per quantity 'median / p90' APE in %."""
+def flag_footnotes(a: Analysis) -> list[str]:
+    """One line per flag the crossover table uses, once each."""
+    used = {f for fl in a.crossover.table.get("flags", []) for f in fl}
+    return [f"  {letter}: {text}" for key, (letter, text) in FLAGS.items() if key in used]
+
+
+def validation_display(a: Analysis, short: bool = False) -> pd.DataFrame:
+    """Wide: one row per model and scheme; per quantity 'median / p90' APE in %. short: the
+    pooled and ratio columns only (stdout)."""
     t = a.validation.table
+    if short:
+        t = t[t["quantity"].isin([POOLED, "ratio lora/full", "ratio lora_merged/full"])]
     t = t.assign(cell=[f"{m:.1f} / {p:.1f}" for m, p in zip(t["median_ape_pct"], t["p90_ape_pct"])])
     wide = t.pivot_table(index=["model", "scheme"], columns="quantity", values="cell",
                          aggfunc="first").reset_index()
     order = {m: i for i, m in enumerate(pd.unique(t["model"]))}
     wide = wide.sort_values(["scheme", "model"], key=lambda s: s.map(order) if s.name == "model" else s)
     wide["model"] = [m + (" (chosen)" if m == a.validation.chosen else "") for m in wide["model"]]
-    return wide.fillna("-").reset_index(drop=True)
+    wide = wide.fillna("-").reset_index(drop=True)
+    if short:
+        wide.columns = [{"ratio lora/full": "lora/full", "ratio lora_merged/full": "merged/full",
+                         POOLED: "all methods"}.get(c, c) for c in wide.columns]
+        wide["model"] = wide["model"].str.replace("replicates (noise floor)", "noise floor")
+    return wide
 
 
 def extrapolation_reference(a: Analysis) -> tuple[int, int]:
@@ -142,7 +210,9 @@ def extrapolation_reference(a: Analysis) -> tuple[int, int]:
     return b, r
 
 
-def extrapolation_display(a: Analysis) -> pd.DataFrame:
+def extrapolation_display(a: Analysis, short: bool = False) -> pd.DataFrame:
+    """Times with 95% PI and full/LoRA ratios with 95% CI per width. short: times without
+    intervals (stdout; report.md and extrapolation.csv keep them)."""
     t = a.extrapolation.table
     b, r = extrapolation_reference(a)
     t = t[(t["batch"] == b) & (t["rank"] == r)]
@@ -150,11 +220,16 @@ def extrapolation_display(a: Analysis) -> pd.DataFrame:
     for w, g in t.groupby("width"):
         row = {"width": int(w)}
         for _, x in g.iterrows():
-            row[x["method"]] = f"{fmt_time(x['time_s'])} [{fmt_time(x['pi_low_s'])}, {fmt_time(x['pi_high_s'])}]"
+            name = "merged" if short and x["method"] == "lora_merged" else x["method"]
+            row[name] = (fmt_time(x["time_s"]) if short else
+                         f"{fmt_time(x['time_s'])} [{fmt_time(x['pi_low_s'])}, "
+                         f"{fmt_time(x['pi_high_s'])}]")
             if x["method"] != "full":
-                row[f"full/{x['method']}"] = (f"{x['speedup_vs_full']:.2f} "
-                                              f"[{x['speedup_ci_low']:.2f}, {x['speedup_ci_high']:.2f}]")
-        row["note"] = "extrapolation" if bool(g["extrapolated"].iloc[0]) else "within measured widths"
+                row[f"full/{name}"] = (f"{x['speedup_vs_full']:.2f} "
+                                       f"[{x['speedup_ci_low']:.2f}, {x['speedup_ci_high']:.2f}]")
+        extrap = bool(g["extrapolated"].iloc[0])
+        row["note"] = ("extrap." if short else "extrapolation") if extrap else (
+            "measured" if short else "within measured widths")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -184,9 +259,20 @@ def validation_verdict(a: Analysis) -> str:
 # ------------------------------------------------------------------------ stdout / markdown
 
 
+def wrap(text: str, width: int = WIDTH, indent: str = "") -> str:
+    """Prose for stdout, at most `width` columns."""
+    return "\n".join(textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=indent + "  ",
+                                    break_on_hyphens=False)) or text
+
+
 def header(a: Analysis) -> str:
     s = a.slice
-    lines = [
+    lines = []
+    if a.withheld:
+        from analysis.diagnose import headline
+
+        lines.append(headline(a.scaling))
+    lines += [
         f"lora-crossover analysis of {a.dataset.source} ({a.dataset.kind})",
         f"device {s.device}; variant {s.variant}, timing {s.timing_mode}; "
         f"{s.n_configs} configs, {len(a.rows)} rows; profile: {a.profile_note}",
@@ -194,26 +280,40 @@ def header(a: Analysis) -> str:
     ]
     for d in s.dropped:
         lines.append(f"left out: {d}")
-    return "\n".join(lines)
+    for category, message in a.warnings:
+        lines.append(f"numerical note (handled): {category}: {message}")
+    return "\n".join(wrap(x) for x in lines)
 
 
 def stdout_report(a: Analysis, files: Sequence[str], out: str) -> str:
-    b, r = extrapolation_reference(a)
-    parts = [
-        header(a), "",
-        "Crossover along e = h = d (d*: fitted; CI: case bootstrap, "
-        f"{a.boot.params.shape[0]} refits):",
-        text_table(crossover_display(a)), "",
-        f"Fitted factors (95% CI, SE {a.fit.cov_type}):",
+    """The short report: at most `WIDTH` columns; report.md keeps the full tables."""
+    parts = [header(a), ""]
+    if a.withheld:
+        parts += ["Crossover and extrapolation withheld (see the first line).", ""]
+    else:
+        parts += [
+            wrap(f"Crossover along e = h = d, {', '.join(sorted(set(a.crossover.table['layer'])))} "
+                 f"(fitted d*: 95% interval, {a.boot.params.shape[0]} bootstrap refits over shapes "
+                 "plus conformal model error; measured d*: bisection of paired ratios; d->inf: "
+                 "full/LoRA as d grows):"),
+            text_table(crossover_display(a, short=True)), *flag_footnotes(a), "",
+        ]
+    parts += [
+        f"Fitted factors (95% CI, {a.fit.cov_type}):",
         *[f"  {f.name:32s} {fmt_factor(f)}" for f in a.fit.factors], "",
-        "Validation, absolute % error of predicted time, median / p90:",
-        text_table(validation_display(a)),
-        "  " + validation_verdict(a), "",
-        f"Extrapolation at e = h = width, batch {b}, rank {r}, on {a.extrapolation.device} "
-        f"(times: 95% PI; full/LoRA ratio: 95% CI of the mean; beyond width "
-        f"{a.extrapolation.max_measured_width:g} = extrapolation):",
-        text_table(extrapolation_display(a)), "",
+        "Validation, absolute % error of predicted time (median / p90):",
+        text_table(validation_display(a, short=True)),
+        wrap(validation_verdict(a), indent="  "), "",
     ]
+    if not a.withheld:
+        b, r = extrapolation_reference(a)
+        parts += [
+            wrap(f"Extrapolation at e = h = width, batch {b}, rank {r}, on "
+                 f"{a.extrapolation.device} (full/LoRA: 95% CI of the mean; beyond width "
+                 f"{a.extrapolation.max_measured_width:g} = extrapolation; times with 95% "
+                 "prediction intervals in report.md):"),
+            text_table(extrapolation_display(a, short=True)), "",
+        ]
     tbl = a.extras.get("model_speedups")
     if isinstance(tbl, pd.DataFrame) and not tbl.empty:
         short = pd.DataFrame({
@@ -223,27 +323,33 @@ def stdout_report(a: Analysis, files: Sequence[str], out: str) -> str:
             "full/LoRA time": [f"{x:.2f}x" for x in tbl["speedup_full_over_lora"]],
             "full/LoRA memory": [f"{x:.2f}x" for x in tbl["memory_ratio_full_over_lora"]],
         })
-        parts += [f"Whole training step, predicted on {tbl['hardware'].iloc[0]} "
-                  f"({tbl['time_basis'].iloc[0]} rates; batch 1, LoRA r=4 on q,v, bf16-mixed, "
-                  "AdamW):", text_table(short), ""]
+        parts += [wrap(f"Whole training step, predicted on {tbl['hardware'].iloc[0]} "
+                       f"({tbl['time_basis'].iloc[0]} rates; batch 1, LoRA r=4 on q,v, "
+                       "bf16-mixed, AdamW):"), text_table(short), ""]
     parts.append(f"wrote {len(files)} files to {out}")
     return "\n".join(parts)
 
 
 def markdown_report(a: Analysis, figures: Sequence[str]) -> str:
-    b, r = extrapolation_reference(a)
+    withheld = ["Withheld: the times do not scale with the work (see the header).", ""]
+    crossover = withheld if a.withheld else [
+        "Along e = h = d. The verdict covers the whole searched range (16-65536): every fitted "
+        "sign change, LoRA faster or not between them; a single d* only when there is exactly "
+        "one. Its 95% interval joins the case bootstrap over shapes "
+        f"({a.boot.params.shape[0]} refits, {a.boot.n_failed} failed) and the conformal model "
+        "error of the ratio (out-of-sample residuals); a lower end written '≤d' is censored at "
+        "the search floor. Measured d*: bisection of the paired ratio after the grid "
+        "(`measure.refine`), with the interval between the nearest widths measured surely on "
+        "either side. 'agrees': the fitted verdict matches every measured width whose ratio "
+        "interval excludes 1. 'd->inf' is the fitted full/LoRA time ratio as d grows without "
+        "bound, '(roofline)' the same from the cost model alone on the device profile.", "",
+        md_table(crossover_display(a)), "",
+        *[x.strip() + "  " for x in flag_footnotes(a)], ""]
     parts = [
         "# LoRA vs full fine-tuning: crossover analysis", "",
         "```", header(a), "```", "",
         "## Crossover", "",
-        f"Along e = h = d. d* from the fitted model; 95% CI from a case bootstrap over configs "
-        f"({a.boot.params.shape[0]} refits, {a.boot.n_failed} failed, each redoing the "
-        "sign check on the overhead terms); a lower end written '≤d' is censored at the search "
-        "floor (replicates already past their crossing there); measured d* where the "
-        "measured ratio first changes sign; 'full/LoRA as d->inf' is the fitted time ratio as d "
-        "grows without bound, '(roofline)' the same from the cost model alone on the device "
-        "profile.", "",
-        md_table(crossover_display(a)), "",
+        *crossover,
         "## Fitted factors", "",
         f"Form `{a.fit.form}`, standard errors {a.fit.cov_type}.", "",
         md_table(factors_table(a)), "",
@@ -253,12 +359,7 @@ def markdown_report(a: Analysis, figures: Sequence[str]) -> str:
         md_table(validation_display(a)), "",
         validation_verdict(a), "",
         "## Extrapolation", "",
-        f"Batch {b}, rank {r}, device {a.extrapolation.device}; times with 95% prediction "
-        "intervals (bootstrap means times the fit's relative residuals), the full/LoRA ratios "
-        "with the 95% bootstrap CI of the mean ratio (not a prediction interval); "
-        f"every width above {a.extrapolation.max_measured_width:g} is an extrapolation "
-        "beyond the data. All (batch, rank) pairs are in extrapolation.csv.", "",
-        md_table(extrapolation_display(a)), "",
+        *(withheld if a.withheld else _extrapolation_md(a)),
         "## Factor analysis (the blog's question)", "",
         "Share of variance of log(t_lora / t_full) per factor (type-II ANOVA):", "",
         md_table(a.factor_analysis.anova) if not a.factor_analysis.anova.empty else "(too few configs)",
@@ -272,6 +373,18 @@ def markdown_report(a: Analysis, figures: Sequence[str]) -> str:
         parts += ["## Figures", ""]
         parts += [f"![{os.path.splitext(f)[0]}]({f})" for f in figures]
     return "\n".join(parts) + "\n"
+
+
+def _extrapolation_md(a: Analysis) -> list[str]:
+    b, r = extrapolation_reference(a)
+    return [
+        f"Batch {b}, rank {r}, device {a.extrapolation.device}; times with 95% prediction "
+        "intervals (the bootstrap CI of the mean widened by the conformal model error, which "
+        "grows with the distance beyond the largest measured width), the full/LoRA ratios "
+        "with the 95% bootstrap CI of the mean ratio (not a prediction interval); "
+        f"every width above {a.extrapolation.max_measured_width:g} is an extrapolation "
+        "beyond the data. All (batch, rank) pairs are in extrapolation.csv.", "",
+        md_table(extrapolation_display(a)), ""]
 
 
 # ------------------------------------------------------------------------ JSON
@@ -294,8 +407,9 @@ def _clean(x):
 def to_json(a: Analysis) -> dict:
     """The --json object: crossover, factors, validation, extrapolation (+ context).
     Non-finite numbers (an unbounded interval end, no crossover) become null."""
-    xo = a.crossover.table
-    ex = a.extrapolation.table
+    xo = a.crossover.table if not a.withheld else a.crossover.table.iloc[:0]
+    ex = a.extrapolation.table if not a.withheld else a.extrapolation.table.iloc[:0]
+    sc = a.scaling
     return _clean({
         "source": a.dataset.source,
         "device": a.slice.device,
@@ -304,6 +418,13 @@ def to_json(a: Analysis) -> dict:
         "model_form": a.fit.form,
         "model_form_reason": a.validation.reason,
         "profile": a.profile_note,
+        "scaling": None if sc is None else {
+            "scales_with_work": sc.scales, "cause": sc.cause, "elasticity": sc.elasticity,
+            "elasticity_ci_low": sc.elasticity_ci_low, "elasticity_ci_high": sc.elasticity_ci_high,
+            "flop_span": sc.flop_span, "time_span": sc.time_span,
+            "fixed_time_s": sc.fixed_time_s, "fixed_share": sc.fixed_share},
+        "withheld": a.withheld,
+        "warnings": [{"category": c, "message": m} for c, m in a.warnings],
         "crossover": [
             {"layer": r["layer"], "batch": r["batch"], "rank": r["rank"], "method": r["method"],
              "d_star": r["d_star"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
@@ -313,10 +434,20 @@ def to_json(a: Analysis) -> dict:
              "measured_sign_changes": r["measured_sign_changes"],
              "measured_note": r["measured_note"],
              "asymptotic_speedup": r["asymptotic_speedup"],
-             "asymptotic_speedup_roofline": r["asymptotic_speedup_roofline"], "note": r["note"]}
+             "asymptotic_speedup_roofline": r["asymptotic_speedup_roofline"], "note": r["note"],
+             "measured_ci_low": r["measured_ci_low"], "measured_ci_high": r["measured_ci_high"],
+             "measured_within_noise": r["measured_within_noise"],
+             "measured_crossings": list(r["measured_crossings"]),
+             "crossings": list(r["crossings"]), "directions": list(r["directions"]),
+             "speedup_at_d_min": r["speedup_at_d_min"], "speedup_at_d_max": r["speedup_at_d_max"],
+             "agrees_with_measurements": r["agrees_with_measurements"],
+             "disagrees_at": list(r["disagrees_at"]), "flags": list(r["flags"]),
+             "boot_ci_low": r["boot_ci_low"], "boot_ci_high": r["boot_ci_high"]}
             for _, r in xo.iterrows()],
-        "factors": [{"name": f.name, "estimate": f.estimate, "ci_low": f.ci_low,
-                     "ci_high": f.ci_high, "unit": f.unit, "status": f.status} for f in a.fit.factors],
+        "factors": [{"key": f.key, "name": f.name, "estimate": f.estimate, "ci_low": f.ci_low,
+                     "ci_high": f.ci_high, "unit": f.unit, "status": f.status,
+                     "lower_bound": f.lower_bound, "upper_bound": f.upper_bound}
+                    for f in a.fit.factors],
         "validation": a.validation.table[VALIDATION_COLUMNS].to_dict(orient="records"),
         "extrapolation": [
             {"width": r["width"], "method": r["method"], "time_s": r["time_s"],
@@ -358,10 +489,15 @@ def fitted_profile(a: Analysis) -> dict | None:
 
 def tables(a: Analysis) -> dict[str, pd.DataFrame]:
     """File name -> table, one CSV per table."""
+    xo = a.crossover.table.copy()
+    for c in ("crossings", "directions", "measured_crossings", "disagrees_at", "flags"):
+        if c in xo:  # lists as ';'-joined cells
+            xo[c] = [";".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in x)
+                     for x in xo[c]]
     out = {
         "validation.csv": a.validation.table[VALIDATION_COLUMNS],
         "factors.csv": factors_table(a),
-        "crossover.csv": a.crossover.table,
+        "crossover.csv": xo,
         "extrapolation.csv": a.extrapolation.table,
         "anova.csv": a.factor_analysis.anova,
         "factor_pair_medians.csv": a.factor_analysis.pair_medians,
@@ -369,6 +505,9 @@ def tables(a: Analysis) -> dict[str, pd.DataFrame]:
         "op_breakdown.csv": a.op_breakdown,
         "fitted_curves.csv": a.curves.table,
     }
+    if a.withheld:
+        for name in ("crossover.csv", "extrapolation.csv", "fitted_curves.csv"):
+            del out[name]
     for name, tbl in a.extras.items():
         if isinstance(tbl, pd.DataFrame):
             out[f"{name}.csv"] = tbl

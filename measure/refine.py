@@ -192,9 +192,10 @@ def curve_points(rows: pd.DataFrame, method: str) -> tuple[Point, ...]:
         len(common), np.nan)
     lo = lora["paired_ratio_ci_low"].to_numpy(dtype=float) if "paired_ratio" in lora else ratio
     hi = lora["paired_ratio_ci_high"].to_numpy(dtype=float) if "paired_ratio" in lora else ratio
-    med = lora["time_median_s"].to_numpy(float) / full["time_median_s"].to_numpy(float)
-    fb_lo = lora["time_ci_low_s"].to_numpy(float) / full["time_ci_high_s"].to_numpy(float)
-    fb_hi = lora["time_ci_high_s"].to_numpy(float) / full["time_ci_low_s"].to_numpy(float)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a missing interval: NaN, then med
+        med = lora["time_median_s"].to_numpy(float) / full["time_median_s"].to_numpy(float)
+        fb_lo = lora["time_ci_low_s"].to_numpy(float) / full["time_ci_high_s"].to_numpy(float)
+        fb_hi = lora["time_ci_high_s"].to_numpy(float) / full["time_ci_low_s"].to_numpy(float)
     unpaired = ~np.isfinite(ratio)
     ratio = np.where(unpaired, med, ratio)
     lo = np.where(unpaired, np.where(np.isfinite(fb_lo), fb_lo, med), lo)

@@ -34,7 +34,7 @@ def crossover():
     rows = prepare.terms_for(sl.frame, None, measured=True)
     res = fitmod.fit("wls_additive", rows, rows["config_id"].to_numpy())
     boot = bootstrap.bootstrap(res, rows, n_boot=200, seed=0)
-    return crossover_table.crossover_table(res, boot, rows, None).table
+    return crossover_table.crossover_table(res, boot, rows, None, measured=sl.frame).table
 
 
 @pytest.mark.parametrize("batch, rank", [(2, 1), (2, 4), (256, 1)])
@@ -96,3 +96,52 @@ def test_censored_lower_end_is_printed_as_a_bound(crossover):
     assert (crossover["ci_low_censored"] == (crossover["ci_low"] <= crossover_table.D_MIN)).all()
     assert _ci(16.0, 40.0, True) == "[≤16, 40]"
     assert _ci(20.0, 40.0, False) == "[20, 40]"
+
+
+def test_a_curve_with_two_crossings_gets_one_verdict_true_everywhere():
+    """The batch-256 contradiction: a fitted gap log(t_lora/t_full) that is negative at the
+    search floor, positive from 22 to 40, negative above (full/LoRA 2.28x at the far end).
+    The first sign change alone would read "LoRA faster BELOW d* = 22, slower above"; the
+    verdict must list both crossings, LoRA faster / slower / faster on the three intervals,
+    no single d*, and agree with measurements that see LoRA faster at every width 64-1536."""
+    from measure.refine import Point
+
+    w = np.geomspace(16, 65536, 300)
+    x = np.log(w)
+    # a cubic-free shape: + between log 22 and log 40, − elsewhere, → log(1/2.28) at the end
+    gap = 0.4 * (x - np.log(22)) * (np.log(40) - x) / (1 + 0.05 * (x - np.log(40)) ** 2)
+    gap = np.where(x > np.log(40), np.maximum(gap, -np.log(2.28)), gap)
+    crossings, directions = crossover_table.sign_changes(w, gap)
+    assert len(crossings) == 2
+    assert crossings[0] == pytest.approx(22, rel=0.02) and crossings[1] == pytest.approx(40, rel=0.02)
+    assert directions == [True, False, True]  # faster | slower | faster
+    assert crossover_table.lora_faster_label(crossings, directions) == "alternates"
+    measured = [Point(d, 0.6, 0.55, 0.65) for d in (64, 128, 256, 512, 1024, 1536)]
+    assert crossover_table.agreement(w, gap, measured) == (True, [])
+    # a measured width inside the slower stretch that says "faster" is a disagreement
+    agrees, at = crossover_table.agreement(w, gap, measured + [Point(30, 0.8, 0.75, 0.85)])
+    assert not agrees and at == [30.0]
+    # and one whose interval contains 1 does not vote
+    assert crossover_table.agreement(w, gap, [Point(30, 0.99, 0.9, 1.1)])[0]
+
+
+def test_exactly_one_crossing_gives_d_star_and_none_gives_the_side():
+    w = np.geomspace(16, 65536, 300)
+    one = np.log(100) - np.log(w)  # slower below 100, faster above
+    c, d = crossover_table.sign_changes(w, one)
+    assert len(c) == 1 and c[0] == pytest.approx(100, rel=0.01) and d == [False, True]
+    assert crossover_table.lora_faster_label(c, d) == "above d*"
+    c, d = crossover_table.sign_changes(w, -np.ones_like(w))
+    assert crossover_table.lora_faster_label(c, d) == "whole range"
+    c, d = crossover_table.sign_changes(w, np.ones_like(w))
+    assert crossover_table.lora_faster_label(c, d) == "nowhere in range"
+
+
+def test_the_fitted_table_carries_structured_verdict_fields(crossover):
+    row = crossover[(crossover["batch"] == 2) & (crossover["rank"] == 1)
+                    & (crossover["method"] == "lora")].iloc[0]
+    assert len(row["crossings"]) == 1 and row["crossings"][0] == pytest.approx(row["d_star"])
+    assert row["directions"] == ["slower", "faster"]
+    assert row["agrees_with_measurements"] and row["disagrees_at"] == []
+    assert row["speedup_at_d_min"] < 1 < row["speedup_at_d_max"]
+    assert row["measured_ci_low"] <= row["measured_d_star"] <= row["measured_ci_high"]

@@ -37,10 +37,11 @@ from costmodel.cliutil import (
 )
 from costmodel.hardware import HardwareProfile
 from costmodel.memory import MemoryBreakdown, memory_breakdown
-from costmodel.optimizer import OPTIMIZERS, PRECISIONS
+from costmodel.layers import ATTENTIONS
+from costmodel.optimizer import OPTIMIZER_IMPLS, OPTIMIZERS, PRECISIONS
 from costmodel.presets_hardware import HARDWARE, resolve_hardware
 from costmodel.presets_models import MLP_KINDS, MODELS, NORM_KINDS, ModelShape, param_count, resolve_model
-from costmodel.step import METHODS, StepCost, step_cost
+from costmodel.step import HEADS, METHODS, StepCost, step_cost, step_param_count
 from costmodel.steptime import StepTime, step_time
 
 PROG = "python -m costmodel"
@@ -85,7 +86,29 @@ def _parser() -> OneLineArgumentParser:
                    help="freeze the first k blocks and the embedding lookup (default 0)")
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="bf16-mixed",
                    help="fp32 | bf16 | fp16-mixed | bf16-mixed (default; fp32 master weights)")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
+                   help="sgd | adamw (default) | adamw-8bit (m and v as block-wise quantized 8-bit "
+                        "codes: 2 bytes of state per parameter instead of 8; Dettmers et al. 2022)")
+    p.add_argument("--optimizer-impl", choices=OPTIMIZER_IMPLS, default="xla",
+                   help="how the update is launched: xla (default; one fused loop per tensor, as jit "
+                        "compiles optax), fused (one multi-tensor pass over all parameters, PyTorch "
+                        "fused=True), foreach (PyTorch's _foreach_ kernels, each step over all "
+                        "tensors), per-tensor (PyTorch's loop: 8 kernels per tensor for AdamW)")
+    p.add_argument("--optimizer-in-backward", action="store_true",
+                   help="apply each tensor's update inside the backward pass as soon as its gradient "
+                        "exists: only one tensor's gradient is held (needs --no-clip, --grad-accum 1)")
+    p.add_argument("--head", choices=HEADS, default=None,
+                   help="task head: lm (untied vocabulary projection), lm-tied (the token table "
+                        "reused), classifier (first token -> --classes logits, trained under every "
+                        "method), none (loss = sum of the final hidden state); default: the "
+                        "model's own LM head")
+    p.add_argument("--classes", type=positive_int, default=2, help="classifier head: classes (default 2)")
+    p.add_argument("--attention", choices=ATTENTIONS, default="naive",
+                   help="naive (default; seq x seq scores materialised and saved) or fused "
+                        "(FlashAttention: no seq x seq activations, the scores recomputed in the backward)")
+    p.add_argument("--grad-accum", type=positive_int, default=1, metavar="K",
+                   help="gradient accumulation: K micro-batches of --batch sequences, one optimizer "
+                        "update and clipping per step (default 1)")
     p.add_argument("--recompute", action="store_true", help="activation recomputation per block")
     p.add_argument("--no-clip", action="store_true", help="no gradient-norm clipping")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -168,16 +191,24 @@ def evaluate(args) -> dict:
                                                     "seq", "mlp", "norm", "tied_embeddings", "causal")},
                   "source": shape.source},
         "hardware": {"name": profile.name, "source": profile.source, "measured": profile.measured},
-        "config": {"batch": args.batch, "seq": seq, "tokens": args.batch * seq, "precision": args.precision,
+        "config": {"batch": args.batch, "seq": seq, "tokens": args.grad_accum * args.batch * seq,
+                   "precision": args.precision,
                    "optimizer": args.optimizer, "rank": args.rank, "targets": args.targets,
                    "dropout": args.dropout, "frozen_prefix": args.frozen_prefix,
-                   "recompute": args.recompute, "clip_grad": not args.no_clip},
+                   "recompute": args.recompute, "clip_grad": not args.no_clip,
+                   "head": args.head or ("lm-tied" if shape.tied_embeddings else "lm"),
+                   "n_classes": args.classes, "attention": args.attention, "grad_accum": args.grad_accum,
+                   "optimizer_impl": args.optimizer_impl, "optimizer_in_backward": args.optimizer_in_backward},
         "methods": {},
     }
     for method in args.method:
         cost = step_cost(shape, method, batch=args.batch, seq=seq, rank=args.rank, targets=args.targets,
                          dropout=args.dropout, frozen_prefix=args.frozen_prefix, precision=args.precision,
-                         optimizer=args.optimizer, recompute=args.recompute, clip_grad=not args.no_clip)
+                         optimizer=args.optimizer, recompute=args.recompute, clip_grad=not args.no_clip,
+                         head=args.head, n_classes=args.classes, attention=args.attention,
+                         grad_accum=args.grad_accum, optimizer_impl=args.optimizer_impl,
+                         optimizer_in_backward=args.optimizer_in_backward)
+        out["model"]["params"] = step_param_count(cost.spec)
         t = step_time(cost, profile)
         out["methods"][method] = method_record(cost, t, memory_breakdown(cost), profile)
         basis: dict[str, Any] = {"label": t.basis, "note": t.note}
@@ -211,8 +242,15 @@ def render(out: dict) -> str:
     lines = [
         f"{m['name']}: {m['params']:,} params, d {m['d_model']}, {m['layers']} layers, "
         f"{m['heads']} heads ({m['kv_heads']} kv), ffn {m['ffn']}, vocab {m['vocab']}",
-        f"step: batch {c['batch']} × seq {c['seq']} = {c['tokens']:,} tokens, {c['precision']}, "
+        f"step: "
+        + (f"{c['grad_accum']} micro-batches × " if c["grad_accum"] > 1 else "")
+        + f"batch {c['batch']} × seq {c['seq']} = {c['tokens']:,} tokens, {c['precision']}, "
         f"{c['optimizer']}"
+        + (f" ({c['optimizer_impl']})" if c["optimizer_impl"] != "xla" else "")
+        + (" inside the backward" if c["optimizer_in_backward"] else "")
+        + (f", {c['head']} head" + (f" ({c['n_classes']} classes)" if c["head"] == "classifier" else "")
+           if c["head"] != ("lm-tied" if m["tied_embeddings"] else "lm") else "")
+        + (f", {c['attention']} attention" if c["attention"] != "naive" else "")
         + (f", rank {c['rank']} on {c['targets']}" if set(out["methods"]) - {"full"} else "")
         + (", LoRA dropout" if c["dropout"] else "") + (", recompute" if c["recompute"] else "")
         + (f", first {c['frozen_prefix']} blocks frozen" if c["frozen_prefix"] else ""),

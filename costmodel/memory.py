@@ -13,11 +13,21 @@ their weights, in the compute dtype.
     fp16/bf16-mixed, AdamW         2        2      4 + 2·4        = 16
     fp16/bf16-mixed, SGD           2        2      4 + 0          = 8
     fp32,        SGD               4        4      0              = 8
+    fp32,        8-bit AdamW       4        4      0 + 2·(1 + 4/2048) ≈ 6   (Dettmers et al. 2022)
+    bf16-mixed,  8-bit AdamW       2        2      4 + 2·(1 + 4/2048) ≈ 8
+
+Gradients: with the update inside the backward (`optimizer_in_backward`) only the largest
+trainable tensor's gradient is held at once (each is consumed by its update as soon as it
+exists; Lv et al. 2023, "Full Parameter Fine-tuning for Large Language Models with Limited
+Resources" (LOMO), sec. 3.2); with gradient accumulation a second full set, the running sum
+beside the micro-batch's gradients (as JAX holds them; an eager framework summing into
+``.grad`` in place holds one).
 
 Activations are the graph's `saved_bytes` (forward tensors the backward reads), per part and
 per block; LoRA's extra saved inputs for ∂A, its dropout masks and `lora_merged`'s merged
-weights are in them. The peak adds the largest transient buffer of the backward pass: the
-(tokens × vocab) logits gradient or, under recomputation, one block's re-materialised
+weights are in them; under gradient accumulation, one micro-batch's. The peak adds the largest
+transient buffer of the backward pass: the (tokens × vocab) logits gradient of an LM head
+(batch × n_classes for a classifier, none without a head) or, under recomputation, one block's re-materialised
 activations, whichever is larger (the first is freed before the second exists). Allocator fragmentation,
 CUDA context and workspace are not modelled.
 """
@@ -31,9 +41,8 @@ from types import MappingProxyType
 import numpy as np
 
 from costmodel.hardware import dtype_bytes
-from costmodel.optimizer import OPTIMIZER_STATES
-from costmodel.presets_models import param_count
-from costmodel.step import StepCost
+from costmodel.optimizer import state_bytes_per_param
+from costmodel.step import StepCost, step_param_count
 
 
 @dataclass(frozen=True)
@@ -74,17 +83,25 @@ def memory_breakdown(cost: StepCost) -> MemoryBreakdown:
     """Memory of the step `cost` describes (see the module docstring for the accounting).
 
     trainable_params is exact (counted on the cost graph); total_params = the model's
-    `param_count` + the adapter parameters LoRA adds.
+    parameters with its head (`step_param_count`) + the adapter parameters LoRA adds.
     """
     spec = cost.spec
     prec = spec.prec
     compute = dtype_bytes(prec.compute_dtype)
     trainable = np.asarray(cost.trainable_params, dtype=float)
-    base = float(param_count(spec.model))
-    adapters = trainable if spec.method != "full" else np.zeros(())
+    base = float(step_param_count(spec))
+    adapters = (np.asarray(cost.parts["first_block"].trainable_params + cost.parts["middle_blocks"].trainable_params,
+                           dtype=float) if spec.method != "full" else np.zeros(()))
     total_params = base + adapters
     master = dtype_bytes(prec.master_dtype) if prec.master_dtype else 0
-    states = OPTIMIZER_STATES[spec.optimizer] * dtype_bytes(prec.state_dtype)
+    states = state_bytes_per_param(spec.optimizer, prec)
+    if spec.optimizer_in_backward:
+        # each tensor's gradient is consumed by its update as soon as it exists
+        gradients = np.asarray(cost.largest_trainable_tensor, dtype=float) * compute
+    else:
+        gradients = trainable * compute
+    if spec.grad_accum > 1:
+        gradients = gradients + trainable * compute  # the running sum beside a micro-batch's
 
     first = cost.parts["first_block"].saved_bytes
     middle_one = cost.block_saved_bytes["middle"]
@@ -97,10 +114,15 @@ def memory_breakdown(cost: StepCost) -> MemoryBreakdown:
         "head": cost.parts["head"].saved_bytes,
     }
     activations = per_layer["embeddings"] + first + per_layer["middle_blocks"] + per_layer["head"]
-    dlogits = spec.tokens * spec.model.vocab * compute
+    if spec.lm_head:
+        dlogits = spec.micro_tokens * spec.model.vocab * compute
+    elif spec.head == "classifier":
+        dlogits = spec.batch * spec.n_classes * compute
+    else:
+        dlogits = np.zeros(())
     return MemoryBreakdown(
         weights_bytes=np.asarray(total_params * compute),
-        gradients_bytes=np.asarray(trainable * compute),
+        gradients_bytes=np.asarray(gradients),
         optimizer_bytes=np.asarray(trainable * (master + states)),
         activations_bytes=np.asarray(activations, dtype=float),
         # dlogits is freed before any block's backward (and its recomputation) runs

@@ -41,9 +41,16 @@ import numpy as np
 
 from costmodel.graph import Cost, Graph, OpCost, Tensor, Terms, Vjp
 from costmodel.hardware import dtype_bytes
-from costmodel.layers import LayerConfig, parse_targets, record
-from costmodel.optimizer import OPTIMIZERS, PRECISIONS, Precision, optimizer_cost, resolve_precision
-from costmodel.presets_models import ModelShape
+from costmodel.layers import ATTENTIONS, LayerConfig, parse_targets, record
+from costmodel.optimizer import (
+    OPTIMIZER_IMPLS,
+    PRECISIONS,
+    Precision,
+    optimizer_cost,
+    resolve_optimizer,
+    resolve_precision,
+)
+from costmodel.presets_models import ModelShape, param_breakdown
 from costmodel.primitives import (
     Size,
     elementwise_bytes,
@@ -53,7 +60,10 @@ from costmodel.primitives import (
 )
 
 METHODS = ("full", "lora", "lora_merged")
-PARTS = ("embeddings", "frozen_blocks", "first_block", "middle_blocks", "head", "optimizer")
+#: The parts of a step; ``grad_accum`` (summing the micro-batches' gradients) exists only
+#: when grad_accum > 1.
+PARTS = ("embeddings", "frozen_blocks", "first_block", "middle_blocks", "head", "grad_accum", "optimizer")
+HEADS = ("lm", "lm-tied", "classifier", "none")
 
 #: Token ids are int32.
 TOKEN_ID_BYTES = 4
@@ -71,6 +81,18 @@ class StepSpec:
     full). frozen_prefix: the first k blocks (and the embedding lookup) get no gradients.
     recompute: activation checkpointing per block (keep each block's input, recompute the
     block in the backward). clip_grad: global-norm gradient clipping.
+    head: the task head (`HEADS`): ``lm`` (an untied vocabulary projection + cross-entropy
+    over every token), ``lm-tied`` (the token table reused), ``classifier`` (the first
+    token's final hidden state → `n_classes` logits with a bias, cross-entropy over the
+    batch; a new head, trained under every method, as PEFT's ``modules_to_save``), ``none``
+    (the loss is Σ of the final hidden state); None: the model's own LM head (tied or not).
+    attention: ``naive`` or ``fused`` (FlashAttention; `costmodel.layers.fused_attention`).
+    grad_accum: micro-batches per step (`batch` sequences each): forward and backward run
+    grad_accum times, their gradients are summed, the optimizer and clipping run once.
+    optimizer_impl: how the update is launched (`costmodel.optimizer.OPTIMIZER_IMPLS`).
+    optimizer_in_backward: each tensor is updated inside the backward pass as soon as its
+    gradient exists, so no whole gradient is ever held (memory); needs clip_grad off and
+    grad_accum 1.
     """
 
     model: ModelShape
@@ -85,14 +107,41 @@ class StepSpec:
     optimizer: str = "adamw"
     recompute: bool = False
     clip_grad: bool = True
+    head: str | None = None
+    n_classes: int = 2
+    attention: str = "naive"
+    grad_accum: int = 1
+    optimizer_impl: str = "xla"
+    optimizer_in_backward: bool = False
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
         resolve_precision(self.precision)
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        resolve_optimizer(self.optimizer)
+        if self.optimizer_impl not in OPTIMIZER_IMPLS:
+            raise ValueError(f"unknown optimizer implementation {self.optimizer_impl!r}; "
+                             f"choose one of {', '.join(OPTIMIZER_IMPLS)}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"unknown attention {self.attention!r}; choose one of {', '.join(ATTENTIONS)}")
+        head = self.head
+        if head is None:
+            head = "lm-tied" if self.model.tied_embeddings else "lm"
+        if head not in HEADS:
+            raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
+        set_("head", head)
+        if head in ("lm", "lm-tied") and self.model.tied_embeddings != (head == "lm-tied"):
+            set_("model", replace(self.model, tied_embeddings=head == "lm-tied"))
+        for name in ("n_classes", "grad_accum"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
+        if self.optimizer_in_backward and self.clip_grad:
+            raise ValueError("an update inside the backward cannot clip by the global norm (it needs "
+                             "every gradient first); turn clipping off (--no-clip)")
+        if self.optimizer_in_backward and self.grad_accum > 1:
+            raise ValueError("an update inside the backward cannot accumulate gradients over micro-batches")
         set_("targets", parse_targets("block", self.targets))
         set_("batch", _positive("batch", self.batch))
         set_("seq", _positive("seq", self.model.seq if self.seq is None else self.seq))
@@ -116,8 +165,18 @@ class StepSpec:
         return PRECISIONS[self.precision]
 
     @property
-    def tokens(self) -> np.ndarray:
+    def micro_tokens(self) -> np.ndarray:
+        """Tokens of one micro-batch: batch × seq."""
         return np.asarray(self.batch * self.seq)
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """Tokens of the whole step: grad_accum × batch × seq."""
+        return np.asarray(self.grad_accum * self.batch * self.seq)
+
+    @property
+    def lm_head(self) -> bool:
+        return self.head in ("lm", "lm-tied")
 
     @property
     def tables_train(self) -> bool:
@@ -131,8 +190,20 @@ class StepSpec:
             rank=self.rank if self.method != "full" else 0, targets=self.targets,
             input_requires_grad=input_requires_grad, dtype=self.prec.compute_dtype,
             seq=self.seq, heads=m.heads, kv_heads=m.kv_heads, mlp=m.mlp, norm=m.norm,
-            bias=m.bias, causal=m.causal, lora_dropout=self.dropout,
+            bias=m.bias, causal=m.causal, lora_dropout=self.dropout, attention=self.attention,
         )
+
+
+def step_param_count(spec: StepSpec) -> int:
+    """Parameters of the model `spec` trains, adapters aside: `param_count` of its shape with
+    the head of `spec.head` (the LM head's tying as chosen; a classifier's d·n_classes +
+    n_classes instead of the LM head; nothing for ``none``)."""
+    parts = param_breakdown(spec.model)
+    if not spec.lm_head:
+        parts["lm_head"] = 0
+    if spec.head == "classifier":
+        parts["lm_head"] = spec.model.d_model * spec.n_classes + spec.n_classes
+    return int(sum(parts.values()))
 
 
 def _positive(name: str, value: Size) -> np.ndarray:
@@ -148,6 +219,7 @@ class BlockCosts:
 
     cost: Cost
     trainable_tensors: int
+    largest: np.ndarray  # elements of its largest trainable tensor
 
 
 @dataclass(frozen=True)
@@ -162,12 +234,15 @@ class StepCost:
     #: recomputed saved set (0 otherwise: it is already counted in `saved_bytes`)
     recompute_transient_bytes: np.ndarray
     trainable_tensors: int
+    #: elements of the largest trainable tensor (what an update inside the backward holds)
+    largest_trainable_tensor: np.ndarray = field(default_factory=lambda: np.zeros(()))
     total: Cost = field(init=False)
 
     def __post_init__(self) -> None:
         total = None
         for name in PARTS:
-            total = self.parts[name] if total is None else total + self.parts[name]
+            if name in self.parts:
+                total = self.parts[name] if total is None else total + self.parts[name]
         object.__setattr__(self, "total", total)
 
     @property
@@ -199,45 +274,84 @@ def step_cost(model: ModelShape, method: str, **options) -> StepCost:
     """FLOPs, bytes, kernels, trainable parameters and saved activations of one training step.
 
     `options` are the fields of `StepSpec` (batch, seq, rank, targets, dropout, frozen_prefix,
-    precision, optimizer, recompute, clip_grad). Raises ValueError (one line) on bad input.
+    precision, optimizer, recompute, clip_grad, head, n_classes, attention, grad_accum,
+    optimizer_impl, optimizer_in_backward). Raises ValueError (one line) on bad input.
     """
     return build_step(StepSpec(model, method, **options))
 
 
 def build_step(spec: StepSpec) -> StepCost:
-    """The step's parts for `spec` (see the module docstring); two block graphs, whatever L."""
+    """The step's parts for `spec` (see the module docstring); two block graphs, whatever L.
+
+    With grad_accum = k > 1 every part but the optimizer runs k times (their ops scaled by k;
+    saved activations are one micro-batch's), and the ``grad_accum`` part sums the k
+    gradients: (k − 1)·P adds, reading two and writing one gradient each, one kernel per
+    tensor (JAX's tree_map add; PyTorch's AccumulateGrad).
+    """
     m = spec.model
     k = spec.frozen_prefix
     n_middle = m.layers - k - 1
-    emb, emb_tensors = _embeddings_cost(spec)
+    emb, emb_tensors, emb_big = _embeddings_cost(spec)
     # the first trainable block needs dX only when something before it trains
     first = _block_cost(spec, input_requires_grad=spec.tables_train)
     middle = _block_cost(spec, input_requires_grad=True)
     frozen = _forward_only(_block_cost(spec, input_requires_grad=False, method="full").cost)
-    head, head_tensors = _head_cost(spec)
+    head, head_tensors, head_big = _head_cost(spec)
     tensors = emb_tensors + head_tensors + first.trainable_tensors + n_middle * middle.trainable_tensors
     params = emb.trainable_params + head.trainable_params + first.cost.trainable_params \
         + n_middle * middle.cost.trainable_params
+    largest = np.maximum.reduce([np.asarray(x, float) for x in (emb_big, head_big, first.largest, middle.largest)])
     first_c, middle_c = first.cost, middle.cost
     transient = np.zeros(())
     if spec.recompute:
         transient = np.maximum(first_c.saved_bytes, middle_c.saved_bytes)
         first_c, middle_c = _recomputed(first_c, spec), _recomputed(middle_c, spec)
-    parts = {
+    micro = {
         "embeddings": emb,
         "frozen_blocks": frozen.scaled(k, "frozen: "),
         "first_block": first_c,
         "middle_blocks": middle_c.scaled(n_middle, "middle: "),
         "head": head,
-        "optimizer": optimizer_cost(params, tensors, spec.optimizer, spec.prec, spec.clip_grad),
     }
+    acc = spec.grad_accum
+    parts = {name: _repeated(c, acc) for name, c in micro.items()}
+    if acc > 1:
+        parts["grad_accum"] = _accumulate(params, tensors, acc, spec)
+    parts["optimizer"] = optimizer_cost(params, tensors, spec.optimizer, spec.prec, spec.clip_grad,
+                                        spec.optimizer_impl, spec.optimizer_in_backward)
     return StepCost(
         spec=spec,
         parts=MappingProxyType(parts),
         block_saved_bytes=MappingProxyType({"first": first_c.saved_bytes, "middle": middle_c.saved_bytes}),
         recompute_transient_bytes=transient,
         trainable_tensors=int(tensors),
+        largest_trainable_tensor=largest,
     )
+
+
+def _repeated(cost: Cost, k: int) -> Cost:
+    """`cost` run k times one after the other (micro-batches): its ops ×k; the same
+    trainable parameters, and one run's saved activations (freed before the next run)."""
+    if k == 1:
+        return cost
+    ops = tuple(replace(op, flops=op.flops * k, transcendentals=op.transcendentals * k,
+                        bytes_moved=op.bytes_moved * k, kernels=op.kernels * k) for op in cost.ops)
+    return Cost(ops, cost.trainable_params, cost.saved_bytes, cost.dtype)
+
+
+def _accumulate(params: Size, tensors: int, k: int, spec: StepSpec) -> Cost:
+    """Σ of k micro-batch gradients: (k − 1) adds of P elements, each reading two gradients
+    and writing one, one kernel per tensor."""
+    g = dtype_bytes(spec.prec.compute_dtype)
+    n = (k - 1) * np.asarray(params, float)
+    op = OpCost("accumulate micro-batch gradients", "backward", "elementwise", elementwise_flops(n), 0,
+                3 * n * g, (k - 1) * tensors)
+    return Cost((op,), np.asarray(0), np.asarray(0), spec.prec.compute_dtype)
+
+
+def _largest_trainable(g: Graph) -> np.ndarray:
+    sizes = [np.asarray(p.numel, float) for p in g.params if p.requires_grad]
+    return np.maximum.reduce(sizes) if sizes else np.zeros(())
 
 
 def _block_cost(spec: StepSpec, input_requires_grad: bool, method: str | None = None) -> BlockCosts:
@@ -249,7 +363,7 @@ def _block_cost(spec: StepSpec, input_requires_grad: bool, method: str | None = 
     x = g.input("X", (cfg.batch * cfg.seq, cfg.embed), requires_grad=cfg.input_requires_grad)
     out = record(g, x, cfg)
     n_trainable = sum(1 for p in g.params if p.requires_grad)
-    return BlockCosts(g.cost(out), n_trainable)
+    return BlockCosts(g.cost(out), n_trainable, _largest_trainable(g))
 
 
 def _forward_only(cost: Cost) -> Cost:
@@ -264,7 +378,7 @@ def _recomputed(cost: Cost, spec: StepSpec) -> Cost:
     forward inside the backward pass."""
     redo = tuple(replace(op, name=f"recompute {op.name}", phase="backward")
                  for op in cost.ops if op.phase == "forward")
-    kept = spec.tokens * spec.model.d_model * dtype_bytes(spec.prec.compute_dtype)
+    kept = spec.micro_tokens * spec.model.d_model * dtype_bytes(spec.prec.compute_dtype)
     return Cost(cost.ops + redo, cost.trainable_params, np.asarray(kept), cost.dtype)
 
 
@@ -288,14 +402,16 @@ def _gather(g: Graph, name: str, table: Tensor, rows: Size, out_shape: tuple) ->
     return g.custom(name, "gather", fwd, (table,), out_shape, (vjp,))
 
 
-def _embeddings_cost(spec: StepSpec) -> tuple[Cost, int]:
+def _embeddings_cost(spec: StepSpec) -> tuple[Cost, int, np.ndarray]:
+    """The lookups' cost, their trainable tensors and the largest one's elements."""
     m = spec.model
     d, b, t = m.d_model, spec.batch, spec.seq
     g = Graph(spec.prec.compute_dtype)
     train = spec.tables_train
+    tied = spec.head == "lm-tied"
     # A tied token table is one parameter shared with the LM head; it is counted (and its
     # head gradient taken) in the head part, so here it is a leaf that only carries grad.
-    if m.tied_embeddings:
+    if tied:
         E = g.input("E", (m.vocab, d), requires_grad=train)
     else:
         E = g.param("E", (m.vocab, d), trainable=train)
@@ -309,13 +425,13 @@ def _embeddings_cost(spec: StepSpec) -> tuple[Cost, int]:
     if m.norm_placement == "post":
         x = _norm(g, "ln_emb", x, m, train)
     cost = g.cost(x)
-    if m.tied_embeddings and train:
+    if tied and train:
         # the lookup's scatter-add and the head's dE meet in one gradient buffer
         n = m.vocab * d
         acc = OpCost("accumulate dE (tied with the LM head)", "backward", "elementwise",
                      elementwise_flops(n), 0, elementwise_bytes(n, (n, n), g.itemsize), 1)
         cost = Cost(cost.ops + (acc,), cost.trainable_params, cost.saved_bytes, cost.dtype)
-    return cost, sum(1 for p in g.params if p.requires_grad)
+    return cost, sum(1 for p in g.params if p.requires_grad), _largest_trainable(g)
 
 
 def _norm(g: Graph, name: str, x: Tensor, m: ModelShape, trainable: bool) -> Tensor:
@@ -360,27 +476,51 @@ def _cross_entropy(g: Graph, logits: Tensor) -> Tensor:
     return g.custom("loss=cross-entropy(logits)", "softmax", fwd, (logits,), (), (vjp,))
 
 
-def _head_cost(spec: StepSpec) -> tuple[Cost, int]:
+def _head_cost(spec: StepSpec) -> tuple[Cost, int, np.ndarray]:
+    """The final norm (pre-norm models), the head of `spec.head` and its loss, over one
+    micro-batch; with the head's trainable tensors and the largest one's elements.
+
+    - ``lm`` / ``lm-tied``: [BERT's MLM transform,] the vocabulary projection (the token
+      table transposed when tied) [+ a vocabulary bias], cross-entropy over every token;
+      trained under full fine-tuning only.
+    - ``classifier``: the final norm over every token (as the base model computes it), the
+      first token of each sequence (a slice: reads and writes b·d; its VJP writes the whole
+      zero-padded (tokens × d) gradient), logits = h₀·Wcls + bcls (d → n_classes),
+      cross-entropy over the b sequences; Wcls and bcls train under every method.
+    - ``none``: loss = Σ of the final hidden state, as the layer benchmarks do.
+    """
     m = spec.model
     d = m.d_model
-    n = spec.tokens
+    n = spec.micro_tokens
     g = Graph(spec.prec.compute_dtype)
     full = spec.method == "full"
     # blocks always train (frozen_prefix < layers), so the head input carries a gradient
     h = g.input("h", (n, d), requires_grad=True)
     if m.norm_placement == "pre":
         h = _norm(g, "ln_f", h, m, full)
-    if m.mlm_head:  # BERT: dense + GELU + LayerNorm before the vocabulary projection
-        Wt = g.param("Wmlm", (d, d), trainable=full)
-        h = g.add("t=t+bmlm", g.matmul("t=h·Wmlm", h, Wt), g.param("bmlm", (d,), trainable=full))
-        h = _norm(g, "ln_mlm", g.gelu("u=gelu(t)", h), m, full)
-    if m.tied_embeddings:
-        E = g.param("E", (m.vocab, d), trainable=full)
-        logits = g.matmul("logits=h·Eᵀ", h, E, transpose_b=True)
+    if spec.head == "none":
+        loss = g.sum_all("loss=Σh", h)
+    elif spec.head == "classifier":
+        b, s = spec.batch, g.itemsize
+        pool = Vjp("scatter", Terms(0, 0, (n * d + b * d) * s, 1))
+        h0 = g.custom("h0=h[:, 0]", "gather", Terms(0, 0, 2 * b * d * s, 1), (h,), (b, d), (pool,))
+        W = g.param("Wcls", (d, spec.n_classes), trainable=True)
+        logits = g.add("logits=logits+bcls", g.matmul("logits=h0·Wcls", h0, W),
+                       g.param("bcls", (spec.n_classes,), trainable=True))
+        loss = _cross_entropy(g, logits)
     else:
-        W = g.param("Wout", (d, m.vocab), trainable=full)
-        logits = g.matmul("logits=h·Wout", h, W)
-    if m.mlm_head:
-        logits = g.add("logits=logits+bvocab", logits, g.param("bvocab", (m.vocab,), trainable=full))
-    cost = g.cost(_cross_entropy(g, logits))
-    return cost, sum(1 for p in g.params if p.requires_grad)
+        if m.mlm_head:  # BERT: dense + GELU + LayerNorm before the vocabulary projection
+            Wt = g.param("Wmlm", (d, d), trainable=full)
+            h = g.add("t=t+bmlm", g.matmul("t=h·Wmlm", h, Wt), g.param("bmlm", (d,), trainable=full))
+            h = _norm(g, "ln_mlm", g.gelu("u=gelu(t)", h), m, full)
+        if spec.head == "lm-tied":
+            E = g.param("E", (m.vocab, d), trainable=full)
+            logits = g.matmul("logits=h·Eᵀ", h, E, transpose_b=True)
+        else:
+            W = g.param("Wout", (d, m.vocab), trainable=full)
+            logits = g.matmul("logits=h·Wout", h, W)
+        if m.mlm_head:
+            logits = g.add("logits=logits+bvocab", logits, g.param("bvocab", (m.vocab,), trainable=full))
+        loss = _cross_entropy(g, logits)
+    cost = g.cost(loss)
+    return cost, sum(1 for p in g.params if p.requires_grad), _largest_trainable(g)

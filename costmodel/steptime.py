@@ -81,13 +81,24 @@ class FittedRates:
         return {"lora": self.lora_multiplier, "lora_merged": self.lora_merged_multiplier}.get(method, 1.0)
 
     @classmethod
-    def from_profile(cls, profile: HardwareProfile) -> "FittedRates | None":
-        """The rates in `profile.extra` (all of the three required `FIT_KEYS`), else None."""
+    def from_profile(cls, profile: HardwareProfile, level: str = "auto") -> "FittedRates | None":
+        """The rates in `profile.extra`, else None.
+
+        level ``layer``: those fitted on single layers (`FIT_KEYS`); ``step``: those fitted on
+        whole training steps (`STEP_FIT_KEYS`, written by `analysis` for a `models` dataset);
+        ``auto``: the step-level rates when the profile has them, else the layer-level ones.
+        Each set needs its first three keys.
+        """
+        if level not in ("auto", "layer", "step"):
+            raise ValueError(f"unknown level {level!r}; choose auto, layer or step")
         extra = profile.extra
-        if not all(k in extra for k in list(FIT_KEYS)[:3]):
-            return None
-        values = {field_: float(extra[key]) for key, field_ in FIT_KEYS.items() if key in extra}
-        return cls(**values, note=f"rates fitted to timings on this device ({profile.name})")
+        for lvl, keys, what in (("step", STEP_FIT_KEYS, "whole training steps"),
+                                ("layer", FIT_KEYS, "layer kernels")):
+            if level not in ("auto", lvl) or not all(k in extra for k in list(keys)[:3]):
+                continue
+            values = {field_: float(extra[key]) for key, field_ in keys.items() if key in extra}
+            return cls(**values, note=f"rates fitted to timings of {what} on this device ({profile.name})")
+        return None
 
 
 #: `HardwareProfile.extra` key -> `FittedRates` field; the first three are required.
@@ -99,6 +110,9 @@ FIT_KEYS: Mapping[str, str] = MappingProxyType({
     "fit_lora_multiplier": "lora_multiplier",
     "fit_lora_merged_multiplier": "lora_merged_multiplier",
 })
+#: The same rates fitted on whole training steps (`analysis.wholemodel`); preferred by
+#: `step_time` when a profile carries both.
+STEP_FIT_KEYS: Mapping[str, str] = MappingProxyType({f"step_{k}": v for k, v in FIT_KEYS.items()})
 
 
 def efficiency_for(profile: HardwareProfile) -> Efficiency:

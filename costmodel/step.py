@@ -1,5 +1,5 @@
-"""One training step of a whole transformer: embeddings, L blocks, final norm, LM head, loss,
-gradient clipping and the optimizer update, under full fine-tuning or LoRA.
+"""One training step of a whole transformer: embeddings, L blocks, final norm, a task head,
+loss, gradient clipping and the optimizer update, under full fine-tuning or LoRA.
 
     >>> from costmodel.step import step_cost
     >>> from costmodel.presets_models import MODELS
@@ -19,14 +19,19 @@ The step is built from the same cost graph as the single layers (`costmodel.grap
   embeddings train (full fine-tuning without a frozen prefix); under LoRA it gets no dX.
 - ``middle_blocks``: the other blocks, one block's cost scaled by their number (they are
   identical), so a 96-layer model costs two block graphs, not 96.
-- ``head``: final norm (pre-norm models) or BERT's MLM transform, the vocabulary projection
-  (tied to the token embedding where published so) and softmax cross-entropy over every token.
-- ``optimizer``: loss-scale unscaling (fp16-mixed), global-norm gradient clipping and the SGD
-  or AdamW update, all per trainable parameter.
+- ``head``: final norm (pre-norm models), then by `StepSpec.head`: BERT's MLM transform, the
+  vocabulary projection (tied to the token embedding or not) and softmax cross-entropy over
+  every token (``lm``, ``lm-tied``; the model's own by default); a classifier on the first
+  token, trained under every method (``classifier``); or no head (``none``).
+- ``grad_accum`` (only with grad_accum > 1): the sum of the micro-batches' gradients; the
+  parts above run once per micro-batch.
+- ``optimizer``: loss-scale unscaling (fp16-mixed), global-norm gradient clipping and the SGD,
+  AdamW or 8-bit AdamW update, all per trainable parameter, once per step, launched as
+  `optimizer_impl` says (`costmodel.optimizer`).
 
 Post-norm (BERT) blocks are costed as the pre-norm block: the same ops in another order.
-Attention materialises its (seq × seq) scores per head, as the measured kernels do (no
-FlashAttention-style fusion), so long contexts are costed as the unfused computation.
+Attention materialises its (seq × seq) scores per head (``attention="naive"``, as the measured
+kernels do), or is FlashAttention (``"fused"``: `costmodel.layers.fused_attention`).
 Dropout inside the base model (attention/residual dropout) is not modelled; LoRA's own
 input dropout (`dropout=True`) is. GPT-3's locally banded sparse layers are costed as dense.
 """

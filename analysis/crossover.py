@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="add the predicted LoRA/full step time and memory of whole "
                                    "models across the presets, this one marked (a preset name, or 'all')")
     p.add_argument("--hardware", help="hardware for the whole-model table: a preset name or a profile JSON")
+    p.add_argument("--layer-fit", default=None,
+                   help="for a models dataset (python -m measure.sweep --grid models): the "
+                        "fitted_profile.json of a layer-kernel analysis whose rates predict the whole "
+                        "steps (default: ./crossover-results/fitted_profile.json, made by measuring "
+                        "and analysing the quick grid when absent)")
     return p
 
 
@@ -183,6 +188,14 @@ def run(args) -> int:
         _check_out(path)
         measure_grid(args.grid, path)
         dataset = data.load(path)
+    from analysis import wholemodel_report
+
+    if wholemodel_report.is_models(dataset.frame):
+        # whole training steps: the three-route validation instead of the layer fit
+        profile, note = resolve_profile(args, dataset, out)
+        return wholemodel_report.run(args, dataset, out, profile, note)
+    if args.layer_fit:
+        raise UserError("--layer-fit applies to a models dataset (python -m measure.sweep --grid models)")
     # Fail on the data before writing anything (a profile measurement writes into --out).
     data.select(dataset, _min_configs())
     extras_fn = None

@@ -38,7 +38,8 @@ import pandas as pd
 from scipy.optimize import nnls
 
 from costmodel.hardware import HardwareProfile
-from costmodel.model import FittedRates, StepCost, efficiency_for, step_time
+from costmodel.step import StepCost
+from costmodel.steptime import FittedRates, efficiency_for, step_time
 
 ROUTES = ("unfitted", "layer_fit", "step_fit")
 SCHEMES = ("out_of_scale", "all")

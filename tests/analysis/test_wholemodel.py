@@ -11,7 +11,8 @@ import pytest
 
 from analysis import wholemodel as wm
 from costmodel.hardware import HardwareProfile
-from costmodel.model import FittedRates, step_cost
+from costmodel.step import step_cost
+from costmodel.steptime import FittedRates
 from costmodel.presets_models import MODELS, param_count
 from costmodel.presets_models import ModelShape
 
@@ -37,7 +38,7 @@ def synthetic_steps(rates: FittedRates = TRUE, slow_blocks: float = 1.0) -> wm.S
         for batch in (1, 4):
             for method in ("full", "lora"):
                 c = step_cost(m, method, batch=batch, seq=32, rank=4, precision="fp32")
-                from costmodel.model import step_time
+                from costmodel.steptime import step_time
 
                 t = step_time(c, PROFILE, fitted=rates)
                 blocks = float(t.part_time_s["first_block"] + t.part_time_s["middle_blocks"])

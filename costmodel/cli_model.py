@@ -36,8 +36,8 @@ from costmodel.cliutil import (
     run,
 )
 from costmodel.hardware import HardwareProfile
-from costmodel.memory import MemoryBreakdown, memory_breakdown
 from costmodel.layers import ATTENTIONS
+from costmodel.memory import MemoryBreakdown, memory_breakdown
 from costmodel.optimizer import OPTIMIZER_IMPLS, OPTIMIZERS, PRECISIONS
 from costmodel.presets_hardware import HARDWARE, resolve_hardware
 from costmodel.presets_models import MLP_KINDS, MODELS, NORM_KINDS, ModelShape, param_count, resolve_model
@@ -242,7 +242,7 @@ def render(out: dict) -> str:
     lines = [
         f"{m['name']}: {m['params']:,} params, d {m['d_model']}, {m['layers']} layers, "
         f"{m['heads']} heads ({m['kv_heads']} kv), ffn {m['ffn']}, vocab {m['vocab']}",
-        f"step: "
+        "step: "
         + (f"{c['grad_accum']} micro-batches × " if c["grad_accum"] > 1 else "")
         + f"batch {c['batch']} × seq {c['seq']} = {c['tokens']:,} tokens, {c['precision']}, "
         f"{c['optimizer']}"

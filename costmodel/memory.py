@@ -114,12 +114,11 @@ def memory_breakdown(cost: StepCost) -> MemoryBreakdown:
         "head": cost.parts["head"].saved_bytes,
     }
     activations = per_layer["embeddings"] + first + per_layer["middle_blocks"] + per_layer["head"]
+    dlogits = np.zeros(())
     if spec.lm_head:
-        dlogits = spec.micro_tokens * spec.model.vocab * compute
+        dlogits = np.asarray(spec.micro_tokens * spec.model.vocab * compute, dtype=float)
     elif spec.head == "classifier":
-        dlogits = spec.batch * spec.n_classes * compute
-    else:
-        dlogits = np.zeros(())
+        dlogits = np.asarray(spec.batch * spec.n_classes * compute, dtype=float)
     return MemoryBreakdown(
         weights_bytes=np.asarray(total_params * compute),
         gradients_bytes=np.asarray(gradients),

@@ -206,11 +206,12 @@ def optimizer_cost(params: Size, tensors: Size, optimizer: str, precision: Preci
         # codes and the blocks' absmax of m and v, each read and written once
         state_rw = 2 * n_states * (STATE_8BIT_BYTES + ABSMAX_BYTES / QUANT_BLOCK)
     else:
-        state_rw = 2 * n_states * st
+        state_rw = 2.0 * n_states * st
+    nbytes: Size
     if optimizer == "adamw" and impl in ("foreach", "per-tensor"):
-        nbytes = p * (4 * w + 2 * g + 14 * st)
+        nbytes = np.asarray(p, float) * (4 * w + 2 * g + 14 * st)
     else:
-        nbytes = p * (g + 2 * w + state_rw)  # read g, w, states; write w, states
+        nbytes = np.asarray(p, float) * (g + 2 * w + state_rw)  # read g, w, states; write w, states
     if precision.master_dtype is not None:
         nbytes = nbytes + p * dtype_bytes(precision.compute_dtype)
     kernels = {"xla": t, "per-tensor": PER_TENSOR_KERNELS[optimizer] * t,

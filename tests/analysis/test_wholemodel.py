@@ -11,10 +11,9 @@ import pytest
 
 from analysis import wholemodel as wm
 from costmodel.hardware import HardwareProfile
+from costmodel.presets_models import MODELS, ModelShape, param_count
 from costmodel.step import step_cost
 from costmodel.steptime import FittedRates
-from costmodel.presets_models import MODELS, param_count
-from costmodel.presets_models import ModelShape
 
 PROFILE = HardwareProfile("measured cpu test", {"float32": 1e11}, 2e10, 2e-6, measured=True)
 TRUE = FittedRates(flops_per_s=5e10, bytes_per_s=8e9, kernel_overhead_s=3e-6, dispatch_s=1e-4,

@@ -288,8 +288,9 @@ def test_cli_options_reach_the_step(capsys):
     inside = _cli_json(capsys, "--optimizer-in-backward", "--no-clip")
     assert inside["methods"]["full"]["memory"]["gradients_bytes"] == V * D * 2
     fused = _cli_json(capsys, "--attention", "fused", "--optimizer-impl", "per-tensor")
-    assert fused["methods"]["full"]["memory"]["activations_bytes"] < base["methods"]["full"]["memory"]["activations_bytes"]
-    assert fused["methods"]["full"]["kernels"] > base["methods"]["full"]["kernels"]
+    f, b = fused["methods"]["full"], base["methods"]["full"]
+    assert f["memory"]["activations_bytes"] < b["memory"]["activations_bytes"]
+    assert f["kernels"] > b["kernels"]
 
 
 @pytest.mark.parametrize("argv,needle", [

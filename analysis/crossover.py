@@ -23,8 +23,10 @@ from collections.abc import Sequence
 from analysis import data
 from analysis.bootstrap import N_BOOT
 from analysis.curves import GPT_WIDTHS
-from costmodel.cliutil import OneLineArgumentParser, UserError
+from costmodel import cliutil
+from costmodel.cliutil import OneLineArgumentParser, UserError, add_debug_flag
 
+PROG = "python -m analysis.crossover"
 DEFAULT_RESULTS = "crossover-results"
 GRIDS = ("quick", "seed", "square")  # measure.grids.GRIDS, listed here so --help needs no import
 
@@ -53,7 +55,7 @@ def grid_name(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineArgumentParser(prog="python -m analysis.crossover", description=__doc__.split("\n\n")[0])
+    p = OneLineArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="our sweep directory or CSV/JSONL, or the blog's results CSV "
                                   "(default: measure --grid into ./crossover-results/)")
     p.add_argument("--grid", type=grid_name, default="quick",
@@ -78,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "fitted_profile.json of a layer-kernel analysis whose rates predict the whole "
                         "steps (default: ./crossover-results/fitted_profile.json, made by measuring "
                         "and analysing the quick grid when absent)")
+    add_debug_flag(p)
     return p
 
 
@@ -247,12 +250,8 @@ def _min_configs() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        return run(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    """The analysis under the shared runner: one-line errors (exit 2), 130/143 on a signal."""
+    return cliutil.run(PROG, lambda args: run(build_parser().parse_args(args)), argv)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.costs import fill_model_columns
-from costmodel.cliutil import UserError
+from costmodel.errors import UserError
 from measure import schema
 
 BLOG_FACTORS = ("batch_size", "embedding_dim", "hidden_dim", "low_rank")

@@ -65,7 +65,7 @@ import patsy
 import statsmodels.api as sm
 from scipy import stats
 
-from costmodel.cliutil import UserError
+from costmodel.errors import UserError
 
 #: The terms of the additive forms, as a patsy formula over `terms_frame`'s columns.
 ADDITIVE_FORMULA = "1 + gflops + gbytes + kernels + gresult + gflops:lora + gflops:lora_merged"

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from costmodel.cliutil import UserError
+from costmodel.errors import UserError
 
 DEFAULT_MODEL = "gpt2-small"
 DEFAULT_HARDWARE = "a100-80gb"

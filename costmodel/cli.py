@@ -1,10 +1,12 @@
-"""Command line of the cost model.
+"""Command line of the cost model: two subcommands, each with its own defaults.
 
-    python -m costmodel --layer attention --batch 64 --embed 1024 --hidden 1024 --rank 4 --method lora
-    python -m costmodel ... --method full,lora --hardware a100-80gb --json
-    python -m costmodel --layer attention --batch 64 --rank 4 --crossover --hardware v100
+    python -m costmodel layer --layer attention --batch 64 --embed 1024 --hidden 1024 --rank 4 --methods lora
+    python -m costmodel layer ... --methods full,lora --hardware a100-80gb --json
+    python -m costmodel layer --layer attention --batch 64 --rank 4 --crossover --hardware v100
+    python -m costmodel model --model gpt2-small        (a whole training step: `costmodel.cli_model`)
 
-With --model (or --list) the whole-model training step is costed instead (`costmodel.cli_model`).
+Shorthand: without a subcommand, flags alone pick one: any flag only `model` knows (--model,
+--list, --precision, --d-model, ...) means `model`, otherwise `layer`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from costmodel.cliutil import OneLineArgumentParser, UserError, csv_list, positive_int, run
+from costmodel.cliutil import (
+    DefaultsHelpFormatter,
+    OneLineArgumentParser,
+    UserError,
+    add_debug_flag,
+    csv_list,
+    positive_int,
+    run,
+)
 from costmodel.crossover import crossover
 from costmodel.graph import Cost
 from costmodel.hardware import DTYPE_BYTES, HardwareProfile
@@ -23,34 +33,33 @@ from costmodel.layers import LAYERS, METHODS, MLPS, NORMS, LayerConfig, build
 from costmodel.roofline import RooflineTime, roofline
 
 PROG = "python -m costmodel"
-_MODEL_FLAGS = ("--model", "--list", "--d-model", "--layers")
+SUBCOMMANDS = ("layer", "model")
 
 
 def _parser() -> OneLineArgumentParser:
-    p = OneLineArgumentParser(prog=PROG, description="FLOPs, bytes, kernels and roofline time of "
+    p = OneLineArgumentParser(prog=f"{PROG} layer", formatter_class=DefaultsHelpFormatter,
+                              description="FLOPs, bytes, kernels and roofline time of "
                               "one training step of a layer under full training or LoRA.",
-                              epilog="Whole models: --model NAME (or a custom shape with --d-model, "
-                              "--layers, ...) costs a full training step; --list names the model "
-                              "and hardware presets; python -m costmodel --model gpt2-small --help "
-                              "shows those options.")
-    p.add_argument("--layer", choices=LAYERS, default="attention")
-    p.add_argument("--method", type=csv_list(METHODS, "method"), default=["full", "lora"],
-                   help="comma-separated: full, lora, lora_merged (default full,lora)")
-    p.add_argument("--batch", type=positive_int, default=64, help="rows n of X (default 64)")
+                              epilog="Whole models: python -m costmodel model --help.")
+    p.add_argument("--layer", choices=LAYERS, default="attention", help="which layer")
+    p.add_argument("--methods", "--method", dest="method", metavar="METHODS",
+                   type=csv_list(METHODS, "method"),
+                   default=",".join(METHODS[:2]), help=f"comma-separated, from {', '.join(METHODS)}")
+    p.add_argument("--batch", type=positive_int, default=64, help="rows n of X")
     p.add_argument("--embed", type=positive_int, default=1024, help="input width e / d_model")
     p.add_argument("--hidden", type=positive_int, default=None,
                    help="output width h (default e); for block, the MLP width (default 4e)")
-    p.add_argument("--rank", type=positive_int, default=4)
+    p.add_argument("--rank", type=positive_int, default=4, help="LoRA rank r")
     p.add_argument("--targets", default=None,
                    help="adapted matrices, e.g. q,k (attention default q,k; block default q,v)")
-    p.add_argument("--dtype", choices=tuple(DTYPE_BYTES), default="float32")
+    p.add_argument("--dtype", choices=tuple(DTYPE_BYTES), default="float32", help="tensor dtype")
     p.add_argument("--input-grad", action="store_true",
                    help="the layer input needs a gradient (a layer deep in a network)")
     p.add_argument("--seq", type=positive_int, default=None, help="block: tokens per sequence")
     p.add_argument("--heads", type=positive_int, default=None, help="block: attention heads")
     p.add_argument("--kv-heads", type=positive_int, default=None, help="block: kv heads (GQA)")
-    p.add_argument("--mlp", choices=MLPS, default="gelu")
-    p.add_argument("--norm", choices=NORMS, default="layernorm")
+    p.add_argument("--mlp", choices=MLPS, default="gelu", help="block: MLP kind")
+    p.add_argument("--norm", choices=NORMS, default="layernorm", help="block: normalisation")
     p.add_argument("--bias", action="store_true", help="block/linear: projections have biases")
     p.add_argument("--causal", action="store_true", help="block: causal attention mask")
     p.add_argument("--hardware", default=None,
@@ -58,7 +67,39 @@ def _parser() -> OneLineArgumentParser:
     p.add_argument("--crossover", action="store_true",
                    help="solve the width d* (e = h = d) where LoRA becomes faster (needs --hardware)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_debug_flag(p)
     return p
+
+
+def _top_parser() -> OneLineArgumentParser:
+    """Only for ``python -m costmodel --help``: the subcommands and the shorthand."""
+    p = OneLineArgumentParser(
+        prog=PROG, description="Analytical cost of LoRA vs full training: one layer or a whole model.",
+        epilog="Shorthand: flags without a subcommand pick one (any flag only `model` knows, such as "
+               "--model, --list or --precision, means `model`; otherwise `layer`).")
+    sub = p.add_subparsers(dest="command", metavar="{layer,model}")
+    sub.add_parser("layer", help="per-op FLOPs, bytes, kernels and roofline time of one layer "
+                                 "(python -m costmodel layer --help)")
+    sub.add_parser("model", help="time and memory of a whole model's training step "
+                                 "(python -m costmodel model --help)")
+    add_debug_flag(p)
+    return p
+
+
+def _option_names(parser: OneLineArgumentParser) -> set[str]:
+    return {s for a in parser._actions for s in a.option_strings}
+
+
+def _pick(argv: list[str]) -> tuple[str, list[str]]:
+    """(subcommand, its argv): the first word, or for flags alone, `model` when any flag is one
+    only the model parser knows."""
+    if argv and argv[0] in SUBCOMMANDS:
+        return argv[0], argv[1:]
+    from costmodel import cli_model
+
+    model_only = _option_names(cli_model._parser()) - _option_names(_parser())
+    flags = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    return ("model" if flags & model_only else "layer"), argv
 
 
 def _config(args, method: str) -> LayerConfig:
@@ -190,15 +231,21 @@ def _json_default(o):
     raise TypeError(type(o).__name__)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    import sys
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a.split("=")[0] in _MODEL_FLAGS for a in argv):
+def _dispatch(argv: list[str]) -> int:
+    if argv and argv[0] in ("-h", "--help"):
+        _top_parser().print_help()
+        return 0
+    command, rest = _pick(argv)
+    if command == "model":
         from costmodel import cli_model
 
-        return cli_model.main(argv)
-    return run(PROG, lambda: _body(_parser().parse_args(argv)))
+        return cli_model.body(rest)
+    return _body(_parser().parse_args(rest))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m costmodel [layer|model] ...``; returns the exit status."""
+    return run(PROG, _dispatch, argv)
 
 
 if __name__ == "__main__":

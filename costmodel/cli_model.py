@@ -29,8 +29,10 @@ import numpy as np
 
 from costmodel import cli_parallel
 from costmodel.cliutil import (
+    DefaultsHelpFormatter,
     OneLineArgumentParser,
     UserError,
+    add_debug_flag,
     csv_list,
     positive_int,
     run,
@@ -57,29 +59,31 @@ _SHAPE_FLAGS = ("d_model", "layers", "heads", "kv_heads", "ffn", "vocab")
 
 
 def _parser() -> OneLineArgumentParser:
-    p = OneLineArgumentParser(prog=PROG, description="Time and memory of one training step of a "
+    p = OneLineArgumentParser(prog=f"{PROG} model", formatter_class=DefaultsHelpFormatter,
+                              description="Time and memory of one training step of a "
                               "whole transformer under full fine-tuning and LoRA.")
     p.add_argument("--model", default=None, help="preset name (see --list)")
     p.add_argument("--list", action="store_true", help="print the model and hardware presets")
     shape = p.add_argument_group("custom shape (alone, or overriding a --model preset)")
-    shape.add_argument("--d-model", type=positive_int)
-    shape.add_argument("--layers", type=positive_int)
+    shape.add_argument("--d-model", type=positive_int, help="model width")
+    shape.add_argument("--layers", type=positive_int, help="transformer blocks")
     shape.add_argument("--heads", type=positive_int, help="default d_model / 64")
     shape.add_argument("--kv-heads", type=positive_int, help="grouped-query kv heads (default heads)")
     shape.add_argument("--ffn", type=positive_int, help="MLP width (default 4·d_model)")
     shape.add_argument("--vocab", type=positive_int, help="default 50257")
     shape.add_argument("--mlp", choices=MLP_KINDS, default=None,
                        help="custom shape: gelu (GPT-2 style, default) or swiglu (LLaMA style)")
-    shape.add_argument("--norm", choices=NORM_KINDS, default=None)
+    shape.add_argument("--norm", choices=NORM_KINDS, default=None, help="custom shape: normalisation")
     p.add_argument("--seq", type=positive_int, default=None,
                    help=f"tokens per sequence (default: the model's context, at most {DEFAULT_MAX_SEQ}; "
                         "for a custom shape also its context, default 2048)")
     p.add_argument("--batch", type=positive_int, default=1, help="sequences per step (default 1)")
     p.add_argument("--hardware", default=DEFAULT_HARDWARE,
                    help=f"preset name or measured profile JSON (default {DEFAULT_HARDWARE})")
-    p.add_argument("--method", type=csv_list(METHODS, "method"), default=["full", "lora"],
-                   help="comma-separated: full, lora, lora_merged (default full,lora)")
-    p.add_argument("--rank", type=positive_int, default=4)
+    p.add_argument("--methods", "--method", dest="method", metavar="METHODS",
+                   type=csv_list(METHODS, "method"),
+                   default=",".join(METHODS[:2]), help=f"comma-separated, from {', '.join(METHODS)}")
+    p.add_argument("--rank", type=positive_int, default=4, help="LoRA rank r")
     p.add_argument("--targets", default="q,v", help="adapted matrices of each block: q,k,v,o,mlp (default q,v)")
     p.add_argument("--dropout", action="store_true", help="LoRA input dropout on")
     p.add_argument("--frozen-prefix", type=int, default=0,
@@ -113,6 +117,7 @@ def _parser() -> OneLineArgumentParser:
     p.add_argument("--no-clip", action="store_true", help="no gradient-norm clipping")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     cli_parallel.add_arguments(p)
+    add_debug_flag(p)
     return p
 
 
@@ -319,8 +324,11 @@ def _body(args) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    import sys
+def body(argv: list[str]) -> int:
+    """The ``model`` subcommand on its own argv (the runner is `costmodel.cli.main`'s)."""
+    return _body(_parser().parse_args(argv))
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    return run(PROG, lambda: _body(_parser().parse_args(argv)))
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m costmodel model ...``; returns the exit status."""
+    return run(PROG, body, argv)

@@ -1,31 +1,44 @@
-"""What every command line of the project shares: one `UserError`, one-line errors, exit 2.
+"""What every command line of the project shares: one runner, one-line errors, exit codes.
 
-Bad input never ends in a traceback: argparse's own errors become `UserError`, and `run`
-prints it (or a ValueError from the model) as one line, ``<prog>: error: <what is wrong>``,
-and returns 2. `costmodel`, `measure` and `analysis` all use these; their output files are
-written atomically by `costmodel.fileio`.
+`run(prog, body, argv)` is the only place that maps exceptions to exit statuses:
+
+- `UserError` or any other ValueError (bad input; library code raises them, see
+  `costmodel.errors`) prints ``<prog>: error: <what is wrong>`` on one line and returns 2;
+- SIGINT (Ctrl-C) and SIGTERM both stop the body the same way: the runner's handler raises
+  `Interrupted` (a KeyboardInterrupt carrying the signal number), the body keeps what is
+  finished, and the runner returns 130 (SIGINT) or 143 (SIGTERM); a second signal during that
+  shutdown is noted and ignored, so no traceback interrupts the cleanup;
+- any other exception prints one line and returns 1.
+
+No traceback is printed unless ``--debug`` is on the command line (`add_debug_flag` adds the
+flag to a parser so that ``--help`` lists it). `costmodel`, `measure` and `analysis` all use
+these; their output files are written atomically by `costmodel.fileio`.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import NoReturn
 
+from costmodel.errors import Interrupted, UserError, one_line
+
+__all__ = [
+    "DefaultsHelpFormatter", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_USAGE", "Interrupted",
+    "OneLineArgumentParser", "UserError", "add_debug_flag", "csv_list", "exit_status", "non_negative_float",
+    "one_line", "positive_float", "positive_int", "positive_int_list", "run", "stop_signals",
+]
+
+EXIT_ERROR = 1
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
-
-
-class UserError(Exception):
-    """Bad input from the user: printed as one line, exit status 2."""
-
-
-def one_line(message: object, limit: int = 300) -> str:
-    """First line of `message`, clipped: stderr and error records get one line each."""
-    text = str(message).strip().splitlines()
-    line = text[0] if text else type(message).__name__
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, the shell's convention; SIGTERM gives 143
+DEBUG_FLAG = "--debug"
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
@@ -35,13 +48,93 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         raise UserError(one_line(message))
 
 
-def run(prog: str, body: Callable[[], int]) -> int:
-    """Run a command body; print UserError and ValueError as one line on stderr and return 2."""
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each flag's default, unless its help already says it or there is none
+    to show (None, False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action) or text
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    """The global ``--debug`` flag: `run` reads it from argv; this makes the parser accept it."""
+    parser.add_argument(DEBUG_FLAG, action="store_true",
+                        help="on an error, also print the Python traceback (for bug reports)")
+
+
+def exit_status(exc: BaseException) -> int:
+    """The exit status for a stop: 128 + the signal number (130 for a plain Ctrl-C)."""
+    return exc.exit_status if isinstance(exc, Interrupted) else EXIT_INTERRUPTED
+
+
+@contextmanager
+def stop_signals() -> Iterator[Callable[[], None]]:
+    """SIGINT and SIGTERM raise `Interrupted(signum)` inside the block; yields `shutting_down`,
+    which makes any later signal a no-op (noted, not raised) until the block ends. Outside the
+    main thread, or where a signal is already ignored (a background job), nothing changes."""
+    state = {"stopping": False}
+
+    def handle(signum: int, frame: object) -> None:
+        if state["stopping"]:
+            return  # a second signal while the first one's cleanup runs: let it finish
+        state["stopping"] = True
+        raise Interrupted(signum)
+
+    def shutting_down() -> None:
+        state["stopping"] = True
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, handle)
     try:
-        return body()
-    except (UserError, ValueError) as exc:
-        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
-        return EXIT_USAGE
+        yield shutting_down
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def run(prog: str, body: Callable[[list[str]], int], argv: Sequence[str] | None = None) -> int:
+    """Run `body(argv)` (argv defaults to sys.argv[1:]) and map what it raises to one line on
+    stderr and an exit status: 2 for bad input (ValueError, UserError), 130/143 for
+    SIGINT/SIGTERM, 1 for anything else; the traceback too only with ``--debug``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in (args[: args.index("--")] if "--" in args else args)
+    with stop_signals() as shutting_down:
+        try:
+            status = body(args)
+            shutting_down()
+            return status
+        except BrokenPipeError:  # `... | head`: the reader left; nothing more to say
+            shutting_down()
+            sys.stdout = open(os.devnull, "w")  # the recipe of Python's docs for SIGPIPE
+            return 128 + signal.SIGPIPE
+        except KeyboardInterrupt as exc:
+            shutting_down()
+            _traceback(debug)
+            name = signal.Signals(exc.signum).name if isinstance(exc, Interrupted) else "SIGINT"
+            print(f"{prog}: interrupted ({name})", file=sys.stderr)
+            return exit_status(exc)
+        except ValueError as exc:  # UserError included
+            shutting_down()
+            _traceback(debug)
+            print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+            return EXIT_USAGE
+        except Exception as exc:
+            shutting_down()
+            _traceback(debug)
+            hint = "" if debug else f" (rerun with {DEBUG_FLAG} for the traceback)"
+            print(f"{prog}: error: {type(exc).__name__}: {one_line(exc)}{hint}", file=sys.stderr)
+            return EXIT_ERROR
+
+
+def _traceback(debug: bool) -> None:
+    if debug:
+        traceback.print_exc(file=sys.stderr)
 
 
 def csv_list(choices: Sequence[str] | None = None, what: str = "value") -> Callable[[str], tuple[str, ...]]:

@@ -38,7 +38,7 @@ from typing import Any
 
 import pandas as pd
 
-from costmodel.cliutil import UserError, one_line
+from costmodel.errors import UserError, one_line
 from costmodel.fileio import atomic_write_text
 from measure.fingerprint import fingerprint_differences
 from measure.schema import ADDED_IN_2, COLUMNS, KEY, SCHEMA_VERSION, SchemaError, validate

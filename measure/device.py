@@ -40,11 +40,15 @@ from pathlib import Path
 from costmodel.cliutil import (
     OneLineArgumentParser,
     UserError,
+    add_debug_flag,
     csv_list,
     one_line,
     positive_float,
     positive_int,
+    run,
 )
+
+PROG = "python -m measure.device"
 
 DTYPES = ("float32", "bfloat16")
 
@@ -258,7 +262,7 @@ def _check_out(path: Path) -> None:
 
 
 def build_parser() -> OneLineArgumentParser:
-    p = OneLineArgumentParser(prog="python -m measure.device", description=__doc__.split("\n\n")[0])
+    p = OneLineArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="profile JSON to write (loads as HardwareProfile)")
     p.add_argument("--dtypes", type=csv_list(DTYPES, "dtype"), default=DTYPES)
     p.add_argument("--max-n", type=positive_int, default=16384, help="largest matmul side tried")
@@ -268,25 +272,27 @@ def build_parser() -> OneLineArgumentParser:
     p.add_argument("--copy-mib", type=positive_float, default=256.0,
                    help="size of the bandwidth copy in MiB")
     p.add_argument("--repeats", type=positive_int, default=5)
+    add_debug_flag(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Measure and write the profile under the shared runner (one-line errors, exit 2)."""
+    return run(PROG, _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    _check_out(out)
+    profile = measure(
+        dtypes=args.dtypes, max_n=args.max_n, target_call_s=args.target_call_s,
+        copy_mib=args.copy_mib, repeats=args.repeats,
+    )
     try:
-        args = build_parser().parse_args(argv)
-        out = Path(args.out)
-        _check_out(out)
-        profile = measure(
-            dtypes=args.dtypes, max_n=args.max_n, target_call_s=args.target_call_s,
-            copy_mib=args.copy_mib, repeats=args.repeats,
-        )
-        try:
-            profile.to_json(out)
-        except OSError as exc:
-            raise UserError(f"cannot write --out {out}: {one_line(exc)}") from None
-    except UserError as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return 2
+        profile.to_json(out)
+    except OSError as exc:
+        raise UserError(f"cannot write --out {out}: {one_line(exc)}") from None
     peaks = ", ".join(f"{d} {r / 1e9:.1f} GFLOP/s" for d, r in profile.peak_flops_per_s.items())
     print(
         f"{profile.name}: {peaks}; bandwidth {profile.mem_bandwidth_bytes_per_s / 1e9:.1f} GB/s; "

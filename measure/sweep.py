@@ -17,25 +17,29 @@ from __future__ import annotations
 
 import math
 import random
-import signal
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from costmodel.cliutil import (
-    EXIT_INTERRUPTED,
+    Interrupted,
     OneLineArgumentParser,
     UserError,
+    add_debug_flag,
     csv_list,
+    exit_status,
     non_negative_float,
     one_line,
     positive_int,
     positive_int_list,
+    run,
 )
 from measure import grids
 from measure.grids import Config, Grid
 from measure.schema import COLUMNS, SCHEMA_VERSION
+
+PROG = "python -m measure.sweep"
 
 # ----------------------------------------------------------------------------- describing
 
@@ -199,7 +203,7 @@ def run_config(
 
 def build_parser() -> OneLineArgumentParser:
     p = OneLineArgumentParser(
-        prog="python -m measure.sweep",
+        prog=PROG,
         description="Time full fine-tuning against LoRA over a grid of layer sizes.",
     )
     p.add_argument("--out", required=True, help="output folder (created; resumed if it exists)")
@@ -245,6 +249,7 @@ def build_parser() -> OneLineArgumentParser:
     p.add_argument("--time-limit-s", type=non_negative_float,
                    help="start no new config after this many seconds; the run is marked "
                         "interrupted (exit 0) and the same command resumes it")
+    add_debug_flag(p)
     return p
 
 
@@ -322,24 +327,10 @@ def _summary_line(i: int, n: int, config: Config, results, elapsed_s: float) -> 
     return f"[{i}/{n}] {config.label()}: " + ", ".join(parts) + f" [{elapsed_s:.1f} s]"
 
 
-class _Terminate(KeyboardInterrupt):
-    """SIGTERM, treated like Ctrl-C: keep what is finished, mark the run interrupted."""
-
-
-def _on_sigterm(signum, frame):  # pragma: no cover - exercised through subprocess tests
-    raise _Terminate()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        return _main(argv)
-    except UserError as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # before the output folder was opened: nothing to keep
-        print("interrupted before measuring anything", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    """The sweep under the shared runner: one-line errors (exit 2), SIGINT/SIGTERM kept as
+    an interrupted run (exit 130/143; before the output folder opens there is nothing to keep)."""
+    return run(PROG, _main, argv)
 
 
 def _main(argv: list[str]) -> int:
@@ -400,7 +391,6 @@ def _main(argv: list[str]) -> int:
 
     from tqdm import tqdm
 
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     bar = tqdm(total=len(work), file=sys.stderr, unit="config", disable=not sys.stderr.isatty())
     _log(bar, f"{grid.name}: {len(work)} configs to measure x {len(grid.methods)} methods "
               f"({skipped} (config, method) pairs already in {args.out}); budget {budget:g} s/config")
@@ -422,14 +412,12 @@ def _main(argv: list[str]) -> int:
     except OSError as exc:  # the folder vanished, the disk filled: what was appended stays
         bar.close()
         raise UserError(f"cannot write to --out {args.out}: {one_line(exc)}") from None
-    except KeyboardInterrupt as exc:
+    except KeyboardInterrupt as exc:  # SIGINT or SIGTERM (the runner's `Interrupted`)
         bar.close()
-        out.finish("interrupted", reason="SIGTERM" if isinstance(exc, _Terminate) else "SIGINT")
+        out.finish("interrupted", reason=str(exc) if isinstance(exc, Interrupted) else "SIGINT")
         _log(None, f"interrupted: {len(out.records)} records kept in {args.out}; "
                    "rerun the same command to resume")
-        return EXIT_INTERRUPTED
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        return exit_status(exc)
     if grid_left_after and args.refine and args.variant == "clean":
         _log(None, "--limit left configs of the grid: the crossover refinement waits for them")
     df = out.finish("complete")

@@ -30,7 +30,7 @@ def _bad(capsys, out, argv):
     rc = crossover.main([*argv, "--out", str(out), "--no-plots"])
     err = capsys.readouterr().err.strip()
     assert rc == 2
-    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    assert len(err.splitlines()) == 1 and err.startswith("python -m analysis.crossover: error: ")
     assert _snapshot(out) == before
     return err
 

@@ -8,7 +8,7 @@ import pytest
 
 import costmodel
 from analysis import data
-from costmodel.cliutil import UserError
+from costmodel.errors import UserError
 
 BLOG_ROWS = [
     # batch, embed, hidden, rank, vanilla (s), lora (s)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from costmodel.cliutil import UserError
+from costmodel.errors import UserError
 from measure import dataset, fingerprint
 from measure.schema import COLUMNS, KEY, SCHEMA_VERSION, SchemaError, validate
 

@@ -1,0 +1,109 @@
+"""The shared command-line runner (`costmodel.cliutil.run`): exit statuses, one-line errors,
+SIGINT/SIGTERM as clean stops (real subprocesses and real signals), --debug tracebacks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from costmodel.cliutil import run
+from costmodel.errors import Interrupted, UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+#: a command that says "ready", waits for a signal, and on the stop cleans up for `cleanup_s`
+#: (printing "cleaned"), as a sweep does when it marks its run interrupted.
+PROGRAM = textwrap.dedent("""
+    import sys, time
+    from costmodel.cliutil import exit_status, run
+
+    def body(argv):
+        cleanup_s, handle = float(argv[0]), argv[1] == "handle"
+        try:
+            print("ready", flush=True)
+            time.sleep(30)
+            return 0
+        except KeyboardInterrupt as exc:
+            time.sleep(cleanup_s)
+            print("cleaned", flush=True)
+            if handle:
+                return exit_status(exc)
+            raise
+
+    sys.exit(run("prog", body, sys.argv[1:]))
+""")
+
+
+def _start(cleanup_s: float, handle: bool) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    argv = [sys.executable, "-c", PROGRAM, str(cleanup_s), "handle" if handle else "raise"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+@pytest.mark.parametrize("handle", [True, False], ids=["body-returns", "runner-reports"])
+@pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stop_signal_ends_cleanly_with_128_plus_its_number(sig, status, handle):
+    proc = _start(cleanup_s=0.0, handle=handle)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == status
+    assert out.strip() == "cleaned"
+    # a body that handles the stop says what it kept itself; otherwise the runner says one line
+    assert err.strip() == ("" if handle else f"prog: interrupted ({signal.Signals(sig).name})")
+
+
+def test_a_second_signal_during_the_cleanup_is_ignored_no_traceback():
+    proc = _start(cleanup_s=1.5, handle=False)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)  # inside the cleanup now
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143  # the first signal decides
+    assert out.strip() == "cleaned"
+    assert "Traceback" not in err and err.strip() == "prog: interrupted (SIGTERM)"
+
+
+def test_bad_input_is_one_line_and_exit_2(capsys):
+    def body(argv):
+        raise UserError("--batch must be > 0\nsecond line dropped")
+
+    assert run("prog", body, []) == 2
+    assert capsys.readouterr().err == "prog: error: --batch must be > 0\n"
+
+
+def test_a_library_value_error_is_bad_input_too(capsys):
+    assert issubclass(UserError, ValueError)
+    assert run("prog", lambda argv: int("x"), []) == 2
+    assert capsys.readouterr().err.startswith("prog: error: invalid literal")
+
+
+def test_an_unexpected_error_is_one_line_and_exit_1_unless_debug(capsys):
+    def body(argv):
+        raise RuntimeError("boom")
+
+    assert run("prog", body, ["--x"]) == 1
+    err = capsys.readouterr().err
+    assert err == "prog: error: RuntimeError: boom (rerun with --debug for the traceback)\n"
+    assert run("prog", body, ["--debug"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback") and err.endswith("prog: error: RuntimeError: boom\n")
+
+
+def test_interrupted_carries_its_signal():
+    assert Interrupted(signal.SIGTERM).exit_status == 143 and isinstance(Interrupted(), KeyboardInterrupt)
+    assert str(Interrupted(signal.SIGTERM)) == "SIGTERM"
+
+
+def test_the_runner_restores_the_signal_handlers():
+    before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    run("prog", lambda argv: 0, [])
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before

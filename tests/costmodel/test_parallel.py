@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from costmodel.comm import Cluster, Interconnect, collective_time
 from costmodel.layers import LayerConfig, build
@@ -181,3 +183,23 @@ def test_first_stage_holds_pp_micro_batches_of_activations():
     one = float(stage_costs(StepSpec(GPT2, "full", batch=1, seq=512), lay).first.saved_bytes)
     assert float(step(8).memory.activations_bytes) == pytest.approx(4 * one, rel=1e-12)
     assert float(step(16).memory.activations_bytes) == pytest.approx(4 * one, rel=1e-12)
+
+
+@settings(max_examples=20, deadline=None)
+@given(tp=st.sampled_from([1, 2, 4]), pp=st.sampled_from([1, 2, 3]), dp=st.sampled_from([1, 2, 8]),
+       mb=st.sampled_from([1, 2]), m=st.integers(1, 6))
+def test_invariants_over_layouts(tp, pp, dp, mb, m):
+    """Each ZeRO stage holds no more model state than the one before; LoRA holds less than
+    full and sends fewer data-parallel bytes; shares and times are in range."""
+    lay = Layout(dp=dp, tp=tp, pp=pp, zero=np.arange(4), micro_batch=mb, n_micro=m)
+    steps = {k: parallel_step(GPT2, k, lay, CLUSTER, A100, seq=256, rank=4) for k in ("full", "lora")}
+    for s in steps.values():
+        assert np.all(np.diff(s.memory.model_state_bytes) <= 1e-6 * s.memory.model_state_bytes[0])
+        assert np.all(s.step_time_s > 0) and np.all((0 <= s.comm_share) & (s.comm_share < 1))
+        assert np.all(s.bubble_fraction == (pp - 1) / (m + pp - 1))
+    assert np.all(steps["lora"].memory.model_state_bytes < steps["full"].memory.model_state_bytes)
+
+    def dp_bytes(method):
+        cs = collectives(GPT2, method, lay, seq=256, rank=4)
+        return sum(c.count * c.wire_bytes() for c in cs if c.group == "dp" and c.purpose.startswith("dp_grad"))
+    assert np.all(dp_bytes("lora") <= dp_bytes("full"))

@@ -330,8 +330,9 @@ def stage_costs(spec: StepSpec, layout: Layout) -> StageCosts:
     one = (pp == 1).astype(float)
     first = {"embeddings": emb, "first_block": first_b, "middle_blocks": mid_b.scaled(bps - 1, "middle: "),
              "head": head.scaled(one)}
-    last = {"embeddings": emb.scaled(one), "first_block": first_b.scaled(0),
-            "middle_blocks": mid_b.scaled(bps, "middle: "), "head": head.scaled(1 - one)}
+    # with one stage, the last stage is the first
+    last = {"embeddings": emb.scaled(one), "first_block": first_b.scaled(one),
+            "middle_blocks": mid_b.scaled(bps - one, "middle: "), "head": head}
     # the embedding and head tensors (their optimizer kernels) are charged to both end stages
     ends = base.trainable_tensors - first_n - (spec.model.layers - 1) * mid_n
     first_tensors = ends + first_n + (bps - 1) * mid_n

@@ -203,3 +203,24 @@ def test_invariants_over_layouts(tp, pp, dp, mb, m):
         cs = collectives(GPT2, method, lay, seq=256, rank=4)
         return sum(c.count * c.wire_bytes() for c in cs if c.group == "dp" and c.purpose.startswith("dp_grad"))
     assert np.all(dp_bytes("lora") <= dp_bytes("full"))
+
+
+@pytest.mark.parametrize("name,method,recompute", [
+    ("gpt2-small", "full", False), ("gpt2-small", "lora", True), ("gpt2-small", "lora_merged", False),
+    ("llama2-7b", "lora_merged", False), ("llama2-7b", "full", True),
+])
+def test_one_device_layout_is_the_one_device_step(name, method, recompute):
+    """dp = tp = pp = 1: time, work and memory equal the single-device whole-model step's
+    (`step_time`, `memory_breakdown`), an independent route through the same cost graph."""
+    from costmodel.memory import memory_breakdown
+    from costmodel.model import step_cost, step_time
+
+    model = MODELS[name]
+    par = parallel_step(model, method, Layout(1, 1, 1), CLUSTER, A100, seq=512, rank=4, recompute=recompute)
+    one = step_cost(model, method, batch=1, seq=512, rank=4, recompute=recompute)
+    mem = memory_breakdown(one)
+    assert float(par.step_time_s) == pytest.approx(float(step_time(one, A100).time_s), rel=1e-12)
+    for ours, theirs in ((par.flops, one.flops), (par.bytes_moved, one.bytes_moved), (par.kernels, one.kernels),
+                         (par.memory.total_bytes, mem.total_bytes),
+                         (par.memory.activations_bytes, mem.activations_bytes)):
+        assert float(ours) == pytest.approx(float(theirs), rel=1e-12)

@@ -528,11 +528,14 @@ class DeviceMemory:
 class ParallelStep:
     """One training step under `layout` (arrays over layouts), per device and overall.
 
-    step_time_s = pipeline_s + optimizer_s + exposed_comm_s − (the TP/PP collectives are
-    inside pipeline_s: tp_comm_s and pp_comm_s say how much); comm_s is all communication
-    time including what hides; comm_share = (communication on the critical path) / step
-    time; tokens_per_s is the whole step's, tokens_per_s_per_device that over the devices.
-    flops/bytes/kernels are one device's per step (the slower stage).
+    step_time_s = pipeline_s + optimizer_s + (dp_comm_s − dp_hidden_s) + other_comm_s.
+    pipeline_s already holds the tensor-parallel and pipeline collectives (tp_comm_s and
+    pp_comm_s say how much of it they are); dp_comm_s is all data-parallel communication,
+    dp_hidden_s the part hidden behind the backward pass; other_comm_s the per-step LoRA
+    factor, tied-embedding and gradient-norm all-reduces. comm_share = (tp_comm_s +
+    pp_comm_s + dp_comm_s − dp_hidden_s + other_comm_s) / step_time_s. tokens_per_s is the
+    whole step's, tokens_per_s_per_device that over the devices; flops, bytes_moved and
+    kernels are one device's per step (the slower stage).
     """
 
     method: str

@@ -298,6 +298,7 @@ def predict_sharded(sharded: pd.DataFrame, fit: CollectiveFit) -> pd.DataFrame:
     d = sharded[(sharded["error"] == "") & (sharded["time_median_s"] > 0)]
     key = ["method", "dp", "tp", "batch", "seq", "embed", "heads", "hidden", "rank", "targets", "dtype"]
     local = d[d["program"] == "local"].set_index(key)["time_median_s"]
+    conc = d[d["program"] == "concurrent"].set_index(key + ["processes"])["time_median_s"]
     rows = []
     for _, r in d[(d["program"] == "step") & (d["devices"] > 1)].iterrows():
         k_idx = tuple(r[c] for c in key)
@@ -312,7 +313,11 @@ def predict_sharded(sharded: pd.DataFrame, fit: CollectiveFit) -> pd.DataFrame:
                 comm += fit.predict_s(kind, group, message_bytes_of(kind, nbytes, group))
             except KeyError as exc:
                 missing = one_line(exc)
+        c_idx = (*k_idx, r["processes"])
+        t_conc = float(conc.loc[c_idx]) if c_idx in conc.index else float("nan")
+        comm_s = comm if not missing else float("nan")
         rows.append({
+            "concurrent_s": t_conc, "concurrent_predicted_s": t_conc + comm_s,
             "method": r["method"], "dp": int(r["dp"]), "tp": int(r["tp"]), "devices": int(r["devices"]),
             "processes": int(r["processes"]), "time_s": float(r["time_median_s"]), "local_s": t_local,
             "compute_sharing": k, "comm_predicted_s": comm if not missing else float("nan"),
@@ -324,6 +329,8 @@ def predict_sharded(sharded: pd.DataFrame, fit: CollectiveFit) -> pd.DataFrame:
     if len(out):
         out["rel_error"] = _rel(out["predicted_s"], out["time_s"])
         out["compute_only_rel_error"] = _rel(out["compute_only_s"], out["time_s"])
+        out["concurrent_rel_error"] = _rel(out["concurrent_predicted_s"], out["time_s"])
+        out["concurrent_only_rel_error"] = _rel(out["concurrent_s"], out["time_s"])
     return out
 
 
@@ -373,6 +380,9 @@ def analyse(collectives: pd.DataFrame | None, sharded: pd.DataFrame | None) -> C
         summary["sharded_layouts"] = sorted({f"dp={a},tp={b}" for a, b in zip(tgt["dp"], tgt["tp"])})
         summary["sharded_step_median_rel_error"] = _median(tgt["rel_error"])
         summary["sharded_step_compute_only_median_rel_error"] = _median(tgt["compute_only_rel_error"])
+        # diagnostic: the compute measured with every device busy at once (core sharing as it is)
+        summary["sharded_step_concurrent_median_rel_error"] = _median(tgt["concurrent_rel_error"])
+        summary["sharded_step_concurrent_only_median_rel_error"] = _median(tgt["concurrent_only_rel_error"])
         rt = ratios[[(int(a), int(b)) in TARGET_LAYOUTS for a, b in zip(ratios["dp"], ratios["tp"])]] \
             if len(ratios) else ratios
         if len(rt):
@@ -458,6 +468,11 @@ def text_report(a: CommAnalysis) -> str:
             f"  sharded steps ({', '.join(s['sharded_layouts'])}): median |error| "
             f"{100 * s['sharded_step_median_rel_error']:.1f}% "
             f"(compute-only {100 * s['sharded_step_compute_only_median_rel_error']:.1f}%)")
+        if math.isfinite(s.get("sharded_step_concurrent_median_rel_error", math.nan)):
+            lines.append(
+                f"  diagnostic, compute measured with all devices busy (concurrent) + comm: "
+                f"{100 * s['sharded_step_concurrent_median_rel_error']:.1f}% "
+                f"(concurrent alone {100 * s['sharded_step_concurrent_only_median_rel_error']:.1f}%)")
         if "lora_full_ratio_median_rel_error" in s:
             lines.append(
                 f"  LoRA/full ratio: median |error| {100 * s['lora_full_ratio_median_rel_error']:.1f}% "

@@ -11,8 +11,10 @@ Two tables, long form, one row per (config, what) summary of repeated timings:
     one transformer-block training step under a data × tensor parallel layout (``dp``,
     ``tp``; ``devices`` = dp·tp, over ``processes`` processes), full or LoRA, with the
     collectives the compiled program holds (``hlo_*``). ``program`` is ``step`` (the sharded
-    step on dp·tp devices) or ``local`` (one device's share of the same step, run alone on one
-    device with no communication: the single-device reference the analysis scales).
+    step on dp·tp devices), ``local`` (one device's share of the same step, run alone on one
+    device with no communication: the single-device reference the analysis scales) or
+    ``concurrent`` (every device runs its share at the same time, with no communication:
+    what devices sharing one machine's cores cost, apart from communication).
 
 Format history (bump TABLE_VERSION on any change of names, meaning or dtype):
   1 -- first version.
@@ -29,7 +31,7 @@ from measure.schema import SchemaError, _as_bool
 TABLE_VERSION = 1
 
 COLLECTIVES: tuple[str, ...] = ("all_reduce", "all_gather", "reduce_scatter", "ppermute")
-PROGRAMS: tuple[str, ...] = ("step", "local")
+PROGRAMS: tuple[str, ...] = ("step", "local", "concurrent")
 
 _TIMING: dict[str, str] = {
     "n_repeats": "int64",
@@ -70,7 +72,7 @@ SHARDED_COLUMNS: Mapping[str, str] = {
     "device_kind": "string",
     "layer": "string",  # block
     "method": "string",  # full | lora
-    "program": "string",  # step | local
+    "program": "string",  # step | local | concurrent
     "dp": "int64",
     "tp": "int64",
     "devices": "int64",

@@ -258,6 +258,34 @@ def step_fn(shape: BlockShape, method: str, mesh) -> Callable:
     return jax.value_and_grad(sharded, argnums=2)
 
 
+def concurrent_fn(shape: BlockShape, method: str, mesh) -> Callable:
+    """Every device runs its share of the step at once, with no collective at all.
+
+    The same per-device program as `step_fn` (its rows of x, its slices of the weights) minus
+    the communication: each device's loss and gradients stay its own. On a machine whose
+    devices share compute (host devices on one CPU) it measures what sharing costs; the
+    sharded step minus this is what communication and synchronisation cost.
+    """
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import PartitionSpec as P
+
+    dp_axis, tp_axis = _axes(mesh)
+    frozen_spec, train_spec = param_specs(shape, method, tp=tp_axis is not None)
+    axes = tuple(a for a in (dp_axis, tp_axis) if a is not None)
+
+    def local(x, frozen, trainable):
+        def loss(tr):
+            return jnp.sum(_local_block(x, {**frozen, **tr}, shape, method, None))
+
+        value, grads = jax.value_and_grad(loss)(trainable)
+        return value[None], jax.tree.map(lambda g: g[None], grads)  # one row per device
+
+    out = P(axes if axes else None)
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(dp_axis, None), frozen_spec, train_spec),
+                         out_specs=(out, {k: out for k in train_spec}), check_vma=False)
+
+
 def place(shape: BlockShape, method: str, mesh, seed: int = 0) -> tuple:
     """(x, frozen, trainable) as global arrays sharded on `mesh` (works across processes)."""
     import jax

@@ -10,7 +10,10 @@ checked and timed interleaved, as one config:
   whose loss and gradients are first checked against the unsharded step on one device;
 - ``local``: one device's share of that step (batch/dp; heads/tp and MLP width/tp) run alone
   on one device with no communication, the single-device reference the analysis adds the
-  fitted collectives to.
+  fitted collectives to;
+- ``concurrent``: every device runs its share at once, with no communication: on a CPU,
+  whose host devices share its cores, the step's compute as it really runs (the analysis
+  reports the model built on it apart, to separate core sharing from communication).
 
 The layout dp=1,tp=1 (the plain step on one device) is always measured too. The compiled
 step's collectives (kind, bytes, group) are recorded with it. Rows go to
@@ -51,6 +54,11 @@ MULTIPROCESS_REPEATS = 9
 #: relative tolerance of the sharded gradients against the one-device step (float32 sums
 #: in another order)
 CHECK_RTOL = 1e-4
+
+
+def programs_of(layout: Layout) -> tuple[str, ...]:
+    """The programs measured for `layout`: the one-device step alone has no share to time."""
+    return ("step",) if layout.devices == 1 else ("step", "local", "concurrent")
 
 
 def local_params(shape: BlockShape, method: str, layout: Layout, seed: int = 0) -> tuple:
@@ -117,6 +125,24 @@ def prepare_step(shape: BlockShape, method: str, layout: Layout, devices: list) 
     return Prepared("step", compiled, args, compile_s, cost["flops"], cost["bytes_accessed"]), collectives
 
 
+def prepare_concurrent(shape: BlockShape, method: str, layout: Layout, devices: list) -> Any:
+    """Every device's share at once, no collectives (`parallel_steps.concurrent_fn`)."""
+    import jax
+
+    from measure import parallel_steps as ps
+    from measure.timing import Prepared, xla_cost
+
+    mesh = ps.make_mesh(layout, devices)
+    args = ps.place(shape, method, mesh)
+    t0 = time.perf_counter()
+    compiled = jax.jit(ps.concurrent_fn(shape, method, mesh)).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    if ps.hlo_collectives(compiled.as_text()):
+        raise ValueError("the concurrent program holds a collective")
+    cost = xla_cost(compiled)
+    return Prepared("concurrent", compiled, args, compile_s, cost["flops"], cost["bytes_accessed"])
+
+
 def _check(shape: BlockShape, method: str, out) -> None:
     """ValueError unless the sharded loss and gradients equal the one-device step's."""
     from measure.parallel_steps import init_params, reference_step
@@ -154,8 +180,8 @@ def record(shape: BlockShape, method: str, program: str, layout: Layout, process
     rec: dict[str, Any] = {
         "table_version": TABLE_VERSION, "run_id": run_id, "backend": backend,
         "device_kind": device_kind, "layer": "block", "method": method, "program": program,
-        "dp": layout.dp, "tp": layout.tp, "devices": layout.devices if program == "step" else 1,
-        "processes": processes if program == "step" else 1, "batch": shape.batch,
+        "dp": layout.dp, "tp": layout.tp, "devices": 1 if program == "local" else layout.devices,
+        "processes": 1 if program == "local" else processes, "batch": shape.batch,
         "seq": shape.seq, "embed": shape.embed, "heads": shape.heads, "hidden": shape.hidden,
         "rank": shape.rank if method != "full" else 0,
         "targets": ",".join(shape.targets) if method != "full" else "", "dtype": shape.dtype,
@@ -183,7 +209,7 @@ def run_layout(shape: BlockShape, layout: Layout, methods: Sequence[str], policy
 
     devices = list(jax.devices() if devices is None else devices)
     backend, kind = jax.default_backend(), devices[0].device_kind
-    programs = ("step",) if layout.devices == 1 else ("step", "local")
+    programs = programs_of(layout)
     prepared: dict[tuple[str, str], Any] = {}
     colls: dict[str, list] = {}
     errors: dict[tuple[str, str], str] = {}
@@ -192,6 +218,8 @@ def run_layout(shape: BlockShape, layout: Layout, methods: Sequence[str], policy
             try:
                 if program == "step":
                     prepared[method, program], colls[method] = prepare_step(shape, method, layout, devices)
+                elif program == "concurrent":
+                    prepared[method, program] = prepare_concurrent(shape, method, layout, devices)
                 else:
                     mine = next(d for d in devices if d.process_index == jax.process_index())
                     prepared[method, program] = prepare_local(shape, method, layout, mine)
@@ -317,7 +345,7 @@ def _main(argv: list[str]) -> int:
 
     def done(lay: Layout) -> bool:
         recs = [record(shape, m, p, lay, args.processes, run_id="", backend="", device_kind="")
-                for m in args.methods for p in (("step",) if lay.devices == 1 else ("step", "local"))]
+                for m in args.methods for p in programs_of(lay)]
         return all(table.is_done(comm_store.key_of(r, TABLE), args.retry_errors) for r in recs)
 
     todo = [lay for lay in layouts if not done(lay)]

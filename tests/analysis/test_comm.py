@@ -186,3 +186,15 @@ def test_crossover_adds_a_communication_section(tmp_path, capsys, fixture_csv, f
     base = Interconnect("x", 1e9, 1e-6)
     fitted = Cluster(8, base, base).with_fitted(prof["extra"])
     assert fitted.intra.bandwidth_bytes_per_s == pytest.approx(BUS, rel=1e-6)
+
+
+def test_concurrent_diagnostic_adds_comm_to_the_measured_concurrent_compute():
+    fit = comm.fit_collectives(synthetic_collectives())
+    v = 1 << 20
+    t_ar = 10e-6 * 2 + v / BUS
+    rows = [_step_row("full", "local", 2, 1, 0.010), _step_row("full", "concurrent", 2, 1, 0.030),
+            _step_row("full", "step", 2, 1, 0.030 + t_ar, f"all_reduce:{v}:2")]
+    pred = comm.predict_sharded(pd.DataFrame(rows), fit).iloc[0]
+    assert pred["concurrent_rel_error"] == pytest.approx(0.0, abs=1e-9)
+    assert pred["compute_only_s"] == pytest.approx(0.020)  # k = 2 devices × the one-device share
+    assert pred["rel_error"] == pytest.approx(abs(0.020 + t_ar - 0.030 - t_ar) / (0.030 + t_ar))

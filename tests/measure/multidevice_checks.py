@@ -57,6 +57,21 @@ def sharded_results() -> dict:
                                 for c in ps.hlo_collectives(compiled.as_text())],
                 "trainable": int(sum(v.size for v in trainable.values())),
             }
+    # every device's share at once, no collectives: device (0, 0)'s gradients equal the
+    # one-device step on its share (local_params), computed apart
+    lay = ps.Layout(2, 2)
+    mesh = ps.make_mesh(lay)
+    compiled = jax.jit(ps.concurrent_fn(SHAPE, "lora", mesh)).lower(*ps.place(SHAPE, "lora", mesh)).compile()
+    _loss, grads = compiled(*ps.place(SHAPE, "lora", mesh))
+    shape_local = msh.local_shape(SHAPE, lay)
+    _ref_loss, ref = ps.reference_step(SHAPE, "lora", *msh.local_params(SHAPE, "lora", lay))
+    out["concurrent"] = {
+        "collectives": len(ps.hlo_collectives(compiled.as_text())),
+        "rows": int(grads["Bq"].shape[0]),
+        "grad_rel_err": max(float(np.max(np.abs(np.asarray(grads[k])[0] - ref[k])) / np.max(np.abs(ref[k])))
+                            for k in ref),
+        "local_heads": shape_local.heads,
+    }
     # the one-device share: its x rows and weight slices
     x1, _f1, t1 = msh.local_params(SHAPE, "lora", ps.Layout(2, 2))
     out["local_shapes"] = {"x": list(x1.shape), **{k: list(v.shape) for k, v in t1.items()}}

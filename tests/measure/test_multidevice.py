@@ -138,6 +138,14 @@ def test_dp_times_tp_splits_both(steps):
     assert len(steps["full/dp=2,tp=2"]["collectives"]) >= 2
 
 
+def test_concurrent_program_is_every_share_without_communication(steps):
+    c = steps["concurrent"]
+    assert c["collectives"] == 0
+    assert c["rows"] == 4  # one gradient row per device of the 2 × 2 mesh
+    assert c["grad_rel_err"] < 1e-5  # device (0, 0)'s = the one-device step on its share
+    assert c["local_heads"] == 2
+
+
 def test_local_share_shapes(steps):
     """dp=2, tp=2: half the tokens; A_q replicated, B_q split by columns."""
     s = steps["local_shapes"]

@@ -1,0 +1,104 @@
+"""Is the default run's answer stable from run to run? (a benchmark: it prints, it asserts nothing)
+
+    python benchmarks/stability.py [--runs 3] [--batch 2] [--rank 1] [--method lora]
+
+Runs the default main job ``python -m analysis.crossover --json --no-plots`` --runs times,
+one after the other, each cold in a fresh empty directory (so each measures the quick grid,
+refines its crossovers and measures a device profile), and prints for the chosen curve
+(default batch 2, rank 1, lora) each run's fitted d* with its interval, measured d* with its
+interval, the wall time and the analysis time, then the three checks of issue 10 §4:
+
+* the measured d* intervals overlap (max of the lows <= min of the highs);
+* the fitted d* lie within a factor 1.25 of each other (max / min);
+* every run's crossover verdicts agree with its own measurements (every row's
+  ``agrees_with_measurements``).
+
+On a shared machine other jobs move the timings; the script prints the load average before
+and after each run so a reader can judge.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def one_run(cwd: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "analysis.crossover", "--json", "--no-plots"],
+                          cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"run failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1]}")
+    m = re.search(r"analysis took ([\d.]+) s", proc.stderr)
+    return {"wall_s": wall, "analysis_s": float(m.group(1)) if m else float("nan"),
+            "result": json.loads(proc.stdout)}
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:,.0f}"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--rank", type=int, default=1)
+    p.add_argument("--method", default="lora")
+    args = p.parse_args()
+    rows = []
+    for i in range(1, args.runs + 1):
+        with tempfile.TemporaryDirectory(prefix="stability-") as tmp:
+            load0 = os.getloadavg()[0]
+            run = one_run(tmp)
+            load1 = os.getloadavg()[0]
+        xo = run["result"]["crossover"]
+        row = next((r for r in xo if r["batch"] == args.batch and r["rank"] == args.rank
+                    and r["method"] == args.method), None)
+        if row is None:
+            raise SystemExit(f"run {i}: no crossover row for batch {args.batch}, rank "
+                             f"{args.rank}, {args.method}")
+        agree = all(r["agrees_with_measurements"] for r in xo)
+        rows.append((row, agree, run))
+        print(f"run {i}: fitted d* {_fmt(row['d_star'])} [{_fmt(row['ci_low'])}, "
+              f"{_fmt(row['ci_high'])}]  measured d* {_fmt(row['measured_d_star'])} "
+              f"[{_fmt(row['measured_ci_low'])}, {_fmt(row['measured_ci_high'])}]  "
+              f"verdicts agree with measurements: {'yes' if agree else 'NO'}  "
+              f"cold run {run['wall_s']:.0f} s (analysis {run['analysis_s']:.1f} s)  "
+              f"load {load0:.1f} -> {load1:.1f}", flush=True)
+    lows = [r["measured_ci_low"] for r, _, _ in rows]
+    highs = [r["measured_ci_high"] for r, _, _ in rows]
+    fitted = [r["d_star"] for r, _, _ in rows]
+    print(f"\nbatch {args.batch}, rank {args.rank}, {args.method}, {len(rows)} cold runs:")
+    if None in lows or None in highs:
+        print("  measured d* intervals: a run has no single measured crossing")
+    else:
+        overlap = max(lows) <= min(highs)
+        print(f"  measured d* intervals overlap: {'yes' if overlap else 'NO'} "
+              f"(max low {max(lows):,.0f}, min high {min(highs):,.0f})")
+    if None in fitted:
+        print("  fitted d*: a run has no single fitted crossing")
+    else:
+        spread = max(fitted) / min(fitted)
+        print(f"  fitted d* spread max/min: {spread:.3f} "
+              f"({'within' if spread <= 1.25 else 'NOT within'} 1.25)")
+    print(f"  every run's verdicts agree with its own measurements: "
+          f"{'yes' if all(a for _, a, _ in rows) else 'NO'}")
+    walls = ", ".join(f"{r['wall_s']:.0f}" for _, _, r in rows)
+    analysis = ", ".join(f"{r['analysis_s']:.1f}" for _, _, r in rows)
+    print(f"  cold run wall time: {walls} s; analysis {analysis} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

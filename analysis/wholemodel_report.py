@@ -41,13 +41,53 @@ def is_models(frame: pd.DataFrame) -> bool:
     return bool(len(frame)) and bool((frame["layer"].astype(str) == "model").all())
 
 
+def step_config(row: pd.Series):
+    """The `measure.modelconfig.StepConfig` a schema-v3 whole-model row describes.
+
+    The shape is the row's preset scaled to its recorded sizes (`scaled_model`); a learned
+    position table's rows, which the row does not record, follow from `model_params`
+    (the table is the only part of the count that depends on them)."""
+    from measure.modelconfig import StepConfig, scaled_model
+
+    seq = int(row["seq"])
+    shape = scaled_model(str(row["model"]), d_model=int(row["embed"]), layers=int(row["layers"]),
+                         heads=int(row["heads"]), kv_heads=int(row["kv_heads"]), ffn=int(row["hidden"]),
+                         vocab=int(row["vocab"]), seq=seq)
+    targets = str(row["targets"]) or None
+    kw = dict(batch=int(row["batch"]), seq=seq, rank=max(int(row["rank"]), 1), targets=targets,
+              head=str(row["head"]), n_classes=max(int(row["n_classes"]), 1), optimizer=str(row["optimizer"]),
+              clip=bool(row["clip"]), precision=str(row["precision"]), recompute=bool(row["recompute"]),
+              grad_accum=int(row["grad_accum"]), attention=str(row["attention"]))
+    cfg = StepConfig(shape, str(row["method"]), **kw)
+    if shape.positional == "learned":
+        extra = (int(row["model_params"]) - _params(cfg)) / shape.d_model
+        if extra != int(extra) or extra < 0:
+            raise UserError(f"a models row's model_params ({int(row['model_params'])}) does not fit "
+                            f"its recorded shape ({row['model']}, d {row['embed']}, {row['layers']} layers)")
+        if extra:
+            import dataclasses
+
+            cfg = StepConfig(dataclasses.replace(shape, seq=seq + int(extra)), str(row["method"]), **kw)
+    return cfg
+
+
+def _params(cfg) -> int:
+    from measure.modelconfig import step_cost
+
+    from costmodel.step import step_param_count
+
+    return step_param_count(step_cost(cfg).spec)
+
+
 def load_steps(frame: pd.DataFrame) -> wm.Steps:
     """The rows that ran, with their cost-model steps, as `wm.Steps`.
 
-    The config key is every schema KEY column but method, rank and targets; the options are
-    the columns that vary across the dataset among `OPTION_COLUMNS`.
+    The config key is every schema KEY column but method, rank and targets (and the
+    refinement marker); the options are the columns of `OPTION_COLUMNS` the dataset varies.
     """
-    from measure import wholemodel as jm
+    from measure.modelconfig import step_cost
+
+    from costmodel.step import step_param_count
 
     ok = schema.is_ok(frame)
     df = frame.loc[ok].reset_index(drop=True)
@@ -55,10 +95,13 @@ def load_steps(frame: pd.DataFrame) -> wm.Steps:
         raise UserError("the models dataset holds no step that ran")
     costs, params = [], []
     for _, row in df.iterrows():
-        cfg = jm.config_from_row(row)
-        costs.append(jm.step_cost(cfg))
-        params.append(jm.param_counts(cfg)["total"])
-    key_cols = [c for c in schema.KEY if c not in ("method", "rank", "targets")]
+        try:
+            cost = step_cost(step_config(row))
+        except (ValueError, NotImplementedError) as exc:
+            raise UserError(f"a models row cannot be costed: {exc}") from None
+        costs.append(cost)
+        params.append(step_param_count(cost.spec))
+    key_cols = [c for c in schema.KEY if c not in ("method", "rank", "targets") and c in df]
     out = pd.DataFrame({
         "config": df[key_cols].astype(str).agg("|".join, axis=1),
         "method": df["method"].astype(str),

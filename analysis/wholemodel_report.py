@@ -72,9 +72,8 @@ def step_config(row: pd.Series):
 
 
 def _params(cfg) -> int:
-    from measure.modelconfig import step_cost
-
     from costmodel.step import step_param_count
+    from measure.modelconfig import step_cost
 
     return step_param_count(step_cost(cfg).spec)
 
@@ -85,9 +84,8 @@ def load_steps(frame: pd.DataFrame) -> wm.Steps:
     The config key is every schema KEY column but method, rank and targets (and the
     refinement marker); the options are the columns of `OPTION_COLUMNS` the dataset varies.
     """
-    from measure.modelconfig import step_cost
-
     from costmodel.step import step_param_count
+    from measure.modelconfig import step_cost
 
     ok = schema.is_ok(frame)
     df = frame.loc[ok].reset_index(drop=True)

@@ -52,6 +52,7 @@ def _write_dataset(path) -> int:
     return len(rows)
 
 
+@pytest.mark.slow
 def test_models_dataset_whole_step_validation(tmp_path, capsys):
     from analysis.crossover import main
 
@@ -89,6 +90,7 @@ def test_models_dataset_whole_step_validation(tmp_path, capsys):
         assert (out / name).is_file()
 
 
+@pytest.mark.slow
 def test_layer_fit_of_another_device_is_refused_by_name(tmp_path, capsys):
     from analysis.crossover import main
 

@@ -50,7 +50,7 @@ def test_layer_flags_are_not_the_models(capsys):
 @pytest.mark.parametrize("argv,needle", [
     (["--help"], "{layer,model}"),
     (["layer", "--help"], "(default: 64)"),        # --batch
-    (["model", "--help"], "(default: adamw)"),     # --optimizer
+    (["model", "--help"], "(default: 4)"),         # --rank
 ])
 def test_help_shows_each_subcommands_own_defaults(capsys, argv, needle):
     try:

@@ -94,7 +94,8 @@ def _options(args, seq: int) -> dict:
     """`StepSpec` options from the whole-model flags (batch and frozen prefix excluded)."""
     opts = {"seq": seq, "rank": args.rank, "targets": args.targets, "dropout": args.dropout,
             "precision": args.precision, "optimizer": args.optimizer, "clip_grad": not args.no_clip}
-    for name in ("attention",):  # block options other commands may add
+    # whole-model options; parallel_step refuses those it does not model across devices
+    for name in ("attention", "optimizer_impl", "head", "grad_accum", "optimizer_in_backward"):
         if getattr(args, name, None) is not None:
             opts[name] = getattr(args, name)
     return opts

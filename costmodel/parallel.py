@@ -580,6 +580,13 @@ def parallel_step(model: ModelShape, method: str, layout: Layout, cluster: Clust
         raise ValueError(f"overlap must be in [0, 1], got {overlap}")
     if options.get("frozen_prefix", 0):
         raise ValueError("a frozen prefix is not modelled across devices")
+    if options.get("head") is not None:
+        raise ValueError("across devices only the model's own LM head is modelled (no --head)")
+    if options.get("grad_accum", 1) != 1:
+        raise ValueError("across devices gradient accumulation is the layout's micro-batch count "
+                         "(set --global-batch, or micro_batch in --layout), not --grad-accum")
+    if options.get("optimizer_in_backward"):
+        raise ValueError("an optimizer inside the backward pass is not modelled across devices")
     layout.check(model)
     spec = StepSpec(model, method, batch=layout.micro_batch, **options)
     prec = spec.prec
@@ -614,7 +621,7 @@ def parallel_step(model: ModelShape, method: str, layout: Layout, cluster: Clust
     shard = np.where(zero >= 1, dp, 1)
     t_dev = np.where(first_slower, t_first_p, t_last_p)
     tensors = np.where(first_slower, st.first_tensors, st.last_tensors)
-    opt = optimizer_cost(t_dev / shard, tensors, spec.optimizer, prec, spec.clip_grad)
+    opt = optimizer_cost(t_dev / shard, tensors, spec.optimizer, prec, spec.clip_grad, spec.optimizer_impl)
     optimizer_s = _time(spec, {"optimizer": opt}, profile).time_s
 
     # data parallel: per micro-batch ones run m times; the overlappable part hides behind

@@ -144,6 +144,13 @@ def test_layouts_vectorise():
         assert float(many.memory.total_bytes[i]) == pytest.approx(float(one.memory.total_bytes), rel=1e-12)
 
 
+def test_options_not_modelled_across_devices_are_refused():
+    for bad in ({"head": "classifier"}, {"grad_accum": 2}, {"optimizer_in_backward": True, "clip_grad": False},
+                {"frozen_prefix": 1}):
+        with pytest.raises(ValueError, match="across devices"):
+            parallel_step(GPT2, "lora", Layout(2, 1, 1), CLUSTER, A100, seq=128, **bad)
+
+
 @pytest.mark.parametrize("layout,gpus,match", [
     (Layout(dp=2, tp=2, pp=1), 8, "≠ 8"),
     (Layout(dp=1, tp=5, pp=1), None, "heads"),
@@ -205,19 +212,21 @@ def test_invariants_over_layouts(tp, pp, dp, mb, m):
     assert np.all(dp_bytes("lora") <= dp_bytes("full"))
 
 
-@pytest.mark.parametrize("name,method,recompute", [
-    ("gpt2-small", "full", False), ("gpt2-small", "lora", True), ("gpt2-small", "lora_merged", False),
-    ("llama2-7b", "lora_merged", False), ("llama2-7b", "full", True),
+@pytest.mark.parametrize("name,method,recompute,attention", [
+    ("gpt2-small", "full", False, "naive"), ("gpt2-small", "lora", True, "naive"),
+    ("gpt2-small", "lora_merged", False, "naive"), ("llama2-7b", "lora_merged", False, "naive"),
+    ("llama2-7b", "full", True, "naive"), ("llama2-7b", "lora", False, "fused"),
 ])
-def test_one_device_layout_is_the_one_device_step(name, method, recompute):
+def test_one_device_layout_is_the_one_device_step(name, method, recompute, attention):
     """dp = tp = pp = 1: time, work and memory equal the single-device whole-model step's
     (`step_time`, `memory_breakdown`), an independent route through the same cost graph."""
     from costmodel.memory import memory_breakdown
     from costmodel.model import step_cost, step_time
 
     model = MODELS[name]
-    par = parallel_step(model, method, Layout(1, 1, 1), CLUSTER, A100, seq=512, rank=4, recompute=recompute)
-    one = step_cost(model, method, batch=1, seq=512, rank=4, recompute=recompute)
+    opts = {"seq": 512, "rank": 4, "recompute": recompute, "attention": attention}
+    par = parallel_step(model, method, Layout(1, 1, 1), CLUSTER, A100, **opts)
+    one = step_cost(model, method, batch=1, **opts)
     mem = memory_breakdown(one)
     assert float(par.step_time_s) == pytest.approx(float(step_time(one, A100).time_s), rel=1e-12)
     for ours, theirs in ((par.flops, one.flops), (par.bytes_moved, one.bytes_moved), (par.kernels, one.kernels),

@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None,
                    help="where the report, tables and figures go (default: the measured "
                         f"results directory, or ./{DEFAULT_RESULTS}/ with --data)")
+    p.add_argument("--partial", action="store_true",
+                   help="analyse a sweep folder that is not complete (interrupted, partial, "
+                        "killed), labelled as such in the report; refused otherwise")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--widths", type=width_list, default=GPT_WIDTHS,
@@ -70,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                         + ",".join(map(str, GPT_WIDTHS)) + ")")
     p.add_argument("--profile", help="a device profile JSON (python -m measure.device); default: "
                                      "the dataset directory's profile.json, else measured now")
+    p.add_argument("--force", action="store_true",
+                   help="use a --profile (or the dataset's profile.json) measured on another "
+                        "device, CPU or library versions than the data")
     p.add_argument("--bootstrap", type=int, default=N_BOOT,
                    help=f"bootstrap refits (default {N_BOOT})")
     p.add_argument("--model", help="add the predicted LoRA/full step time and memory of whole "
@@ -103,21 +109,47 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _sweep_complete(path: str) -> bool:
+def reusable(grid: str, path: str) -> tuple[bool, str]:
+    """Whether `path` holds the whole `grid`, finished: (yes/no, why not).
+
+    The folder's run.json must say "complete", name this grid with the identity (hash of the
+    config list, `measure.grids.Grid.identity`) it has now, and count every (config, method)
+    pair of it as present. Anything else (a --limit run, another grid, an interrupted or
+    running sweep) is resumed by the sweep instead.
+    """
+    from measure import dataset, grids
+
     try:
-        with open(os.path.join(path, "run.json"), encoding="utf-8") as fh:
-            return json.load(fh).get("status") == "complete"
-    except (OSError, json.JSONDecodeError):
-        return False
+        with open(os.path.join(path, dataset.RUN_NAME), encoding="utf-8") as fh:
+            run = json.load(fh)
+    except FileNotFoundError:
+        return False, "no sweep there yet"
+    except (OSError, ValueError):
+        return False, f"its {dataset.RUN_NAME} is unreadable"
+    if not isinstance(run, dict):
+        return False, f"its {dataset.RUN_NAME} is not a run record"
+    want = grids.named_grid(grid)
+    recorded = run.get("grid") if isinstance(run.get("grid"), dict) else {}
+    if recorded.get("name") != grid or recorded.get("identity") != want.identity():
+        return False, f"it holds another grid ({recorded.get('name', 'unknown')})"
+    if run.get("status") != "complete":
+        return False, f"its sweep is {run.get('status', 'of unknown status')}"
+    n_pairs = len(want.configs) * len(want.methods)
+    if run.get("pairs_present") != n_pairs or run.get("pairs_expected") != n_pairs:
+        return False, (f"it holds {run.get('pairs_present', '?')} of {n_pairs} "
+                       "(config, method) pairs")
+    return True, ""
 
 
 def measure_grid(grid: str, path: str) -> None:
-    """Run `python -m measure.sweep --grid GRID --out PATH` unless a finished one is there
-    (an unfinished one resumes). The sweep's output goes to stderr, keeping stdout clean."""
-    if _sweep_complete(path):
+    """Run `python -m measure.sweep --grid GRID --out PATH` unless the whole grid, finished,
+    is there (`reusable`); an unfinished one resumes. The sweep's output goes to stderr,
+    keeping stdout clean."""
+    ok, why = reusable(grid, path)
+    if ok:
         _log(f"reusing the finished {grid} sweep in {path}")
         return
-    _log(f"measuring the {grid} grid into {path} (python -m measure.sweep)")
+    _log(f"measuring the {grid} grid into {path} ({why}; python -m measure.sweep)")
     cmd = [sys.executable, "-m", "measure.sweep", "--grid", grid, "--out", path]
     rc = subprocess.call(cmd, stdout=sys.stderr)
     if rc != 0:
@@ -135,37 +167,94 @@ def measure_profile(path: str) -> bool:
     return rc == 0 and os.path.isfile(path)
 
 
-def resolve_profile(args, dataset: data.Dataset, out: str):
-    """(profile or None, a note saying where it came from)."""
+def _load_profile(path: str):
     from costmodel.hardware import HardwareProfile
 
-    def load(path: str, how: str):
-        try:
-            return HardwareProfile.from_json(path), f"{how} {path}"
-        except ValueError as exc:
-            raise UserError(f"bad device profile: {exc}") from None
+    try:
+        return HardwareProfile.from_json(path)
+    except ValueError as exc:
+        raise UserError(f"bad device profile: {exc}") from None
 
+
+def data_fingerprint(dataset: data.Dataset) -> dict:
+    """Where the data were measured: run.json's fingerprint, else the rows' one device."""
+    fp = dataset.run.get("fingerprint")
+    if isinstance(fp, dict) and fp:
+        return fp
+    f = dataset.frame
+    devices = set(zip(f["backend"].astype(str), f["device_kind"].astype(str)))
+    if len(devices) == 1 and "unknown" not in next(iter(devices)):
+        backend, kind = next(iter(devices))
+        return {"backend": backend, "device_kind": kind}
+    return {}
+
+
+def profile_fingerprint(profile) -> dict:
+    """Where a profile was measured: its fingerprint, else what its name says
+    ("measured <backend> <device kind>", profiles older than the fingerprint); {} for a
+    datasheet profile."""
+    if profile.fingerprint:
+        return dict(profile.fingerprint)
+    if profile.measured and profile.name.startswith("measured "):
+        backend, _, kind = profile.name[len("measured "):].partition(" ")
+        return {"backend": backend, "device_kind": kind}
+    return {}
+
+
+def profile_mismatch(profile, dataset: data.Dataset) -> str:
+    """Why `profile` cannot serve as the data's prior ('' when it matches): the entries of
+    `measure.fingerprint.PROFILE_CHECKED` that differ, or that nothing can be checked."""
+    from measure.fingerprint import profile_differences
+
+    pf, df = profile_fingerprint(profile), data_fingerprint(dataset)
+    if not pf:
+        return "the profile records no device it was measured on"
+    if not df:
+        return "the data name no device"
+    return "; ".join(profile_differences(pf, df))
+
+
+def given_profile(args, dataset: data.Dataset):
+    """(profile, note) from --profile or the dataset folder's profile.json, checked against the
+    data's fingerprint (refused unless --force); None when neither is there. Writes nothing."""
     if args.profile:
-        return load(args.profile, "given")
-    if dataset.profile_path:
-        return load(dataset.profile_path, "the dataset's")
+        path, how = args.profile, "--profile"
+    elif dataset.profile_path:
+        path, how = dataset.profile_path, "the dataset's profile"
+    else:
+        return None
+    profile = _load_profile(path)
+    why = profile_mismatch(profile, dataset)
+    if why and not args.force:
+        hint = ("" if args.profile else "move it away, or ") + "give --force to use it anyway"
+        raise UserError(f"{how} {path} does not match the data ({why}); {hint}")
+    note = f"{'given' if args.profile else 'the dataset' + chr(39) + 's'} {path}"
+    return profile, note + (f" (used with --force although {why})" if why else "")
+
+
+def resolve_profile(args, dataset: data.Dataset, out: str):
+    """(profile or None, a note saying where it came from): `given_profile`, else for a sweep
+    folder a profile of this machine in --out (measured now if absent), used only when it
+    matches the data's fingerprint."""
+    given = given_profile(args, dataset)
+    if given is not None:
+        return given
     if dataset.kind == "sweep":
-        target = os.path.join(out, "profile.json")
+        from measure.dataset import PROFILE_NAME
+
+        target = os.path.join(out, PROFILE_NAME)
         if os.path.isfile(target):
-            profile, note = load(target, "measured earlier,")
+            profile, note = _load_profile(target), f"measured earlier, {target}"
         else:
             os.makedirs(out, exist_ok=True)
             if not measure_profile(target):
                 return None, ("none (measure.device unavailable): roofline baseline and "
                               "log-link forms skipped")
-            profile, note = load(target, "measured now on this machine,")
-        # measure.device names its profile "measured <backend> <device kind>": a profile of
-        # this machine says nothing about a dataset measured on another device.
-        want = f"measured {_device_of(dataset).replace('/', ' ')}"
-        if profile.name != want:
-            return None, (f"none: {target} is of '{profile.name[9:]}', the data come from "
-                          f"'{want[9:]}' (give --profile); roofline baseline and log-link "
-                          "forms skipped")
+            profile, note = _load_profile(target), f"measured now on this machine, {target}"
+        why = profile_mismatch(profile, dataset)
+        if why:
+            return None, (f"none: {target} does not match the data ({why}; give --profile); "
+                          "roofline baseline and log-link forms skipped")
         return profile, note
     return None, (f"none for a {dataset.kind} table of device {_device_of(dataset)}: "
                   "roofline baseline and log-link form skipped (give --profile)")
@@ -180,31 +269,62 @@ def run(args) -> int:
     t0 = time.perf_counter()
     if args.bootstrap < 20:
         raise UserError(f"--bootstrap {args.bootstrap} is too few; use at least 20")
+    from measure.dataset import REPORT_LOCK_NAME
+    from measure.lock import FolderLock
+
+    extras_fn = None
+    if args.model or args.hardware:
+        from analysis import presets
+        extras_fn = presets.prepare(args.model, args.hardware)
     if args.data:
         out = args.out or DEFAULT_RESULTS
         _check_out(out)
-        dataset = data.load(args.data)
+        dataset = data.load(args.data, partial=args.partial)
+        # Fail on the data before writing anything (a profile measurement writes into --out).
+        models = _check_data(args, dataset)
+        given_profile(args, dataset)
+        _say_status(dataset)  # after every refusal: bad input gets one line, nothing else
+        os.makedirs(out, exist_ok=True)
+        lock = FolderLock(out, REPORT_LOCK_NAME, "another analysis").acquire()
     else:
         path = DEFAULT_RESULTS if args.grid == "quick" else f"{DEFAULT_RESULTS}-{args.grid}"
         out = args.out or path
         _check_out(out)
         _check_out(path)
-        measure_grid(args.grid, path)
-        dataset = data.load(path)
+        os.makedirs(out, exist_ok=True)
+        lock = FolderLock(out, REPORT_LOCK_NAME, "another analysis").acquire()
+    try:
+        if not args.data:
+            measure_grid(args.grid, path)
+            dataset = data.load(path, partial=args.partial)
+            models = _check_data(args, dataset)
+            given_profile(args, dataset)
+            _say_status(dataset)
+        if models:
+            from analysis import wholemodel_report
+
+            # whole training steps: the three-route validation instead of the layer fit
+            profile, note = resolve_profile(args, dataset, out)
+            return wholemodel_report.run(args, dataset, out, profile, note)
+        return _analyse(args, dataset, out, t0, extras_fn)
+    finally:
+        lock.release()
+
+
+def _check_data(args, dataset: data.Dataset) -> bool:
+    """Refuse data the analysis cannot use before anything is written; True for a models
+    dataset (whole training steps, `analysis.wholemodel_report`)."""
     from analysis import wholemodel_report
 
     if wholemodel_report.is_models(dataset.frame):
-        # whole training steps: the three-route validation instead of the layer fit
-        profile, note = resolve_profile(args, dataset, out)
-        return wholemodel_report.run(args, dataset, out, profile, note)
+        return True
     if args.layer_fit:
         raise UserError("--layer-fit applies to a models dataset (python -m measure.sweep --grid models)")
-    # Fail on the data before writing anything (a profile measurement writes into --out).
     data.select(dataset, _min_configs())
-    extras_fn = None
-    if args.model or args.hardware:
-        from analysis import presets
-        extras_fn = presets.prepare(args.model, args.hardware)
+    return False
+
+
+def _analyse(args, dataset: data.Dataset, out: str, t0: float, extras_fn) -> int:
     profile, note = resolve_profile(args, dataset, out)
 
     from analysis import pipeline, report
@@ -213,22 +333,29 @@ def run(args) -> int:
     result = pipeline.run(dataset, profile, note, widths=args.widths, n_boot=args.bootstrap)
     if extras_fn is not None:
         result.extras.update(extras_fn(result))
-    os.makedirs(out, exist_ok=True)
-    figures: list[str] = []
-    if not args.no_plots:
-        from analysis import plots
-
-        figures = plots.all_figures(result, out)
-        if extras_fn is not None:
-            figures += plots.model_figures(result, out)
-    files = report.write_files(result, out, figures)
     from analysis import (
         comm,  # collectives and sharded steps, when the folder holds them
+        publish,
     )
 
-    comm_result = comm.from_folder(args.data or path)
-    if comm_result is not None:
-        files += comm.write(comm_result, out)
+    comm_result = comm.from_folder(dataset.source)
+    try:
+        # every file into a folder beside --out, then swapped in as one set: a failure part-way
+        # leaves the previous report as it was
+        with publish.staged(out) as staging:
+            figures: list[str] = []
+            if not args.no_plots:
+                from analysis import plots
+
+                figures = plots.all_figures(result, staging)
+                if extras_fn is not None:
+                    figures += plots.model_figures(result, staging)
+            files = report.write_files(result, staging, figures)
+            if comm_result is not None:
+                files += comm.write(comm_result, staging)
+    except OSError as exc:
+        raise UserError(f"cannot write the report into {out}: {exc.strerror or exc}; the "
+                        "previous report there is intact") from None
     elapsed = time.perf_counter() - t0
     _log(f"analysis took {time.perf_counter() - t_fit:.1f} s ({elapsed:.1f} s in all)")
     if args.json:
@@ -241,6 +368,13 @@ def run(args) -> int:
         if comm_result is not None:
             print("\n" + comm.text_report(comm_result))
     return 0
+
+
+def _say_status(dataset: data.Dataset) -> None:
+    if dataset.status:
+        _log(f"data: {dataset.source}: {dataset.status}")
+    for note in dataset.notes:
+        _log(f"data: left out: {note}")
 
 
 def _min_configs() -> int:

@@ -13,7 +13,6 @@ to ``unknown``. The cost-model columns are filled from `costmodel`.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 
@@ -22,6 +21,7 @@ import pandas as pd
 
 from analysis.costs import fill_model_columns
 from costmodel.errors import UserError
+from measure import dataset as ds
 from measure import schema
 
 BLOG_FACTORS = ("batch_size", "embedding_dim", "hidden_dim", "low_rank")
@@ -33,90 +33,124 @@ SIZE_COLUMNS = ("batch", "embed", "hidden", "rank")
 CONTEXT_COLUMNS = tuple(
     c for c in schema.KEY if c not in ("method", "targets") and c not in SIZE_COLUMNS
 )
-PROFILE_NAMES = ("profile.json", "device.json")
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """A validated timing table and where it came from."""
+    """A validated timing table and where it came from.
+
+    status: one line on the sweep's state and how much of its grid is there (a folder), or
+    "". notes: what the analysis must say it left out or worked around (a torn journal line,
+    a partial sweep analysed with --partial); `select` adds them to the slice's `dropped`.
+    """
 
     frame: pd.DataFrame
     source: str
     kind: str  # "sweep" (our directory), "table" (our CSV/JSONL), "blog"
     run: dict = field(default_factory=dict)
     profile_path: str | None = None
+    status: str = ""
+    complete: bool = True
+    live_writer: str = ""  # a sweep writing the folder now: who
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in ("sweep", "table", "blog"):
             raise ValueError(f"unknown dataset kind {self.kind!r}")
 
 
-def load(path: str | os.PathLike) -> Dataset:
+def load(path: str | os.PathLike, partial: bool = False) -> Dataset:
     """Load our sweep directory, our CSV/JSONL table, or the blog's results CSV.
 
-    Raises UserError naming the problem: missing, empty or foreign file.
+    A directory is read by `measure.dataset.read_folder` (the union of its journal and CSV,
+    every row validated). A sweep that is not complete (interrupted, partial, killed) is
+    refused unless `partial`, and then labelled; one being written now is always refused.
+    Raises UserError naming the problem: missing, empty, foreign or corrupt file, bad row.
     """
     path = os.fspath(path)
+    if not path.strip():
+        raise UserError("--data is an empty string: give a sweep folder or a table file")
     if not os.path.exists(path):
         raise UserError(f"data path {path!r} does not exist")
-    run: dict = {}
-    profile = None
-    kind = "table"
     if os.path.isdir(path):
-        table = None
-        for name in ("measurements.csv", "measurements.jsonl"):
-            if os.path.isfile(os.path.join(path, name)):
-                table = os.path.join(path, name)
-                break
-        if table is None:
-            raise UserError(f"{path!r} holds no measurements.csv or measurements.jsonl")
-        run_path = os.path.join(path, "run.json")
-        if os.path.isfile(run_path):
-            try:
-                with open(run_path, encoding="utf-8") as fh:
-                    run = json.load(fh)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                raise UserError(f"{run_path!r} is not JSON") from None
-        for name in PROFILE_NAMES:
-            if os.path.isfile(os.path.join(path, name)):
-                profile = os.path.join(path, name)
-                break
-        kind = "sweep"
-        path_table = table
-    else:
-        path_table = path
-    if os.path.getsize(path_table) == 0:
-        raise UserError(f"data file {path_table!r} is empty")
-    raw = _read_table(path_table)
+        return _load_folder(path, partial)
+    if os.path.getsize(path) == 0:
+        raise UserError(f"data file {path!r} is empty")
+    if path.endswith((".jsonl", ".json")):
+        records, cut = ds.read_jsonl(path)
+        if not records:
+            raise UserError(f"data file {path!r} holds no rows")
+        notes = (f"the torn last line of {path} (a crash mid-write; never a finished record)",
+                 ) if cut is not None else ()
+        return Dataset(_consolidate(records, path), path, "table", notes=notes)
+    raw = _read_table(path)
     if raw is None or raw.empty:
-        raise UserError(f"data file {path_table!r} holds no rows: neither a lora-crossover "
+        raise UserError(f"data file {path!r} holds no rows: neither a lora-crossover "
                         "dataset nor the blog's results file")
     if _is_blog(raw):
-        return Dataset(from_blog(raw, path_table), path, "blog")
-    for name, dtype in schema.COLUMNS.items():
-        # An all-empty string column reads back as float NaN; give it object dtype first.
-        if dtype == "string" and name in raw and raw[name].dtype != object:
-            raw[name] = raw[name].astype(object)
+        return Dataset(from_blog(raw, path), path, "blog")
+    have = {str(c) for c in schema.upgrade(raw).columns}
+    if not set(schema.COLUMNS) <= have:
+        missing = next(c for c in schema.COLUMNS if c not in have)
+        raise UserError(f"{path!r} is neither a lora-crossover dataset nor the blog's results "
+                        f"file (missing column {missing!r})")
     try:
-        frame = schema.validate(raw)
+        frame = ds.read_csv(path)
+    except (schema.SchemaError, ValueError) as exc:
+        raise UserError(f"{path!r} does not follow the schema: {exc}") from None
+    return Dataset(frame, path, "table")
+
+
+def _consolidate(records: list, source: str) -> pd.DataFrame:
+    try:
+        return ds.consolidate(records)
     except schema.SchemaError as exc:
-        raise UserError(
-            f"{path_table!r} is neither a lora-crossover dataset nor the blog's results file "
-            f"({exc})"
-        ) from None
-    return Dataset(frame, path, kind, run, profile)
+        raise UserError(f"{source!r} does not follow the schema: {exc}") from None
+
+
+def _load_folder(path: str, partial: bool) -> Dataset:
+    if not any(os.path.isfile(os.path.join(path, n)) for n in (ds.CSV_NAME, ds.JSONL_NAME)):
+        raise UserError(f"{path!r} holds no {ds.CSV_NAME} or {ds.JSONL_NAME}")
+    folder = ds.read_folder(path)
+    if folder.frame.empty:
+        raise UserError(f"{path!r} holds no measurements yet")
+    status = folder.describe()
+    if folder.holder is not None:
+        raise UserError(f"{path!r} is being written now by a sweep ({folder.holder.describe()}); "
+                        "analyse it once the sweep has finished")
+    notes = []
+    if folder.torn_tail:
+        notes.append(f"the torn last line of {os.path.join(path, ds.JSONL_NAME)} "
+                     "(a crash mid-write; never a finished record)")
+    complete = folder.complete or not folder.run  # no run.json: a table, labelled as such
+    if not complete:
+        if not partial:
+            raise UserError(
+                f"{path!r} is not a complete sweep ({status}): rerun its sweep to finish it "
+                "(python -m measure.sweep, same arguments; it resumes) or pass --partial to "
+                "analyse what is there")
+        missing = ("" if folder.pairs_expected is None else
+                   f"{folder.pairs_expected - (folder.pairs_present or 0)} of "
+                   f"{folder.pairs_expected} (config, method) pairs of the grid, never measured: ")
+        notes.append(f"{missing}PARTIAL DATA, {status}")
+    elif not folder.run:
+        notes.append(f"{path}: {status}")
+    profile = next((os.path.join(path, n) for n in ds.PROFILE_NAMES
+                    if os.path.isfile(os.path.join(path, n))), None)
+    return Dataset(folder.frame, path, "sweep", folder.run, profile, status=status,
+                   complete=complete, notes=tuple(notes))
 
 
 def _read_table(path: str) -> pd.DataFrame | None:
     try:
-        if path.endswith(".jsonl") or path.endswith(".json"):
-            return pd.read_json(path, lines=True, dtype=False)
         return pd.read_csv(path, keep_default_na=True)
     except (pd.errors.EmptyDataError,):
         raise UserError(f"data file {path!r} is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
         raise UserError(f"data file {path!r} is not a CSV or JSON-lines table: "
                         f"{str(exc).splitlines()[0]}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read data file {path!r}: {exc.strerror or exc}") from None
 
 
 def _is_blog(raw: pd.DataFrame) -> bool:
@@ -199,7 +233,7 @@ def select(dataset: Dataset, min_configs: int) -> Slice:
         raise UserError(
             f"the dataset mixes devices ({names}); analyse one device at a time")
     device = "/".join(devices[0]) if devices else "unknown"
-    dropped: list[str] = []
+    dropped: list[str] = list(dataset.notes)
     ok = schema.is_ok(df)
     if (~ok).any():
         dropped.append(f"{int((~ok).sum())} rows that failed or have no time")

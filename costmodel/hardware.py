@@ -50,6 +50,9 @@ class HardwareProfile:
     source: str = ""
     measured: bool = False
     extra: Mapping[str, float] = field(default_factory=dict)
+    #: where a measured profile was measured (measure.fingerprint.PROFILE_CHECKED entries:
+    #: backend, device kind, CPU model and cores, jax versions); {} for a datasheet profile
+    fingerprint: Mapping[str, str | int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.peak_flops_per_s:
@@ -64,6 +67,7 @@ class HardwareProfile:
             raise ValueError(f"profile {self.name!r}: kernel overhead must be >= 0")
         object.__setattr__(self, "peak_flops_per_s", MappingProxyType(dict(self.peak_flops_per_s)))
         object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
+        object.__setattr__(self, "fingerprint", MappingProxyType(dict(self.fingerprint)))
 
     def peak(self, dtype: str) -> float:
         """Peak FLOP/s at `dtype`; float16 falls back to bfloat16 and vice versa."""
@@ -88,6 +92,7 @@ class HardwareProfile:
             "source": self.source,
             "measured": self.measured,
             "extra": dict(self.extra),
+            **({"fingerprint": dict(self.fingerprint)} if self.fingerprint else {}),
         }
 
     @classmethod
@@ -106,6 +111,8 @@ class HardwareProfile:
                 source=str(data.get("source", "")),
                 measured=bool(data.get("measured", False)),
                 extra={str(k): float(v) for k, v in dict(data.get("extra", {})).items()},
+                fingerprint={str(k): v for k, v in dict(data.get("fingerprint", {})).items()
+                             if isinstance(v, (str, int, float)) and not isinstance(v, bool)},
             )
         except (TypeError, AttributeError) as exc:
             raise ValueError(f"malformed hardware profile: {exc}") from None

@@ -48,6 +48,13 @@ DEFAULT_TARGETS = {
     "block": ("q", "v"),  # Hu et al. 2021, sec. 7.1: adapting Wq and Wv works best
 }
 MLPS = ("gelu", "swiglu")
+#: Physical upper bounds of a size given by a user or read from a table: beyond them a number
+#: is a typo, not a layer. The widest published models are ~10^5 wide (GPT-3 175B: d_model
+#: 12,288, MLP 49,152; Brown et al. 2020, table 2.1), contexts reach ~10^6-10^7 tokens; a
+#: batch of 10^9 rows is far beyond any accelerator's memory.
+MAX_WIDTH = 10**7
+MAX_BATCH = 10**9
+MAX_SEQ = 10**7
 NORMS = ("layernorm", "rmsnorm")
 #: Attention implementations of a block: ``naive`` materialises the (seq × seq) scores and
 #: probabilities and saves them; ``fused`` is FlashAttention (Dao et al. 2022), see

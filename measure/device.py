@@ -47,6 +47,7 @@ from costmodel.cliutil import (
     positive_int,
     run,
 )
+from measure.fingerprint import PROFILE_CHECKED, fingerprint
 
 PROG = "python -m measure.device"
 
@@ -228,6 +229,7 @@ def measure(
     )
     device = jax.devices()[0]
     kind = device.device_kind
+    fp = fingerprint()
     when = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return HardwareProfile(
         name=f"measured {jax.default_backend()} {kind}",
@@ -240,6 +242,7 @@ def measure(
         ),
         measured=True,
         extra=extra,
+        fingerprint={k: fp[k] for k in PROFILE_CHECKED if k in fp},
     )
 
 
@@ -261,11 +264,29 @@ def _check_out(path: Path) -> None:
         raise UserError(f"--out {path} is not writable")
 
 
+#: The smallest --max-n: below it a matmul has too few FLOPs (2·64³ = 0.5 MFLOP) to outlast
+#: its dispatch, and the "rate" is the dispatch overhead (--max-n 1 gave 0.0 GFLOP/s).
+MIN_MATMUL_N = 64
+
+
+def max_n_arg(text: str) -> int:
+    """An argparse `type=` for --max-n: a whole number >= MIN_MATMUL_N."""
+    import argparse
+
+    n = positive_int(text)
+    if n < MIN_MATMUL_N:
+        raise argparse.ArgumentTypeError(
+            f"--max-n {n} is below {MIN_MATMUL_N}, the smallest matmul that measures a FLOP rate")
+    return n
+
+
 def build_parser() -> OneLineArgumentParser:
     p = OneLineArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="profile JSON to write (loads as HardwareProfile)")
     p.add_argument("--dtypes", type=csv_list(DTYPES, "dtype"), default=DTYPES)
-    p.add_argument("--max-n", type=positive_int, default=16384, help="largest matmul side tried")
+    p.add_argument("--max-n", type=max_n_arg, default=16384,
+                   help=f"largest matmul side tried (at least {MIN_MATMUL_N}: "
+                        "a smaller matmul measures the dispatch, not a FLOP rate)")
     p.add_argument("--target-call-s", type=positive_float, default=0.05,
                    help="stop growing the matmul once one call takes this long; a timed "
                         "sample of the matmul and the copy lasts at least this long")

@@ -22,6 +22,23 @@ CHECKED_FINGERPRINT: tuple[str, ...] = (
 )
 
 
+#: Entries a device profile must share with the data it is a prior for: the device, the
+#: CPU (model, cores) that drives it, and the libraries that compile the kernels.
+PROFILE_CHECKED: tuple[str, ...] = (
+    "backend", "device_kind", "device_count", "cpu_model", "cpu_count", "cpu_threads_usable",
+    "jax", "jaxlib",
+)
+
+
+def profile_differences(profile_fp: Mapping[str, Any], data_fp: Mapping[str, Any]) -> list[str]:
+    """'name: profile -> data' for each PROFILE_CHECKED entry both record and that differs."""
+    return [
+        f"{k}: {profile_fp[k]!r} -> {data_fp[k]!r}"
+        for k in PROFILE_CHECKED
+        if k in profile_fp and k in data_fp and str(profile_fp[k]) != str(data_fp[k])
+    ]
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:

@@ -22,7 +22,10 @@ Named grids (all at float32 unless ``--dtype``):
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import itertools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -98,8 +101,19 @@ class Grid:
     configs: tuple[Config, ...]
     methods: tuple[str, ...]
 
+    def identity(self) -> str:
+        """A hash of the grid's content: its configs (in any order) and methods.
+
+        Two grids with one identity measure the same (config, method) pairs; run.json records
+        it, so a folder is "complete" for one grid only (sha256 of the sorted configs, 16 hex).
+        """
+        configs = sorted(json.dumps(dataclasses.asdict(c), sort_keys=True) for c in self.configs)
+        text = json.dumps({"configs": configs, "methods": sorted(self.methods)})
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
     def describe(self) -> dict:
-        return {"name": self.name, "n_configs": len(self.configs), "methods": list(self.methods)}
+        return {"name": self.name, "n_configs": len(self.configs), "methods": list(self.methods),
+                "identity": self.identity(), "n_pairs": len(self.configs) * len(self.methods)}
 
 
 def default_methods(variant: str) -> tuple[str, ...]:

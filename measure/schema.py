@@ -84,11 +84,12 @@ class SchemaError(ValueError):
     """A table does not follow the schema; the message names the first bad column."""
 
 
-def validate(df: pd.DataFrame) -> pd.DataFrame:
+def validate(df: pd.DataFrame, row_names=None, unique: bool = True) -> pd.DataFrame:
     """Check `df` against the schema and return it with the schema's dtypes and column order.
 
     Raises SchemaError naming the first missing column, the first column whose values cannot
-    take the schema dtype, a foreign schema version, or a duplicated (config, method) key.
+    take the schema dtype, a foreign schema version, the first bad row and column
+    (`check_rows`), or (when `unique`) a (config, method) key repeated on one device.
     Version-1 tables are upgraded first (`upgrade`).
     """
     df = upgrade(df)
@@ -114,13 +115,103 @@ def validate(df: pd.DataFrame) -> pd.DataFrame:
         raise SchemaError(
             f"column 'schema_version' holds {sorted(versions)}, this tool reads {SCHEMA_VERSION}"
         )
-    dup = out.duplicated(list(KEY))
-    if dup.any():
+    out = out.reset_index(drop=True)
+    check_rows(out, row_names)
+    # one key per device: the same grid measured on two devices is two devices' data (which
+    # the analysis refuses to pool), not a duplicate
+    dup = out.duplicated([*DEVICE_COLUMNS, *KEY])
+    if unique and dup.any():
         row = out.loc[dup].iloc[0]
         raise SchemaError(
             "duplicated (config, method) key: " + ", ".join(f"{k}={row[k]}" for k in KEY)
         )
-    return out.reset_index(drop=True)
+    return out
+
+
+#: The columns naming the device a row was measured on.
+DEVICE_COLUMNS: tuple[str, ...] = ("backend", "device_kind")
+_TIME_COLUMNS = ("time_median_s", "time_iqr_s", "time_min_s", "time_ci_low_s", "time_ci_high_s",
+                 "compile_s")
+_COUNT_COLUMNS = ("model_flops", "model_bytes", "model_kernels", "xla_flops", "xla_bytes")
+
+
+def _row_checks(df: pd.DataFrame) -> list[tuple[str, np.ndarray, str]]:
+    """(column, bad-row mask, what a bad value breaks), in column order."""
+    from costmodel.layers import MAX_BATCH, MAX_SEQ, MAX_WIDTH, TARGETS
+    from measure.grids import DTYPES, LAYERS, METHODS, TIMING_MODES, VARIANTS
+
+    def outside(name: str, low: int, high: int | None = None) -> np.ndarray:
+        v = df[name].to_numpy()
+        return (v < low) | ((v > high) if high is not None else False)
+
+    ok_run = (df["error"] == "").to_numpy()
+    median = df["time_median_s"].to_numpy(dtype=float)
+    rank_limit = np.minimum(df["embed"].to_numpy(), df["hidden"].to_numpy())
+
+    def bad_targets() -> np.ndarray:
+        pairs = df[["layer", "method", "targets"]].drop_duplicates()
+        bad = set()
+        for layer, method, targets in pairs.itertuples(index=False):
+            names = [t for t in str(targets).split(",") if t]
+            if method == "full":
+                wrong = bool(names)
+            else:
+                valid = TARGETS.get(layer, ())
+                wrong = not names or any(t not in valid for t in names) or len(set(names)) != len(names)
+            if wrong:
+                bad.add((layer, method, targets))
+        keys = list(zip(df["layer"], df["method"], df["targets"]))
+        return np.array([k in bad for k in keys], dtype=bool)
+
+    checks = [
+        ("layer", ~df["layer"].isin(LAYERS).to_numpy(), f"not a layer ({', '.join(LAYERS)})"),
+        ("method", ~df["method"].isin(METHODS).to_numpy(), f"not a method ({', '.join(METHODS)})"),
+        ("variant", ~df["variant"].isin(VARIANTS).to_numpy(), "not a variant"),
+        ("timing_mode", ~df["timing_mode"].isin(TIMING_MODES).to_numpy(), "not a timing mode"),
+        ("batch", outside("batch", 1, MAX_BATCH), f"must be 1 to {MAX_BATCH:.0e}"),
+        ("embed", outside("embed", 1, MAX_WIDTH), f"must be 1 to {MAX_WIDTH:.0e}"),
+        ("hidden", outside("hidden", 1, MAX_WIDTH), f"must be 1 to {MAX_WIDTH:.0e}"),
+        ("rank", (df["rank"].to_numpy() < 1) | (df["rank"].to_numpy() > rank_limit),
+         "must be 1 to min(embed, hidden)"),
+        ("seq", outside("seq", 1, MAX_SEQ), f"must be 1 to {MAX_SEQ:.0e}"),
+        ("heads", outside("heads", 1) | ((df["layer"] == "block").to_numpy()
+                                          & (df["embed"].to_numpy() % np.maximum(df["heads"].to_numpy(), 1) != 0))
+         | ((df["layer"] != "block").to_numpy() & ((df["heads"] != 1) | (df["seq"] != 1)).to_numpy()),
+         "must divide embed (block layer), be 1 with seq 1 otherwise"),
+        ("targets", bad_targets(), "not valid for the layer and method"),
+        ("dtype", ~df["dtype"].isin(DTYPES).to_numpy(), f"not a dtype ({', '.join(DTYPES)})"),
+        ("n_repeats", ok_run & (df["n_repeats"].to_numpy() < 1), "must be >= 1 for a row that ran"),
+        ("time_median_s", ok_run & ~(np.isfinite(median) & (median > 0)),
+         "must be a finite time > 0 for a row that ran"),
+    ]
+    for name in ("paired_ratio", "paired_ratio_ci_low", "paired_ratio_ci_high"):
+        v = df[name].to_numpy(dtype=float)
+        checks.append((name, np.isinf(v) | (v <= 0), "must be a finite ratio > 0 (or empty)"))
+    for name in _TIME_COLUMNS[1:] + _COUNT_COLUMNS:
+        v = df[name].to_numpy(dtype=float)
+        checks.append((name, np.isinf(v) | (v < 0), "must be finite and >= 0 (or empty)"))
+    order = list(COLUMNS)
+    return sorted(checks, key=lambda c: order.index(c[0]))
+
+
+def check_rows(df: pd.DataFrame, row_names=None) -> None:
+    """Raise SchemaError naming the first bad row and its first bad column: sizes within
+    their physical bounds (`costmodel.layers.MAX_WIDTH` ...), 1 <= rank <= min(embed, hidden),
+    targets and methods valid for the layer, a finite time > 0 for every row that ran.
+
+    `row_names[i]` names row i in the message (a file line, say); default "row i+1".
+    """
+    if df.empty:
+        return
+    checks = _row_checks(df)
+    first = min((int(np.argmax(mask)) for _n, mask, _w in checks if mask.any()), default=None)
+    if first is None:
+        return
+    name, _mask, what = next(c for c in checks if c[1][first])
+    where = row_names[first] if row_names is not None else f"row {first + 1}"
+    value = df[name].iloc[first]
+    value = value.item() if hasattr(value, "item") else value  # 2000, not np.int64(2000)
+    raise SchemaError(f"{where}: column {name!r} is {value!r}: {what}")
 
 
 def upgrade(df: pd.DataFrame) -> pd.DataFrame:

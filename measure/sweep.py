@@ -20,6 +20,7 @@ import random
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from costmodel.cliutil import (
@@ -372,8 +373,18 @@ def _main(argv: list[str]) -> int:
         extra={"config_order": [todo_pairs[i][0].label() for i in order],
                "shard": list(args.shard) if args.shard else None},
     )
-    out = dataset.open_out_dir(args.out, fp=fp, session=session, force_merge=args.force_merge)
+    out = dataset.open_out_dir(args.out, fp=fp, session=session, force_merge=args.force_merge,
+                               log=lambda line: _log(None, line))
+    try:
+        return _sweep(args, grid, todo_pairs, order, out, fp, policy, budget)
+    finally:
+        out.close()
 
+
+def _sweep(args, grid: Grid, todo_pairs, order, out, fp, policy, budget) -> int:
+    from measure import dataset
+
+    out.grid_keys = {dataset.record_key(b) for _config, bases in todo_pairs for b in bases}
     work = []
     for idx in order:
         config, bases = todo_pairs[idx]
@@ -420,10 +431,15 @@ def _main(argv: list[str]) -> int:
         return exit_status(exc)
     if grid_left_after and args.refine and args.variant == "clean":
         _log(None, "--limit left configs of the grid: the crossover refinement waits for them")
-    df = out.finish("complete")
+    df = out.finish("complete")  # "partial" unless every pair of the grid is there
     n_err = int((df["error"] != "").sum())
+    counts = out.counts()
+    state = (f"{grid.name} grid complete" if out.run["status"] == "complete" else
+             f"partial: {counts['pairs_present']} of {counts['pairs_expected']} (config, method) "
+             f"pairs of the {grid.name} grid; rerun without --limit to finish it")
     _log(None, f"done in {clock.elapsed():.1f} s: {len(df)} records in "
-               f"{args.out}/{dataset.CSV_NAME}" + (f" ({n_err} with errors)" if n_err else ""))
+               f"{Path(args.out) / dataset.CSV_NAME}" + (f" ({n_err} with errors)" if n_err else "")
+               + f"; {state}")
     return 0
 
 

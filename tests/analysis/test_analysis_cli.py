@@ -186,4 +186,5 @@ def test_profile_of_another_device_is_not_used(capsys, tmp_path, fixture_csv, fi
     (out / "profile.json").write_text(json.dumps(prof))
     rc = crossover.main(["--data", str(sweep), "--out", str(out), "--no-plots", "--bootstrap", "20"])
     assert rc == 0
-    assert "the data come from 'cpu cpu'" in capsys.readouterr().out
+    assert ("does not match the data (backend: 'gpu' -> 'cpu'; device_kind: 'NVIDIA H100' -> "
+            "'cpu'; give --profile)") in capsys.readouterr().out

@@ -99,6 +99,7 @@ def test_torn_last_line_is_cut_and_finished_records_kept(tmp_path):
     out.append(_record())
     with open(tmp_path / "measurements.jsonl", "a") as fh:
         fh.write('{"schema_version": 1, "run_id": "r", "backe')  # a crash mid-write
+    del out  # the crashed process's lock goes with it
     again = dataset.open_out_dir(tmp_path, fp=FP, session=_session())
     assert len(again.records) == 1
     assert (tmp_path / "measurements.jsonl").read_text().count("\n") == 1

@@ -256,7 +256,7 @@ def _wait_for_records(proc: subprocess.Popen, out: Path, n: int, timeout_s: floa
     pytest.fail("sweep wrote no records in time")
 
 
-def _resume_and_check(out: Path, kept: list[tuple], prefix: bytes) -> None:
+def _resume_and_check(out: Path, kept: list[tuple], prefix: bytes) -> str:
     proc = _spawn(out)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
@@ -265,7 +265,10 @@ def _resume_and_check(out: Path, kept: list[tuple], prefix: bytes) -> None:
     assert set(kept) <= set(keys)
     assert (out / "measurements.jsonl").read_bytes().startswith(prefix)
     assert len(dataset.read_csv(out / "measurements.csv")) == 16
-    assert _run_json(out)["status"] == "complete"
+    run = _run_json(out)
+    assert run["status"] == "complete"
+    assert run["pairs_expected"] == run["pairs_present"] == 16
+    return err
 
 
 @pytest.mark.slow
@@ -293,11 +296,49 @@ def test_kill_9_mid_sweep_loses_nothing_finished(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
+    assert _run_json(out)["status"] == "running"  # it died saying so
     raw = (out / "measurements.jsonl").read_bytes()
     prefix = raw[: raw.rfind(b"\n") + 1]  # everything up to the last complete line
     kept = _keys(out)
     assert len(kept) >= 4
-    _resume_and_check(out, kept, prefix)
+    err = _resume_and_check(out, kept, prefix)
+    # the dead holder's lock is taken over, and that is said, naming it
+    assert f"took over the lock of {out}: its holder (PID {proc.pid}," in err
+    assert "ended without finishing" in err
+    assert _run_json(out)["sessions"][0]["status"] == "interrupted"
+
+
+@pytest.mark.slow
+def test_two_sweeps_into_one_folder_one_runs_the_other_exits_2(tmp_path):
+    out = tmp_path / "out"
+    first = _spawn(out)
+    _wait_for_records(first, out, 2)
+    second = _spawn(out)
+    _, err2 = second.communicate(timeout=120)
+    assert first.poll() is None, "the first sweep should still be running"
+    assert second.returncode == 2
+    assert err2.count("\n") == 1 and "Traceback" not in err2
+    assert f"{out} is in use by another sweep (PID {first.pid}, started " in err2
+    _, err1 = first.communicate(timeout=120)
+    assert first.returncode == 0, err1
+    keys = _keys(out)
+    assert len(keys) == 16 and len(set(keys)) == 16  # no duplicate: only the first measured
+    run = _run_json(out)
+    assert len(run["sessions"]) == 1 and run["status"] == "complete"
+    assert {r["run_id"] for r in _lines(out)} == {run["sessions"][0]["session_id"]}
+
+
+def test_limit_writes_partial_and_the_rest_completes(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert sweep.main([*TINY, "--embed", "8,12", "--limit", "1", "--out", str(out)]) == 0
+    run = _run_json(out)
+    assert run["status"] == "partial"
+    assert (run["pairs_present"], run["pairs_expected"]) == (2, 4)
+    assert "partial: 2 of 4 (config, method) pairs" in capsys.readouterr().err
+    assert sweep.main([*TINY, "--embed", "8,12", "--out", str(out)]) == 0
+    run = _run_json(out)
+    assert run["status"] == "complete" and run["pairs_present"] == run["pairs_expected"] == 4
+    assert not (out / "sweep.lock").read_text()  # released cleanly: no holder named
 
 
 def test_refinement_bisects_the_crossover_marks_its_rows_and_resumes(tmp_path, monkeypatch):

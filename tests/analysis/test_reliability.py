@@ -1,0 +1,255 @@
+"""The analysis refuses or labels data it cannot trust: partial sweeps, other grids, torn
+files, mixed devices and strata, profiles of another machine (issue 12)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from analysis import crossover
+from measure import grids
+
+
+def _run_json(path, **fields) -> None:
+    quick = grids.named_grid("quick")
+    n = len(quick.configs) * len(quick.methods)
+    run = {"status": "complete", "grid": quick.describe(), "pairs_expected": n, "pairs_present": n}
+    run.update(fields)
+    (path / "run.json").write_text(json.dumps(run))
+
+
+@pytest.mark.parametrize("fields, why", [
+    ({}, ""),
+    ({"status": "partial", "pairs_present": 20}, "its sweep is partial"),  # --limit 10 (defect 3)
+    ({"status": "interrupted"}, "its sweep is interrupted"),
+    ({"pairs_present": 47}, "it holds 47 of 72 (config, method) pairs"),
+    ({"grid": {**grids.named_grid("quick").describe(), "identity": "0" * 16}},
+     "it holds another grid (quick)"),  # same name, other configs
+    ({"grid": grids.named_grid("seed").describe()}, "it holds another grid (seed)"),
+])
+def test_the_main_job_reuses_only_the_whole_grid_finished(tmp_path, fields, why):
+    _run_json(tmp_path, **fields)
+    ok, reason = crossover.reusable("quick", str(tmp_path))
+    assert ok == (why == "") and reason == why
+
+
+def test_no_run_json_is_not_reused(tmp_path):
+    assert crossover.reusable("quick", str(tmp_path)) == (False, "no sweep there yet")
+    (tmp_path / "run.json").write_text("{torn")
+    assert crossover.reusable("quick", str(tmp_path)) == (False, "its run.json is unreadable")
+
+
+# ----------------------------------------------------------------------------- one truth
+
+def _fixture_records(fixture_csv) -> list[dict]:
+    from measure import dataset
+
+    return dataset._csv_records(dataset.read_csv(fixture_csv))
+
+
+def _folder(path, records_jsonl, records_csv, **run_fields):
+    """A dataset folder as the sweep leaves it: journal, CSV and run.json."""
+    import pandas as pd
+
+    from measure import dataset
+
+    path.mkdir(exist_ok=True)
+    with open(path / "measurements.jsonl", "w") as fh:
+        for r in records_jsonl:
+            fh.write(json.dumps(r) + "\n")
+    if records_csv is not None:
+        pd.DataFrame(records_csv).to_csv(path / "measurements.csv", index=False)
+    run = {"format": dataset.RUN_FORMAT, "format_version": dataset.RUN_FORMAT_VERSION,
+           "fingerprint": {"backend": "cpu", "device_kind": "cpu"}, "sessions": [],
+           "grid": {**grids.named_grid("quick").describe()}, "status": "complete",
+           "pairs_expected": 72, "pairs_present": 72}
+    run.update(run_fields)
+    (path / "run.json").write_text(json.dumps(run))
+    return path
+
+
+def test_a_stale_csv_does_not_win_over_a_longer_journal(tmp_path, fixture_csv):
+    """Defect 2: SIGINT, resume, kill -9 leave a CSV of 30 rows and a journal of 54, run.json
+    'running'. The analysis reads their union, says the sweep died, refuses without --partial."""
+    from analysis import data
+    from costmodel.cliutil import UserError
+
+    recs = _fixture_records(fixture_csv)
+    stale = [dict(r) for r in recs[:30]]
+    stale[0]["time_median_s"] *= 10  # the journal's later record of this pair wins
+    d = _folder(tmp_path / "d", recs[:54], stale, status="running")
+    with pytest.raises(UserError, match="not a complete sweep .sweep stopped without finishing "
+                                        ".its process died.: quick grid, 54 of 72"):
+        data.load(d)
+    ds = data.load(d, partial=True)
+    assert len(ds.frame) == 54 and not ds.complete
+    assert ds.frame["time_median_s"].tolist().count(stale[0]["time_median_s"]) == 0
+    assert any("18 of 72 (config, method) pairs of the grid, never measured: PARTIAL DATA"
+               in n for n in ds.notes)
+    assert any("PARTIAL DATA" in n for n in data.select(ds, 4).dropped)
+
+
+def test_rows_only_in_the_csv_are_kept(tmp_path, fixture_csv):
+    from analysis import data
+
+    recs = _fixture_records(fixture_csv)
+    d = _folder(tmp_path / "d", recs[:10], recs)  # a lost journal: the CSV has them all
+    ds = data.load(d)
+    assert len(ds.frame) == 72 and ds.complete
+    assert ds.status == "sweep complete: quick grid, 72 of 72 (config, method) pairs"
+
+
+def test_a_torn_journal_tail_is_said_and_ignored(tmp_path, fixture_csv):
+    """Defect 11: a torn jsonl tail is not 'not a CSV or JSON-lines table'."""
+    from analysis import data
+
+    recs = _fixture_records(fixture_csv)
+    f = tmp_path / "m.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"schema_version": 1, "ru')
+    ds = data.load(f)
+    assert len(ds.frame) == 72
+    assert ds.notes == (f"the torn last line of {f} (a crash mid-write; never a finished record)",)
+
+
+def test_one_grid_from_two_devices_is_mixed_devices_not_a_duplicate(tmp_path, fixture_csv):
+    """Defect 11: the same keys on two devices are two devices' data, refused as such."""
+    from analysis import data
+    from costmodel.cliutil import UserError
+
+    recs = _fixture_records(fixture_csv)
+    gpu = [{**r, "backend": "gpu", "device_kind": "NVIDIA H100"} for r in recs]
+    f = tmp_path / "m.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in recs + gpu))
+    ds = data.load(f)
+    assert len(ds.frame) == 144
+    with pytest.raises(UserError, match=r"mixes devices \(cpu/cpu, gpu/NVIDIA H100\)"):
+        data.select(ds, 4)
+
+
+# ----------------------------------------------------------------------------- every row checked
+
+@pytest.mark.parametrize("column, value, message", [
+    ("rank", 2000, "column 'rank' is 2000: must be 1 to min(embed, hidden)"),
+    ("batch", 0, "column 'batch' is 0: must be 1 to 1e+09"),
+    ("embed", 20_000_000, "column 'embed' is 20000000: must be 1 to 1e+07"),
+    ("targets", "w", "column 'targets' is 'w': not valid for the layer and method"),
+    ("method", "qlora", "column 'method' is 'qlora': not a method"),
+    ("time_median_s", float("inf"), "column 'time_median_s' is inf: must be a finite time > 0"),
+    ("time_median_s", -1.0, "column 'time_median_s' is -1.0: must be a finite time > 0"),
+    ("time_iqr_s", float("inf"), "column 'time_iqr_s' is inf: must be finite and >= 0"),
+])
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_a_bad_row_is_named_with_its_column(tmp_path, fixture_csv, column, value, message, kind):
+    """Defect 6: invalid rows were a traceback with exit 1; now the first bad row and column."""
+    import pandas as pd
+
+    from analysis import data
+    from costmodel.cliutil import UserError
+
+    recs = _fixture_records(fixture_csv)
+    recs[5] = {**recs[5], column: value}
+    recs[9] = {**recs[9], "rank": 10**6}  # a later bad row is not the one named
+    if kind == "csv":
+        f = tmp_path / "m.csv"
+        pd.DataFrame(recs).to_csv(f, index=False)
+        where = "line 7"  # header, then rows 0..5
+    else:
+        f = tmp_path / "m.jsonl"
+        f.write_text("".join(json.dumps(r) + "\n" for r in recs))
+        where = "line 6"
+    with pytest.raises(UserError) as exc:
+        data.load(f)
+    assert f"does not follow the schema: {where}: {message}" in str(exc.value)
+
+
+def test_an_empty_data_path_is_refused(tmp_path):
+    from analysis import data
+    from costmodel.cliutil import UserError
+
+    with pytest.raises(UserError, match="--data is an empty string"):
+        data.load("")
+
+
+# ----------------------------------------------------------------------------- profiles
+
+def _profile(fixture_profile, path, **fingerprint):
+    prof = json.loads(open(fixture_profile).read())
+    if fingerprint:
+        prof["fingerprint"] = fingerprint
+    path.write_text(json.dumps(prof))
+    return path
+
+
+MACHINE = {"backend": "cpu", "device_kind": "cpu", "cpu_model": "AMD EPYC 7B13", "cpu_count": 2,
+           "jax": "0.10.2"}
+
+
+def test_a_profile_of_another_cpu_is_refused_unless_forced(tmp_path, fixture_csv, fixture_profile,
+                                                           capsys):
+    """Defect 5: the dataset folder's profile.json was used whatever device the rows name, and
+    'cpu cpu' was all that was compared. Now the CPU model, cores and versions are too."""
+    import argparse
+
+    from analysis import data
+
+    recs = _fixture_records(fixture_csv)
+    d = _folder(tmp_path / "d", recs, None,
+                fingerprint={**MACHINE, "cpu_model": "Intel Xeon 8480", "cpu_count": 112})
+    _profile(fixture_profile, d / "profile.json", **MACHINE)
+    out = tmp_path / "out"
+    assert crossover.main(["--data", str(d), "--out", str(out), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: the dataset's profile {d}/profile.json does not match the data "
+                   "(cpu_model: 'AMD EPYC 7B13' -> 'Intel Xeon 8480'; cpu_count: 2 -> 112); "
+                   "move it away, or give --force to use it anyway\n")
+    assert not out.exists()
+    ds = data.load(d)
+    args = argparse.Namespace(profile=None, force=True)
+    profile, note = crossover.given_profile(args, ds)
+    assert profile.fingerprint["cpu_model"] == "AMD EPYC 7B13"
+    assert note.endswith("(used with --force although cpu_model: 'AMD EPYC 7B13' -> "
+                         "'Intel Xeon 8480'; cpu_count: 2 -> 112)")
+    # the same profile given on the command line: refused the same way, without "move it"
+    other = _profile(fixture_profile, tmp_path / "p.json", **{**MACHINE, "jax": "0.4.1"})
+    with pytest.raises(Exception, match=r"--profile .*p.json does not match the data \(cpu_model"
+                                        r".*; jax: '0.4.1' -> '0.10.2'\); give --force"):
+        crossover.given_profile(argparse.Namespace(profile=str(other), force=False), ds)
+
+
+def test_a_matching_profile_is_used(tmp_path, fixture_csv, fixture_profile):
+    import argparse
+
+    from analysis import data
+
+    d = _folder(tmp_path / "d", _fixture_records(fixture_csv), None, fingerprint=MACHINE)
+    _profile(fixture_profile, d / "profile.json", **MACHINE)
+    profile, note = crossover.given_profile(argparse.Namespace(profile=None, force=False),
+                                            data.load(d))
+    assert note == f"the dataset's {d}/profile.json"
+
+
+@pytest.mark.parametrize("rate", [0.0, float("nan"), float("inf"), -1.0])
+def test_a_profile_with_a_zero_or_non_finite_rate_is_refused_on_read(tmp_path, fixture_csv,
+                                                                     fixture_profile, capsys,
+                                                                     rate):
+    prof = json.loads(open(fixture_profile).read())
+    prof["peak_flops_per_s"]["float32"] = rate
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps(prof))
+    assert crossover.main(["--data", fixture_csv, "--profile", str(p), "--out",
+                           str(tmp_path / "o"), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: bad device profile: ") and "float32 must be > 0" in err
+    assert err.count("\n") == 1
+
+
+def test_device_max_n_below_the_first_matmul_is_refused(tmp_path, capsys):
+    """Defect 11: `measure.device --max-n 1` wrote a 0.0 GFLOP/s profile that loaded."""
+    from measure import device
+
+    out = tmp_path / "p.json"
+    assert device.main(["--out", str(out), "--max-n", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-n 1 is below 64" in err and err.count("\n") == 1
+    assert not out.exists()

@@ -110,7 +110,9 @@ class HardwareProfile:
                 kernel_overhead_s=float(data["kernel_overhead_s"]),
                 source=str(data.get("source", "")),
                 measured=bool(data.get("measured", False)),
-                extra={str(k): float(v) for k, v in dict(data.get("extra", {})).items()},
+                # numbers only: analysis writes nested tables beside them (extra["comm"])
+                extra={str(k): float(v) for k, v in dict(data.get("extra", {})).items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)},
                 fingerprint={str(k): v for k, v in dict(data.get("fingerprint", {})).items()
                              if isinstance(v, (str, int, float)) and not isinstance(v, bool)},
             )

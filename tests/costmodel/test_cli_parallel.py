@@ -68,7 +68,8 @@ def test_a_method_that_fits_nowhere_gets_no_speedup(capsys):
 def test_fitted_alpha_beta_replace_the_preset(tmp_path, capsys):
     data = HARDWARE["a100-80gb"].to_dict()
     a_key, b_key = FIT_COMM_KEYS["intra"]
-    data["extra"] |= {a_key: 2e-5, b_key: 5e9}
+    # as analysis.comm writes it: the link's scalars beside a nested table of per-group fits
+    data["extra"] |= {a_key: 2e-5, b_key: 5e9, "comm": {"source": "analysis.comm", "alpha_beta": []}}
     path = tmp_path / "fitted_profile.json"
     path.write_text(json.dumps(data))
     out = run_json(capsys, "--model", "gpt2-small", "--hardware", str(path), "--layout", "dp=4",

@@ -233,3 +233,23 @@ def test_one_device_layout_is_the_one_device_step(name, method, recompute, atten
                          (par.memory.total_bytes, mem.total_bytes),
                          (par.memory.activations_bytes, mem.activations_bytes)):
         assert float(ours) == pytest.approx(float(theirs), rel=1e-12)
+
+
+def test_fewest_gpus_is_where_a_layout_first_fits():
+    """With 1 GB devices GPT-2 small's full fine-tuning (16 B × 124 M = 2 GB of model state)
+    needs several; the count found fits and the count before it does not."""
+    from dataclasses import replace as dc_replace
+
+    from costmodel.parallel import device_counts, fewest_gpus, search_layouts
+
+    small = dc_replace(A100, name="1 GB", extra={**A100.extra, "memory_bytes": 1e9})
+    opts = {"seq": 256}
+    n = fewest_gpus(GPT2, "full", CLUSTER, small, global_batch=8, **opts)
+    assert n is not None and n > 2  # model state alone is 2 GB
+    counts = device_counts(8, 8192)
+    before = counts[counts.index(n) - 1]
+    assert search_layouts(GPT2, "full", n, CLUSTER, small, 8, **opts).fits
+    miss = search_layouts(GPT2, "full", before, CLUSTER, small, 8, **opts)
+    assert not miss.fits and miss.lacks_bytes > 0
+    # LoRA keeps 2 B per frozen parameter and fits on fewer
+    assert fewest_gpus(GPT2, "lora", CLUSTER, small, global_batch=8, rank=4, **opts) < n

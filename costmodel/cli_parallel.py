@@ -28,6 +28,7 @@ import numpy as np
 from costmodel.cliutil import UserError, csv_list, positive_int
 from costmodel.comm import Cluster, Interconnect
 from costmodel.hardware import HardwareProfile
+from costmodel.optimizer import PRECISIONS
 from costmodel.parallel import (
     DEFAULT_OVERLAP,
     LayoutChoice,
@@ -187,6 +188,11 @@ def evaluate(args, shape: ModelShape, profile: HardwareProfile, seq: int) -> dic
         out["methods"][method] = _record(choice, fewest, args.no_fewest)
         out["time_basis"] = choice.step.time_basis
     methods = out["methods"]
+    compute = PRECISIONS[args.precision].compute_dtype
+    if compute not in profile.peak_flops_per_s:
+        out.setdefault("notes", []).append(
+            f"{profile.name} lists no {compute} peak; {profile.peak(compute) / 1e12:g} TFLOP/s of its other "
+            f"16-bit type is used")
     if "memory_bytes" not in profile.extra:
         out.setdefault("notes", []).append(f"{profile.name} gives no memory capacity: every layout counts as fitting")
     if "full" in methods and "lora" in methods:

@@ -315,7 +315,12 @@ def _sum(costs) -> Cost:
 
 def stage_costs(spec: StepSpec, layout: Layout) -> StageCosts:
     """FLOPs, bytes, kernels and saved activations of one micro-batch (`spec.batch` =
-    layout.micro_batch sequences) on a device of the first and of the last stage."""
+    layout.micro_batch sequences) on a device of the first and of the last stage.
+
+    The embedding lookup is costed whole on every tp device: a vocabulary-parallel lookup
+    still reads every token id and writes every row (zeros for ids it does not hold); its
+    backward's zero-fill of the table gradient (vocab/tp rows each) is left at the whole
+    table, a small overcount under full fine-tuning."""
     tp, pp = layout.tp, layout.pp
     base = build_step(replace(spec, recompute=False))
     first_b, first_n = _tp_block(spec, tp, spec.tables_train)

@@ -200,7 +200,7 @@ def test_a_profile_of_another_cpu_is_refused_unless_forced(tmp_path, fixture_csv
     out = tmp_path / "out"
     assert crossover.main(["--data", str(d), "--out", str(out), "--no-plots"]) == 2
     err = capsys.readouterr().err
-    assert err == (f"error: the dataset's profile {d}/profile.json does not match the data "
+    assert err == (f"python -m analysis.crossover: error: the dataset's profile {d}/profile.json does not match the data "
                    "(cpu_model: 'AMD EPYC 7B13' -> 'Intel Xeon 8480'; cpu_count: 2 -> 112); "
                    "move it away, or give --force to use it anyway\n")
     assert not out.exists()
@@ -240,7 +240,8 @@ def test_a_profile_with_a_zero_or_non_finite_rate_is_refused_on_read(tmp_path, f
     assert crossover.main(["--data", fixture_csv, "--profile", str(p), "--out",
                            str(tmp_path / "o"), "--no-plots"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: bad device profile: ") and "float32 must be > 0" in err
+    assert err.startswith("python -m analysis.crossover: error: bad device profile: ")
+    assert "float32 must be > 0" in err
     assert err.count("\n") == 1
 
 

@@ -400,7 +400,7 @@ def analyse(collectives: pd.DataFrame | None, sharded: pd.DataFrame | None) -> C
 # ----------------------------------------------------------------------------- output
 
 def profile_entries(a: CommAnalysis) -> dict[str, Any]:
-    """The fitted α, β for `fitted_profile.json` (``extra.comm``): per collective and group size."""
+    """The fitted α, β for `fitted_profile.json`: the link (FIT_COMM_KEYS), per collective and group size."""
     if a.fit is None:
         return {}
     out: dict[str, Any] = {}
@@ -506,9 +506,26 @@ def from_folder(folder: str | os.PathLike | None) -> CommAnalysis | None:
     return analyse(coll, sharded)
 
 
-def write(a: CommAnalysis, out: str) -> list[str]:
-    """comm_alpha_beta.csv, comm_validation.csv, comm_sharded.csv, comm_ratios.csv; α, β into
-    fitted_profile.json (``extra.comm``) when the kernel analysis wrote one."""
+def _with_comm(prof: dict[str, Any], entries: dict[str, Any]) -> dict[str, Any]:
+    """`prof` (a device profile dict) with the link's α, B under FIT_COMM_KEYS in ``extra``
+    (numbers only: `HardwareProfile` reads them) and the per-collective fits under the
+    top-level ``comm_fits`` (which `HardwareProfile` ignores)."""
+    from costmodel.comm import FIT_COMM_KEYS
+
+    entries = dict(entries)
+    extra = prof.setdefault("extra", {})
+    for keys in FIT_COMM_KEYS.values():  # scalars beside the rates, as costmodel reads them
+        for k in keys:
+            if k in entries:
+                extra[k] = entries.pop(k)
+    prof["comm_fits"] = entries
+    return prof
+
+
+def write(a: CommAnalysis, out: str, profile: str | None = None) -> list[str]:
+    """comm_alpha_beta.csv, comm_validation.csv, comm_sharded.csv, comm_ratios.csv, and the
+    fitted α, B: added to ``<out>/fitted_profile.json`` when the kernel analysis wrote one,
+    else to a copy of the device profile `profile` written there, else ``comm_profile.json``."""
     os.makedirs(out, exist_ok=True)
     written = []
     tables = {"comm_alpha_beta.csv": a.fit.table() if a.fit else pd.DataFrame(),
@@ -519,21 +536,18 @@ def write(a: CommAnalysis, out: str) -> list[str]:
             atomic_write_text(os.path.join(out, name), df.to_csv(index=False))
             written.append(name)
     entries = profile_entries(a)
+    if not entries:
+        return written
     path = os.path.join(out, "fitted_profile.json")
-    if entries and os.path.isfile(path):
-        with open(path, encoding="utf-8") as fh:
+    source = path if os.path.isfile(path) else profile
+    if source is not None:
+        with open(source, encoding="utf-8") as fh:
             prof = json.load(fh)
-        from costmodel.comm import FIT_COMM_KEYS
-
-        extra = prof.setdefault("extra", {})
-        for keys in FIT_COMM_KEYS.values():  # scalars beside the rates, as costmodel reads them
-            for k in keys:
-                if k in entries:
-                    extra[k] = entries.pop(k)
-        extra["comm"] = entries
-        atomic_write_text(path, json.dumps(prof, indent=2) + "\n")
-    elif entries:
-        atomic_write_text(os.path.join(out, "comm_profile.json"), json.dumps({"comm": entries}, indent=2) + "\n")
+        atomic_write_text(path, json.dumps(_with_comm(prof, entries), indent=2) + "\n")
+        written.append("fitted_profile.json")
+    else:
+        atomic_write_text(os.path.join(out, "comm_profile.json"),
+                          json.dumps(_with_comm({}, entries), indent=2) + "\n")
         written.append("comm_profile.json")
     return written
 
@@ -544,6 +558,10 @@ def build_parser() -> OneLineArgumentParser:
                    help="folder with collectives.csv (python -m measure.collectives) and/or "
                         "sharded.csv (python -m measure.sharded)")
     p.add_argument("--out", help="write the comm_*.csv tables here (default: print only)")
+    p.add_argument("--profile",
+                   help="a device profile JSON (python -m measure.device): with --out, written "
+                        "there as fitted_profile.json with the fitted link α, B, usable as "
+                        "python -m costmodel --hardware")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return p
 
@@ -558,9 +576,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError(f"{args.data} holds no collectives.csv (python -m measure.collectives --out {args.data})")
         if not len(usable(coll)):
             raise UserError(f"{args.data}/collectives.csv holds no successful measurement")
+        if args.profile:
+            from costmodel.hardware import HardwareProfile
+
+            try:
+                HardwareProfile.from_json(args.profile)
+            except (OSError, ValueError) as exc:
+                raise UserError(f"--profile {args.profile}: {one_line(exc)}") from None
+            if not args.out:
+                raise UserError("--profile needs --out (where fitted_profile.json goes)")
         a = analyse(coll, sharded)
         if args.out:
-            write(a, args.out)
+            write(a, args.out, args.profile)
     except UserError as exc:
         print(f"python -m analysis.comm: error: {one_line(exc)}", file=sys.stderr)
         return 2

@@ -175,7 +175,7 @@ def test_crossover_adds_a_communication_section(tmp_path, capsys, fixture_csv, f
     assert payload["communication"]["summary"]["sharded_step_median_rel_error"] == pytest.approx(0, abs=1e-9)
     assert (out / "comm_alpha_beta.csv").exists()
     prof = json.loads((out / "fitted_profile.json").read_text())
-    ab = {(e["collective"], e["devices"]): e for e in prof["extra"]["comm"]["alpha_beta"]}
+    ab = {(e["collective"], e["devices"]): e for e in prof["comm_fits"]["alpha_beta"]}
     assert ab["all_reduce", 4]["bus_bandwidth_bytes_per_s"] == pytest.approx(BUS, rel=1e-6)
     # costmodel.comm reads the link's α and B from these keys (Cluster.with_fitted)
     from costmodel.comm import FIT_COMM_KEYS, Cluster, Interconnect
@@ -183,8 +183,10 @@ def test_crossover_adds_a_communication_section(tmp_path, capsys, fixture_csv, f
     a_key, b_key = FIT_COMM_KEYS["intra"]
     assert prof["extra"][b_key] == pytest.approx(BUS, rel=1e-6)
     assert prof["extra"][a_key] == pytest.approx(10e-6, rel=1e-6)
+    from costmodel.hardware import HardwareProfile
+
     base = Interconnect("x", 1e9, 1e-6)
-    fitted = Cluster(8, base, base).with_fitted(prof["extra"])
+    fitted = Cluster(8, base, base).with_fitted(HardwareProfile.from_json(out / "fitted_profile.json").extra)
     assert fitted.intra.bandwidth_bytes_per_s == pytest.approx(BUS, rel=1e-6)
 
 
@@ -198,3 +200,21 @@ def test_concurrent_diagnostic_adds_comm_to_the_measured_concurrent_compute():
     assert pred["concurrent_rel_error"] == pytest.approx(0.0, abs=1e-9)
     assert pred["compute_only_s"] == pytest.approx(0.020)  # k = 2 devices × the one-device share
     assert pred["rel_error"] == pytest.approx(abs(0.020 + t_ar - 0.030 - t_ar) / (0.030 + t_ar))
+
+
+def test_cli_writes_a_profile_costmodel_reads(tmp_path, fixture_profile):
+    """--profile P --out D: D/fitted_profile.json is P plus the fitted link, and costmodel's
+    HardwareProfile loads it with the keys Cluster.with_fitted reads."""
+    import json
+
+    from costmodel.comm import FIT_COMM_KEYS
+    from costmodel.hardware import HardwareProfile
+
+    data = tmp_path / "d"
+    data.mkdir()
+    _write_table(data, "collectives", synthetic_collectives())
+    assert comm.main(["--data", str(data), "--out", str(tmp_path / "o"), "--profile", fixture_profile]) == 0
+    prof = HardwareProfile.from_json(tmp_path / "o" / "fitted_profile.json")
+    a_key, b_key = FIT_COMM_KEYS["intra"]
+    assert prof.extra[b_key] == pytest.approx(BUS, rel=1e-6)
+    assert json.loads((tmp_path / "o" / "fitted_profile.json").read_text())["comm_fits"]["alpha_beta"]

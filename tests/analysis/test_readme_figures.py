@@ -1,0 +1,52 @@
+"""The README's figures from the committed quick-grid dataset are what the tool prints.
+
+Re-runs the main job's analysis on ``data/quick-cpu/`` (its measurements, run.json and device
+profile, committed with how they were measured) and checks that every figure the README
+quotes from it appears there, formatted by the report's own functions. A change in the
+analysis that moves a quoted figure fails here until the README says what the tool says.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from analysis import data, pipeline, report
+from costmodel.hardware import HardwareProfile
+
+pytestmark = pytest.mark.slow  # one full analysis with the default 1,000 refits
+
+REPO = Path(__file__).resolve().parents[2]
+QUICK = REPO / "data" / "quick-cpu"
+
+
+@pytest.fixture(scope="module")
+def analysis():
+    dataset = data.load(str(QUICK))
+    profile = HardwareProfile.from_json(str(QUICK / "profile.json"))
+    return pipeline.run(dataset, profile, "the dataset's profile")
+
+
+def quoted_figures(a) -> dict[str, str]:
+    """label -> the text the README must hold, as the stdout report formats it."""
+    t = a.crossover.table
+    out = {}
+    for b, r, m in ((2, 1, "lora"), (2, 4, "lora"), (256, 1, "lora")):
+        row = t[(t["batch"] == b) & (t["rank"] == r) & (t["method"] == m)].iloc[0]
+        out[f"fitted b{b} r{r} {m}"] = report._fitted_cell(row)
+        out[f"measured b{b} r{r} {m}"] = report._measured_cell(row)
+        out[f"d->inf b{b} r{r} {m}"] = f"{row['asymptotic_speedup']:.3g}x"
+    v = a.validation.table
+    pooled = v[(v["quantity"] == "all methods") & (v["scheme"] == "out_of_scale")
+               & (v["model"] == a.validation.chosen)].iloc[0]
+    out["out-of-scale"] = f"{pooled['median_ape_pct']:.1f}%"
+    ex = report.extrapolation_display(a, short=True).set_index("width")
+    out["full/lora at 12288"] = ex.loc[12288, "full/lora"]
+    return out
+
+
+def test_readme_quotes_what_the_tool_prints_on_the_committed_quick_grid(analysis):
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    missing = {k: v for k, v in quoted_figures(analysis).items() if v not in readme}
+    assert not missing, f"README figures that the tool does not print: {missing}"

@@ -60,14 +60,14 @@ def fitted_rates(a):
         return None
     if a.fit.form not in ("ols_additive", "wls_additive", "gamma_identity"):
         return None
-    f = {x.name: x.estimate for x in a.fit.factors}
+    f = {x.key: x.estimate for x in a.fit.factors}  # stable keys, not display names
     try:
         return FittedRates(
-            flops_per_s=float(f["effective FLOP/s"]), bytes_per_s=float(f["effective bytes/s"]),
-            kernel_overhead_s=max(float(f["time per kernel"]), 0.0) * 1e-6,
-            dispatch_s=max(float(f["dispatch per call"]), 0.0) * 1e-6,
-            lora_multiplier=float(f.get("LoRA multiplier (lora)", 1.0)),
-            lora_merged_multiplier=float(f.get("LoRA multiplier (lora_merged)", 1.0)),
+            flops_per_s=float(f["flop_rate"]), bytes_per_s=float(f["byte_rate"]),
+            kernel_overhead_s=max(float(f["kernel_time"]), 0.0) * 1e-6,
+            dispatch_s=max(float(f["dispatch_time"]), 0.0) * 1e-6,
+            lora_multiplier=float(f.get("lora_multiplier_lora", 1.0)),
+            lora_merged_multiplier=float(f.get("lora_multiplier_lora_merged", 1.0)),
             note=f"rates fitted by analysis ({a.fit.form}) to timings on {a.slice.device}")
     except (ValueError, TypeError, KeyError):
         return None

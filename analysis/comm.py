@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,11 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from costmodel.cliutil import (
-    OneLineArgumentParser,
-    UserError,
-    one_line,
-)
+from costmodel.cliutil import OneLineArgumentParser, UserError, add_debug_flag, one_line, run
 from costmodel.fileio import atomic_write_text
 
 #: layouts the issue's target is stated on
@@ -563,34 +558,38 @@ def build_parser() -> OneLineArgumentParser:
                         "there as fitted_profile.json with the fitted link α, B, usable as "
                         "python -m costmodel --hardware")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_debug_flag(p)
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        if not os.path.isdir(args.data):
-            raise UserError(f"--data {args.data} is not a folder")
-        coll, sharded = load(args.data)
-        if coll is None:
-            raise UserError(f"{args.data} holds no collectives.csv (python -m measure.collectives --out {args.data})")
-        if not len(usable(coll)):
-            raise UserError(f"{args.data}/collectives.csv holds no successful measurement")
-        if args.profile:
-            from costmodel.hardware import HardwareProfile
+PROG = "python -m analysis.comm"
 
-            try:
-                HardwareProfile.from_json(args.profile)
-            except (OSError, ValueError) as exc:
-                raise UserError(f"--profile {args.profile}: {one_line(exc)}") from None
-            if not args.out:
-                raise UserError("--profile needs --out (where fitted_profile.json goes)")
-        a = analyse(coll, sharded)
-        if args.out:
-            write(a, args.out, args.profile)
-    except UserError as exc:
-        print(f"python -m analysis.comm: error: {one_line(exc)}", file=sys.stderr)
-        return 2
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(PROG, _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if not os.path.isdir(args.data):
+        raise UserError(f"--data {args.data} is not a folder")
+    coll, sharded = load(args.data)
+    if coll is None:
+        raise UserError(f"{args.data} holds no collectives.csv (python -m measure.collectives --out {args.data})")
+    if not len(usable(coll)):
+        raise UserError(f"{args.data}/collectives.csv holds no successful measurement")
+    if args.profile:
+        from costmodel.hardware import HardwareProfile
+
+        try:
+            HardwareProfile.from_json(args.profile)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"--profile {args.profile}: {one_line(exc)}") from None
+        if not args.out:
+            raise UserError("--profile needs --out (where fitted_profile.json goes)")
+    a = analyse(coll, sharded)
+    if args.out:
+        write(a, args.out, args.profile)
     if args.json:
         print(json.dumps(to_json(a), indent=1))
     else:

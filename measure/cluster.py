@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from costmodel.cliutil import OneLineArgumentParser, UserError, one_line, positive_int
+from costmodel.cliutil import OneLineArgumentParser, UserError, add_debug_flag, one_line, positive_int, run
 
 EXECUTORS: tuple[str, ...] = ("local", "slurm")
 
@@ -67,7 +67,7 @@ def make_executor(kind: str, folder: Path, args):
 
 def build_parser() -> OneLineArgumentParser:
     p = OneLineArgumentParser(
-        prog="python -m measure.cluster",
+        prog=PROG,
         description="Run a sweep as N shards on a cluster (Slurm job array via submitit) or as "
                     "local processes, then merge them. Sweep arguments follow '--'.",
     )
@@ -82,16 +82,15 @@ def build_parser() -> OneLineArgumentParser:
     p.add_argument("--gpus-per-task", type=positive_int, help="slurm: GPUs per task")
     p.add_argument("--cpus-per-task", type=positive_int, help="slurm: CPUs per task")
     p.add_argument("--no-wait", action="store_true", help="submit and return; rerun to merge")
+    add_debug_flag(p)
     return p
 
 
+PROG = "python -m measure.cluster"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        return _main(argv)
-    except UserError as exc:
-        print(f"python -m measure.cluster: error: {one_line(exc)}", file=sys.stderr)
-        return 2
+    return run(PROG, _main, argv)
 
 
 def _main(argv: list[str]) -> int:

@@ -41,14 +41,15 @@ from typing import Any
 import numpy as np
 
 from costmodel.cliutil import (
-    EXIT_INTERRUPTED,
     OneLineArgumentParser,
     UserError,
+    add_debug_flag,
     csv_list,
     non_negative_float,
     one_line,
     positive_int,
     positive_int_list,
+    run,
 )
 from measure.comm_schema import COLLECTIVE_COLUMNS, COLLECTIVES, TABLE_VERSION
 
@@ -317,7 +318,7 @@ def comm_fingerprint() -> dict[str, Any]:
 
 def build_parser() -> OneLineArgumentParser:
     p = OneLineArgumentParser(
-        prog="python -m measure.collectives",
+        prog=PROG,
         description="Time all-reduce, all-gather, reduce-scatter and ppermute over message sizes "
                     "and device counts, each checked against its known answer.",
     )
@@ -341,6 +342,7 @@ def build_parser() -> OneLineArgumentParser:
                    help="add to an --out measured on another device or library versions")
     p.add_argument("--retry-errors", action="store_true", help="rerun configs recorded with an error")
     # internal: a worker of a --processes run
+    add_debug_flag(p)
     p.add_argument("--worker", help=argparse_suppress())
     p.add_argument("--process-id", type=int, help=argparse_suppress())
     p.add_argument("--coordinator", help=argparse_suppress())
@@ -353,16 +355,13 @@ def argparse_suppress() -> str:
     return argparse.SUPPRESS
 
 
+PROG = "python -m measure.collectives"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        return _main(argv)
-    except UserError as exc:
-        print(f"python -m measure.collectives: error: {one_line(exc)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished configs are kept; rerun the same command to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    """Under the shared runner: one-line errors (exit 2); SIGINT/SIGTERM keep what is finished
+    (exit 130/143) and the same command resumes."""
+    return run(PROG, _main, argv)
 
 
 def _configs(args) -> list[Config]:

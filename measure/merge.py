@@ -31,7 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from costmodel.cliutil import OneLineArgumentParser, UserError, one_line
+from costmodel import cliutil
+from costmodel.cliutil import OneLineArgumentParser, UserError, add_debug_flag
 from costmodel.fileio import atomic_write_text
 
 
@@ -164,7 +165,7 @@ def merge(inputs: Sequence[str | os.PathLike], out: str | os.PathLike, force: bo
 
 def build_parser() -> OneLineArgumentParser:
     p = OneLineArgumentParser(
-        prog="python -m measure.merge",
+        prog=PROG,
         description="Merge the output folders of sharded sweeps (and of measure.collectives / "
                     "measure.sharded) into one dataset, refusing mixed devices and duplicates.",
     )
@@ -173,17 +174,20 @@ def build_parser() -> OneLineArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="merge folders measured on different devices or library versions, and "
                         "keep the later folder's row where two hold the same key")
+    add_debug_flag(p)
     return p
 
 
+PROG = "python -m measure.merge"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = build_parser().parse_args(argv)
-        counts = merge(args.inputs, args.out, force=args.force)
-    except UserError as exc:
-        print(f"python -m measure.merge: error: {one_line(exc)}", file=sys.stderr)
-        return 2
+    return cliutil.run(PROG, _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    counts = merge(args.inputs, args.out, force=args.force)
     print(f"merged {len(args.inputs)} folders into {args.out}: "
           + ", ".join(f"{n} {t} rows" for t, n in counts.items()), file=sys.stderr)
     return 0

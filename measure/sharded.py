@@ -35,13 +35,14 @@ from typing import Any
 import numpy as np
 
 from costmodel.cliutil import (
-    EXIT_INTERRUPTED,
     OneLineArgumentParser,
     UserError,
+    add_debug_flag,
     csv_list,
     non_negative_float,
     one_line,
     positive_int,
+    run,
 )
 from measure.comm_schema import SHARDED_COLUMNS, TABLE_VERSION
 from measure.parallel_steps import METHODS, BlockShape, Layout, parse_layout
@@ -258,7 +259,7 @@ def build_parser() -> OneLineArgumentParser:
     import argparse
 
     p = OneLineArgumentParser(
-        prog="python -m measure.sharded",
+        prog=PROG,
         description="Time a transformer block's training step (full and LoRA) under data- and "
                     "tensor-parallel layouts, with its one-device share as reference.",
     )
@@ -281,22 +282,20 @@ def build_parser() -> OneLineArgumentParser:
     p.add_argument("--force-merge", action="store_true",
                    help="add to an --out measured on another device or library versions")
     p.add_argument("--retry-errors", action="store_true", help="rerun rows recorded with an error")
+    add_debug_flag(p)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--process-id", type=int, help=argparse.SUPPRESS)
     p.add_argument("--coordinator", help=argparse.SUPPRESS)
     return p
 
 
+PROG = "python -m measure.sharded"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        return _main(argv)
-    except UserError as exc:
-        print(f"python -m measure.sharded: error: {one_line(exc)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished layouts are kept; rerun the same command to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    """Under the shared runner: one-line errors (exit 2); SIGINT/SIGTERM keep what is finished
+    (exit 130/143) and the same command resumes."""
+    return run(PROG, _main, argv)
 
 
 def _shape(args) -> BlockShape:

@@ -13,7 +13,10 @@ measured profile with the fitted rates under its `extra` keys, which
 `python -m costmodel --hardware PATH` picks up.
 
 Step settings are the cost-model CLI's defaults: batch 1, the model's context capped at
-2048 tokens, LoRA rank 4 on q,v, bf16 mixed precision, AdamW.
+`costmodel.step.DEFAULT_MAX_SEQ` tokens (`default_seq`, the same cap as the CLI), LoRA rank 4
+on q,v, bf16 mixed precision, AdamW. A method whose step does not fit one device of the
+chosen hardware (`costmodel.memory.memory_fit`) gets `{method}_fits` False and how much it
+lacks; its row has no speedup (NaN): a step that cannot run is not faster or slower.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ DEFAULT_MODEL = "gpt2-small"
 DEFAULT_HARDWARE = "a100-80gb"
 SETTINGS = {"batch": 1, "rank": 4, "targets": "q,v", "precision": "bf16-mixed",
             "optimizer": "adamw"}
-MAX_SEQ = 2048
 
 
 def prepare(model: str | None, hardware: str | None) -> Callable:
@@ -84,14 +86,15 @@ def _rates_for(profile, a):
 
 
 def speedup_table(profile, rates=None) -> pd.DataFrame:
-    from costmodel.memory import memory_breakdown
+    from costmodel.memory import memory_breakdown, memory_fit
     from costmodel.presets_models import MODELS, param_count
-    from costmodel.step import step_cost
+    from costmodel.step import default_seq, step_cost
     from costmodel.steptime import step_time
 
     rows = []
+    capacity = profile.extra.get("memory_bytes")
     for name, shape in MODELS.items():
-        seq = min(shape.seq, MAX_SEQ)
+        seq = default_seq(shape)
         rec = {"model": name, "params": param_count(shape), "seq": seq}
         for method in ("full", "lora"):
             cost = step_cost(shape, method, seq=seq, **SETTINGS)
@@ -100,8 +103,12 @@ def speedup_table(profile, rates=None) -> pd.DataFrame:
             rec[f"{method}_step_s"] = float(np.asarray(t.time_s))
             rec[f"{method}_memory_gb"] = float(np.asarray(mem.total_bytes)) / 1e9
             rec[f"{method}_trainable_params"] = int(np.asarray(mem.trainable_params))
+            fit = memory_fit(float(np.asarray(mem.total_bytes)), capacity)
+            rec[f"{method}_fits"] = fit.fits
+            rec[f"{method}_lacks_gb"] = fit.lacks_bytes / 1e9
             rec["time_basis"] = getattr(t, "basis", None) or t.efficiency.label
-        rec["speedup_full_over_lora"] = rec["full_step_s"] / rec["lora_step_s"]
+        runs = rec["full_fits"] is not False and rec["lora_fits"] is not False
+        rec["speedup_full_over_lora"] = rec["full_step_s"] / rec["lora_step_s"] if runs else np.nan
         rec["memory_ratio_full_over_lora"] = rec["full_memory_gb"] / rec["lora_memory_gb"]
         rec["hardware"] = profile.name
         rows.append(rec)
@@ -111,10 +118,10 @@ def speedup_table(profile, rates=None) -> pd.DataFrame:
 def memory_table(model: str) -> pd.DataFrame:
     from costmodel.memory import memory_breakdown
     from costmodel.presets_models import MODELS
-    from costmodel.step import step_cost
+    from costmodel.step import default_seq, step_cost
 
     shape = MODELS[model]
-    seq = min(shape.seq, MAX_SEQ)
+    seq = default_seq(shape)
     rows = []
     for method in ("full", "lora"):
         mem = memory_breakdown(step_cost(shape, method, seq=seq, **SETTINGS))

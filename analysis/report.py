@@ -320,14 +320,24 @@ def stdout_report(a: Analysis, files: Sequence[str], out: str) -> str:
             "model": tbl["model"], "params": [f"{p / 1e6:,.0f}M" for p in tbl["params"]],
             "full step": [fmt_time(x) for x in tbl["full_step_s"]],
             "LoRA step": [fmt_time(x) for x in tbl["lora_step_s"]],
-            "full/LoRA time": [f"{x:.2f}x" for x in tbl["speedup_full_over_lora"]],
+            "full/LoRA time": ["-" if not np.isfinite(x) else f"{x:.2f}x"
+                               for x in tbl["speedup_full_over_lora"]],
             "full/LoRA memory": [f"{x:.2f}x" for x in tbl["memory_ratio_full_over_lora"]],
         })
-        parts += [wrap(f"Whole training step, predicted on {tbl['hardware'].iloc[0]} "
+        hw = tbl["hardware"].iloc[0]
+        misfits = [f"{r['model']} {m} (lacks {r[f'{m}_lacks_gb']:,.0f} GB)"
+                   for _, r in tbl.iterrows() for m in ("full", "lora") if _misfit(r.get(f"{m}_fits"))]
+        head = (f"Does not fit on one {hw}, so no full/LoRA time: {', '.join(misfits)}. " if misfits else "")
+        parts += [wrap(head + f"Whole training step, predicted on {hw} "
                        f"({tbl['time_basis'].iloc[0]} rates; batch 1, LoRA r=4 on q,v, "
                        "bf16-mixed, AdamW):"), text_table(short), ""]
     parts.append(f"wrote {len(files)} files to {out}")
     return "\n".join(parts)
+
+
+def _misfit(fits) -> bool:
+    """A `{method}_fits` cell that says "does not fit" (False; None or NaN = capacity unknown)."""
+    return fits is not None and not (isinstance(fits, float) and math.isnan(fits)) and not bool(fits)
 
 
 def markdown_report(a: Analysis, figures: Sequence[str]) -> str:

@@ -39,17 +39,15 @@ from costmodel.cliutil import (
 )
 from costmodel.hardware import HardwareProfile
 from costmodel.layers import ATTENTIONS
-from costmodel.memory import MemoryBreakdown, memory_breakdown
+from costmodel.memory import MemoryBreakdown, memory_breakdown, memory_fit
 from costmodel.optimizer import OPTIMIZER_IMPLS, OPTIMIZERS, PRECISIONS
 from costmodel.presets_hardware import HARDWARE, resolve_hardware
 from costmodel.presets_models import MLP_KINDS, MODELS, NORM_KINDS, ModelShape, param_count, resolve_model
-from costmodel.step import HEADS, METHODS, StepCost, step_cost, step_param_count
+from costmodel.step import DEFAULT_MAX_SEQ, HEADS, METHODS, StepCost, default_seq, step_cost, step_param_count
 from costmodel.steptime import StepTime, step_time
 
 PROG = "python -m costmodel"
 DEFAULT_HARDWARE = "a100-80gb"
-#: --seq defaults to the model's context, capped here.
-DEFAULT_MAX_SEQ = 4096
 #: A custom shape without --model: GPT-2 style (gelu), or LLaMA style with --mlp swiglu.
 _CUSTOM_STYLE = {
     "gelu": dict(norm="layernorm", bias=True, tied_embeddings=True, positional="learned"),
@@ -179,9 +177,11 @@ def method_record(cost: StepCost, t: StepTime, mem: MemoryBreakdown, profile: Ha
         "total_params": int(_f(mem.total_params)),
         "adapter_checkpoint_bytes": _f(mem.checkpoint_bytes),
     }
-    capacity = profile.extra.get("memory_bytes")
-    if capacity is not None:
-        rec["fits_in_memory"] = bool(rec["memory"]["total_bytes"] <= capacity)
+    fit = memory_fit(rec["memory"]["total_bytes"], profile.extra.get("memory_bytes"))
+    rec["fits"] = fit.fits  # None: the profile states no memory capacity
+    rec["lacks_bytes"] = fit.lacks_bytes
+    if fit.fits is not None:
+        rec["fits_in_memory"] = fit.fits
     return rec
 
 
@@ -189,7 +189,7 @@ def evaluate(args) -> dict:
     """Compute everything the command prints (render apart)."""
     shape = model_from_args(args)
     profile = resolve_hardware(args.hardware)
-    seq = args.seq if args.seq is not None else min(shape.seq, DEFAULT_MAX_SEQ)
+    seq = args.seq if args.seq is not None else default_seq(shape)
     out: dict = {
         "model": {"name": shape.name, "params": param_count(shape),
                   **{f: getattr(shape, f) for f in ("d_model", "layers", "heads", "kv_heads", "ffn", "vocab",
@@ -232,10 +232,29 @@ def evaluate(args) -> dict:
     if notes:
         out["notes"] = notes
     methods = out["methods"]
+    out["capacity_bytes"] = profile.extra.get("memory_bytes")
+    out["does_not_fit"] = [m for m, r in methods.items() if r["fits"] is False]
     if "full" in methods and "lora" in methods:
-        out["speedup"] = methods["full"]["step_time_s"] / methods["lora"]["step_time_s"]
+        # a step that does not fit the device does not run: no speedup to compare
+        missing = [m for m in ("full", "lora") if methods[m]["fits"] is False]
+        if missing:
+            out["speedup"] = None
+            out["speedup_note"] = "no speedup: " + ", ".join(f"{m} does not fit" for m in missing)
+        else:
+            out["speedup"] = methods["full"]["step_time_s"] / methods["lora"]["step_time_s"]
         out["memory_ratio"] = methods["full"]["memory"]["total_bytes"] / methods["lora"]["memory"]["total_bytes"]
     return out
+
+
+def fit_header(out: dict) -> str | None:
+    """The line that comes first when a method does not fit one device, with what it lacks."""
+    if not out.get("does_not_fit"):
+        return None
+    methods = out["methods"]
+    parts = [f"{m} needs {_gb(methods[m]['memory']['total_bytes'])}, lacks {_gb(methods[m]['lacks_bytes'])}"
+             for m in out["does_not_fit"]]
+    return (f"DOES NOT FIT on one {out['hardware']['name']} ({_gb(out['capacity_bytes'])}): "
+            + "; ".join(parts))
 
 
 def _gb(x: float) -> str:
@@ -244,7 +263,9 @@ def _gb(x: float) -> str:
 
 def render(out: dict) -> str:
     m, c, tb = out["model"], out["config"], out["time_basis"]
+    header = fit_header(out)
     lines = [
+        *([header] if header else []),
         f"{m['name']}: {m['params']:,} params, d {m['d_model']}, {m['layers']} layers, "
         f"{m['heads']} heads ({m['kv_heads']} kv), ffn {m['ffn']}, vocab {m['vocab']}",
         "step: "
@@ -278,15 +299,20 @@ def render(out: dict) -> str:
         ("memory total", lambda r: _gb(r["memory"]["total_bytes"])),
         ("checkpoint", lambda r: _gb(r["adapter_checkpoint_bytes"])),
     ]
-    if all("fits_in_memory" in out["methods"][n] for n in names):
-        rows.append(("fits on one device", lambda r: "yes" if r["fits_in_memory"] else "no"))
-    width = max(16, *(len(n) for n in names))
+    if all(out["methods"][n]["fits"] is not None for n in names):
+        rows.append(("fits on one device",
+                     lambda r: "yes" if r["fits"] else f"no (lacks {_gb(r['lacks_bytes'])})"))
+    cells = [(label, [fmt(out["methods"][n]) for n in names]) for label, fmt in rows]
+    width = max(16, *(len(n) for n in names), *(len(v) for _, vs in cells for v in vs))
     lines.append(f"{'':28s}" + "".join(f"{n:>{width + 2}s}" for n in names))
-    for label, fmt in rows:
-        lines.append(f"{label:28s}" + "".join(f"{fmt(out['methods'][n]):>{width + 2}s}" for n in names))
-    if "speedup" in out:
-        lines += ["", f"speedup (full / lora step time): {out['speedup']:.3f}×",
-                  f"memory ratio (full / lora peak): {out['memory_ratio']:.3f}×"]
+    for label, values in cells:
+        lines.append(f"{label:28s}" + "".join(f"{v:>{width + 2}s}" for v in values))
+    if out.get("speedup") is not None:
+        lines += ["", f"speedup (full / lora step time): {out['speedup']:.3f}×"]
+    elif "speedup_note" in out:
+        lines += ["", out["speedup_note"]]
+    if "memory_ratio" in out:
+        lines.append(f"memory ratio (full / lora peak): {out['memory_ratio']:.3f}×")
     return "\n".join(lines)
 
 
@@ -312,7 +338,7 @@ def _body(args) -> int:
         raise UserError(f"--frozen-prefix must be >= 0, got {args.frozen_prefix}")
     if args.gpus is not None or args.layout is not None:
         shape = model_from_args(args)
-        seq = args.seq if args.seq is not None else min(shape.seq, DEFAULT_MAX_SEQ)
+        seq = args.seq if args.seq is not None else default_seq(shape)
         out = cli_parallel.evaluate(args, shape, resolve_hardware(args.hardware), seq)
         print(json.dumps(out, indent=2) if args.json else cli_parallel.render(out))
         return 0

@@ -131,3 +131,31 @@ def memory_breakdown(cost: StepCost) -> MemoryBreakdown:
         total_params=np.asarray(total_params),
         checkpoint_bytes=np.asarray(trainable * dtype_bytes(prec.storage_dtype)),
     )
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Whether a step's peak memory fits one device.
+
+    fits: None when the profile states no capacity (`extra["memory_bytes"]`);
+    lacks_bytes = max(need − capacity, 0): how much memory is missing (0 when it fits).
+    """
+
+    need_bytes: float
+    capacity_bytes: float | None
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.capacity_bytes is None else bool(self.need_bytes <= self.capacity_bytes)
+
+    @property
+    def lacks_bytes(self) -> float:
+        return 0.0 if self.capacity_bytes is None else max(self.need_bytes - self.capacity_bytes, 0.0)
+
+
+def memory_fit(need_bytes: float, capacity_bytes: float | None) -> Fit:
+    """`Fit` of a peak estimate (`MemoryBreakdown.total_bytes`) on a device of `capacity_bytes`
+    (`HardwareProfile.extra["memory_bytes"]`, or None when unknown)."""
+    cap = None if capacity_bytes is None else float(capacity_bytes)
+    return Fit(float(need_bytes), cap)
+

@@ -72,6 +72,15 @@ HEADS = ("lm", "lm-tied", "classifier", "none")
 
 #: Token ids are int32.
 TOKEN_ID_BYTES = 4
+#: The sequence length a whole-model step uses when none is given (the CLI and the presets
+#: table alike): the model's context, capped here. Llama 3.2's 131072 would materialise
+#: 131072² attention scores per head; 4096 is Llama 2's context (Touvron et al. 2023).
+DEFAULT_MAX_SEQ = 4096
+
+
+def default_seq(model: ModelShape) -> int:
+    """Tokens per sequence when none is given: min(the model's context, `DEFAULT_MAX_SEQ`)."""
+    return min(model.seq, DEFAULT_MAX_SEQ)
 
 
 # --------------------------------------------------------------------------- the step

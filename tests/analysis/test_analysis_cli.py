@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -164,10 +165,25 @@ def test_model_presets_table(capsys, tmp_path, fixture_csv, fixture_profile):
                          "--hardware", "h100-sxm"])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "Whole training step, predicted on h100-sxm (unfitted rates" in text
-    t = pd.read_csv(out / "model_speedups.csv")
-    assert {"distilbert", "gpt3-175b"} <= set(t["model"])
-    assert (t["speedup_full_over_lora"] > 0).all() and (t["memory_ratio_full_over_lora"] > 1).all()
+    # what does not fit one 80 GB H100 comes first, with what it lacks; then the usual header
+    flat = " ".join(text.split())
+    assert "Does not fit on one h100-sxm, so no full/LoRA time: " in flat
+    assert "Whole training step, predicted on h100-sxm (unfitted rates" in flat
+    assert flat.index("Does not fit on one h100-sxm") < flat.index("Whole training step, predicted on h100-sxm")
+    t = pd.read_csv(out / "model_speedups.csv").set_index("model")
+    assert {"distilbert", "gpt3-175b"} <= set(t.index)
+    assert (t["memory_ratio_full_over_lora"] > 1).all()
+    # GPT-3 175B needs terabytes under full fine-tuning and hundreds of GB under LoRA: no speedup
+    big = t.loc["gpt3-175b"]
+    assert not big["full_fits"] and not big["lora_fits"] and np.isnan(big["speedup_full_over_lora"])
+    assert big["full_lacks_gb"] == pytest.approx(big["full_memory_gb"] - 80.0)
+    assert f"gpt3-175b full (lacks {big['full_lacks_gb']:,.0f} GB)" in flat
+    small = t.loc["gpt2-small"]  # fits: a speedup, nothing lacking
+    assert small["full_fits"] and small["lora_fits"] and small["full_lacks_gb"] == 0
+    assert small["speedup_full_over_lora"] == pytest.approx(small["full_step_s"] / small["lora_step_s"])
+    fits_both = t["full_fits"].astype(bool) & t["lora_fits"].astype(bool)
+    assert t.loc[fits_both, "speedup_full_over_lora"].notna().all()
+    assert t.loc[~fits_both, "speedup_full_over_lora"].isna().all()
     m = pd.read_csv(out / "memory_breakdown.csv")
     assert list(m["method"]) == ["full", "lora"] and (m["model"] == "gpt3-175b").all()
 

@@ -32,9 +32,11 @@ def test_issue_example_json(capsys):
         parts = ("weights_bytes", "gradients_bytes", "optimizer_bytes", "activations_bytes", "transient_bytes")
         assert mem["total_bytes"] == pytest.approx(sum(mem[k] for k in parts))
         assert rec["tokens_per_s"] == pytest.approx(2048 / rec["step_time_s"])
-    assert out["speedup"] == pytest.approx(full["step_time_s"] / lora["step_time_s"])
+    # neither step fits one 32 GB V100: no speedup (issue 10 §8), the step times stay
+    assert out["speedup"] is None and out["speedup_note"] == "no speedup: full does not fit, lora does not fit"
+    assert full["step_time_s"] > lora["step_time_s"]
     assert out["memory_ratio"] == pytest.approx(full["memory"]["total_bytes"] / lora["memory"]["total_bytes"])
-    assert out["speedup"] > 1 and out["memory_ratio"] > 1
+    assert out["memory_ratio"] > 1
     assert lora["trainable_params"] == 2 * 2 * 96 * 12288 * 4
     assert full["trainable_params"] == param_count(MODELS["gpt3-175b"])
     assert out["time_basis"]["label"] == "unfitted"
@@ -44,8 +46,10 @@ def test_issue_example_json(capsys):
 def test_table_output(capsys):
     assert main(ISSUE_EXAMPLE) == 0
     text = capsys.readouterr().out
-    for needle in ("step time", "memory total", "speedup (full / lora step time)", "unfitted", "trainable params"):
+    assert text.startswith("DOES NOT FIT on one v100 (32.00 GB): full needs ")
+    for needle in ("step time", "memory total", "no speedup: full does not fit", "unfitted", "trainable params"):
         assert needle in text
+    assert "speedup (full / lora step time)" not in text
 
 
 def test_list_prints_every_preset(capsys):

@@ -52,7 +52,7 @@ class HardwareProfile:
     extra: Mapping[str, float] = field(default_factory=dict)
     #: where a measured profile was measured (measure.fingerprint.PROFILE_CHECKED entries:
     #: backend, device kind, CPU model and cores, jax versions); {} for a datasheet profile
-    fingerprint: Mapping[str, str | int] = field(default_factory=dict)
+    fingerprint: Mapping[str, str | int | float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.peak_flops_per_s:

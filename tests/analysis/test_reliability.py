@@ -200,7 +200,8 @@ def test_a_profile_of_another_cpu_is_refused_unless_forced(tmp_path, fixture_csv
     out = tmp_path / "out"
     assert crossover.main(["--data", str(d), "--out", str(out), "--no-plots"]) == 2
     err = capsys.readouterr().err
-    assert err == (f"python -m analysis.crossover: error: the dataset's profile {d}/profile.json does not match the data "
+    assert err == (f"python -m analysis.crossover: error: the dataset's profile {d}/profile.json "
+                   "does not match the data "
                    "(cpu_model: 'AMD EPYC 7B13' -> 'Intel Xeon 8480'; cpu_count: 2 -> 112); "
                    "move it away, or give --force to use it anyway\n")
     assert not out.exists()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ from analysis.bootstrap import N_BOOT
 from analysis.curves import GPT_WIDTHS
 from costmodel import cliutil
 from costmodel.cliutil import OneLineArgumentParser, UserError, add_debug_flag
+from costmodel.errors import Interrupted
 
 PROG = "python -m analysis.crossover"
 DEFAULT_RESULTS = "crossover-results"
@@ -141,6 +143,32 @@ def reusable(grid: str, path: str) -> tuple[bool, str]:
     return True, ""
 
 
+#: How long a child given our stop signal may take to save its work before it is killed.
+CHILD_STOP_GRACE_S = 120.0
+
+
+def run_child(cmd: list[str]) -> int:
+    """Run `cmd` (its stdout to our stderr, keeping stdout clean) and return its exit status.
+
+    A stop signal that reaches us (SIGINT, SIGTERM: the runner's `Interrupted`) is forwarded
+    to the child, which keeps what it finished and marks its folder interrupted; we wait for
+    it (further signals are held back by the runner meanwhile), then stop the same way. A
+    child that does not end within CHILD_STOP_GRACE_S is killed."""
+    proc = subprocess.Popen(cmd, stdout=sys.stderr)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        if proc.poll() is None:
+            proc.send_signal(signum)  # a terminal's Ctrl-C reached it already: it ignores this one
+        try:
+            proc.wait(timeout=CHILD_STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+
+
 def measure_grid(grid: str, path: str) -> None:
     """Run `python -m measure.sweep --grid GRID --out PATH` unless the whole grid, finished,
     is there (`reusable`); an unfinished one resumes. The sweep's output goes to stderr,
@@ -151,7 +179,9 @@ def measure_grid(grid: str, path: str) -> None:
         return
     _log(f"measuring the {grid} grid into {path} ({why}; python -m measure.sweep)")
     cmd = [sys.executable, "-m", "measure.sweep", "--grid", grid, "--out", path]
-    rc = subprocess.call(cmd, stdout=sys.stderr)
+    rc = run_child(cmd)
+    if rc in (128 + signal.SIGINT, 128 + signal.SIGTERM):  # the sweep was stopped: so are we
+        raise Interrupted(rc - 128)
     if rc != 0:
         raise UserError(f"the {grid} sweep failed (python -m measure.sweep exited {rc})")
 
@@ -161,7 +191,7 @@ def measure_profile(path: str) -> bool:
     _log(f"measuring a device profile into {path} (python -m measure.device)")
     cmd = [sys.executable, "-m", "measure.device", "--out", path]
     try:
-        rc = subprocess.call(cmd, stdout=sys.stderr)
+        rc = run_child(cmd)
     except OSError:
         return False
     return rc == 0 and os.path.isfile(path)

@@ -102,6 +102,17 @@ def run(prog: str, body: Callable[[list[str]], int], argv: Sequence[str] | None 
     """Run `body(argv)` (argv defaults to sys.argv[1:]) and map what it raises to one line on
     stderr and an exit status: 2 for bad input (ValueError, UserError), 130/143 for
     SIGINT/SIGTERM, 1 for anything else; the traceback too only with ``--debug``."""
+    try:
+        return _run(prog, body, argv)
+    finally:
+        if argv is None and threading.current_thread() is threading.main_thread():
+            # the program itself, which only exits from here: a signal now would interrupt
+            # the interpreter's exit (JAX's atexit clean-up) with a traceback
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
+
+
+def _run(prog: str, body: Callable[[list[str]], int], argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in (args[: args.index("--")] if "--" in args else args)
     with stop_signals() as shutting_down:

@@ -136,6 +136,7 @@ class OutDir:
         self.errored: set[tuple] = {record_key(r) for r in records if r.get("error")}
         self._session: dict[str, Any] = run["sessions"][-1]
         self.lock = lock
+        self.finished = False  # finish() has written the final CSV and run.json
         self.grid_keys: set[tuple] | None = None  # the (config, method) keys of the grid swept
 
     def close(self) -> None:
@@ -191,6 +192,7 @@ class OutDir:
         self.run["n_records"] = int(len(df))
         self.run.update(counts)
         write_run(self.path, self.run)
+        self.finished = True
         self.close()  # the session is over: the next writer may come in
         return df
 

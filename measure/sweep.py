@@ -377,6 +377,13 @@ def _main(argv: list[str]) -> int:
                                log=lambda line: _log(None, line))
     try:
         return _sweep(args, grid, todo_pairs, order, out, fp, policy, budget)
+    except KeyboardInterrupt as exc:
+        # a stop in any phase past the loop's own handler (the final write, say): what is
+        # appended stays, and run.json says interrupted, not "running" (the runner holds back
+        # a second signal while this runs)
+        if not out.finished:
+            out.finish("interrupted", reason=str(exc) if isinstance(exc, Interrupted) else "SIGINT")
+        raise
     finally:
         out.close()
 

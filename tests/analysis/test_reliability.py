@@ -255,3 +255,37 @@ def test_device_max_n_below_the_first_matmul_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--max-n 1 is below 64" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- signals
+
+@pytest.mark.slow
+def test_the_main_job_forwards_sigterm_to_its_sweep_and_exits_143(tmp_path):
+    """Defect 8: a stopped main job printed a traceback. Now it hands the signal to its child
+    sweep, which keeps its records and marks the folder interrupted, and exits the same way."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(repo), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "analysis.crossover", "--no-plots"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    folder = tmp_path / "crossover-results"
+    deadline = time.monotonic() + 180
+    while not ((folder / "measurements.jsonl").exists()
+               and (folder / "measurements.jsonl").read_text().count("\n") >= 1):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # the main job only: the sweep is its child
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and out == ""
+    assert err.splitlines()[-1] == "python -m analysis.crossover: interrupted (SIGTERM)"
+    run = json.loads((folder / "run.json").read_text())
+    assert run["status"] == "interrupted" and run["sessions"][-1]["stop_reason"] == "SIGTERM"
+    assert not (folder / "sweep.lock").read_text() and not (folder / "report.lock").read_text()

@@ -387,3 +387,45 @@ def test_refinement_bisects_the_crossover_marks_its_rows_and_resumes(tmp_path, m
     (c,) = a.crossings
     assert c.low <= 100 <= c.high and c.high / c.low <= refine.BRACKET_RATIO
     assert a.next_width is None and _run_json(out)["status"] == "complete"
+
+
+@pytest.mark.slow
+def test_sigterm_then_a_second_signal_exits_143_keeps_records_no_traceback(tmp_path):
+    """Defects 7 and 11: a second signal during the shutdown gave tracebacks and other exit
+    codes, and SIGTERM exited 130."""
+    out = tmp_path / "out"
+    proc = _spawn(out)
+    _wait_for_records(proc, out, 2)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)  # (two signals pending at once are handled in number order: SIGINT first)
+    proc.send_signal(signal.SIGINT)  # during the first one's shutdown: held back
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and "interrupted before measuring anything" not in err
+    assert err.splitlines()[-1].startswith("interrupted: ")
+    run = _run_json(out)
+    assert run["status"] == "interrupted" and run["sessions"][-1]["stop_reason"] == "SIGTERM"
+    kept = _keys(out)
+    assert len(kept) >= 2 and len(dataset.read_csv(out / "measurements.csv")) == len(kept)
+
+
+def test_a_stop_in_the_final_write_still_marks_the_run_interrupted(tmp_path, capsys, monkeypatch):
+    """Defect 7: whatever the phase. A SIGTERM while the last CSV is written left run.json at
+    'running'; now the sweep marks it interrupted and exits 143."""
+    from costmodel.errors import Interrupted
+
+    out = tmp_path / "out"
+    real, calls = dataset.OutDir.write_csv, []
+
+    def stopped_once(self):
+        calls.append(1)
+        if len(calls) == 1:
+            raise Interrupted(signal.SIGTERM)
+        return real(self)
+
+    monkeypatch.setattr(dataset.OutDir, "write_csv", stopped_once)
+    assert sweep.main([*TINY, "--embed", "8", "--no-refine", "--out", str(out)]) == 143
+    run = _run_json(out)
+    assert run["status"] == "interrupted" and run["sessions"][-1]["stop_reason"] == "SIGTERM"
+    assert len(_keys(out)) == 2 and len(dataset.read_csv(out / "measurements.csv")) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "python -m measure.sweep: interrupted (SIGTERM)"

@@ -111,11 +111,11 @@ def _link(link: Interconnect) -> dict:
             "latency_s": link.latency_s, "measured": link.measured, "source": link.source}
 
 
-def _record(choice: LayoutChoice, fewest: int | None, skip_fewest: bool) -> dict:
+def _record(choice: LayoutChoice, fewest: int | None, skip_fewest: bool, given: bool) -> dict:
     s = choice.step
     rec = {
         "fits": choice.fits,
-        "layout_choice": ("given" if choice.candidates == 1 else
+        "layout_choice": ("given" if given else
                           "fastest that fits" if choice.fits else "least memory (none fits)"),
         "lacks_bytes": choice.lacks_bytes,
         "layout": s.layout.as_dict(),
@@ -185,7 +185,7 @@ def evaluate(args, shape: ModelShape, profile: HardwareProfile, seq: int) -> dic
         fewest = None
         if not args.no_fewest:
             fewest = fewest_gpus(shape, method, cluster, profile, global_batch, FEWEST_LIMIT, **opts)
-        out["methods"][method] = _record(choice, fewest, args.no_fewest)
+        out["methods"][method] = _record(choice, fewest, args.no_fewest, layout is not None)
         out["time_basis"] = choice.step.time_basis
     methods = out["methods"]
     compute = PRECISIONS[args.precision].compute_dtype

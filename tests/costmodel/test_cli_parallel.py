@@ -46,7 +46,7 @@ def test_explicit_layout_lists_its_collectives(capsys):
     assert first["tp_block_forward"]["message_bytes"] == 256 * 768 * 2
     assert first["dp_grad_reduce_scatter"]["per"] == "step"
     assert first["pp_activation_send"]["kind"] == "p2p"
-    assert "fewest_gpus" not in rec
+    assert "fewest_gpus" not in rec and rec["layout_choice"] == "given"
     assert rec["time"]["bubble_fraction"] == pytest.approx(1 / 5)  # (pp−1)/(m+pp−1), m = 4
 
 

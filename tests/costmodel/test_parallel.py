@@ -253,3 +253,20 @@ def test_fewest_gpus_is_where_a_layout_first_fits():
     assert not miss.fits and miss.lacks_bytes > 0
     # LoRA keeps 2 B per frozen parameter and fits on fewer
     assert fewest_gpus(GPT2, "lora", CLUSTER, small, global_batch=8, rank=4, **opts) < n
+
+
+def test_inter_node_bandwidth_is_shared_by_the_nodes_ports():
+    """DGX-1 style: 4 ports for 8 devices, so concurrent rings leaving a node get half a port each."""
+    ib = INTERCONNECTS["ib-hdr"]
+    half = Cluster(8, INTERCONNECTS["nvlink2"], ib, nics_per_node=4).link("inter")
+    assert half.bandwidth_bytes_per_s == ib.bandwidth_bytes_per_s / 2 and half.latency_s == ib.latency_s
+    assert Cluster(8, INTERCONNECTS["nvlink2"], ib).link("inter") is ib
+
+
+def test_interconnect_presets_cite_sources():
+    for link in INTERCONNECTS.values():
+        assert ("https://" in link.source or "IEEE" in link.source) and "NCCL" in link.source
+        assert link.bandwidth_bytes_per_s > 0 and link.latency_s > 0
+    # per direction: NVLink 4 (900 GB/s both ways) is 3x NVLink 2 (300 GB/s), NDR twice HDR
+    assert INTERCONNECTS["nvlink4"].bandwidth_bytes_per_s == 3 * INTERCONNECTS["nvlink2"].bandwidth_bytes_per_s
+    assert INTERCONNECTS["ib-ndr"].bandwidth_bytes_per_s == 2 * INTERCONNECTS["ib-hdr"].bandwidth_bytes_per_s

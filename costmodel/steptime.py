@@ -101,6 +101,8 @@ class FittedRates:
         return None
 
 
+_LARGEST = float(np.finfo(float).max)
+
 #: `HardwareProfile.extra` key -> `FittedRates` field; the first three are required.
 FIT_KEYS: Mapping[str, str] = MappingProxyType({
     "fit_flops_per_s": "flops_per_s",
@@ -169,8 +171,10 @@ def step_time(cost: StepCost, profile: HardwareProfile, efficiency: Efficiency |
         rates = FittedRates.from_profile(profile)
     eff = None
     if rates is not None:
-        peak = rates.flops_per_s
-        bandwidth, overhead = rates.bytes_per_s, rates.kernel_overhead_s
+        # a rate the fit left unbounded (its term not identified by the data: infinite) costs
+        # nothing; the largest float stands for it, as a profile's rates must be finite
+        peak = min(rates.flops_per_s, _LARGEST)
+        bandwidth, overhead = min(rates.bytes_per_s, _LARGEST), rates.kernel_overhead_s
         basis, note = "fitted", rates.note or "rates fitted to measurements"
     else:
         eff = efficiency or efficiency_for(profile)

@@ -177,7 +177,12 @@ def predict(costs: Sequence[StepCost], profile: HardwareProfile,
 
 def abs_pct(predicted: np.ndarray, measured: np.ndarray) -> np.ndarray:
     """|predicted / measured − 1| in percent."""
-    return np.abs(np.asarray(predicted, float) / np.asarray(measured, float) - 1.0) * 100.0
+    return np.abs(signed_pct(predicted, measured))
+
+
+def signed_pct(predicted: np.ndarray, measured: np.ndarray) -> np.ndarray:
+    """(predicted / measured − 1) in percent: > 0 where the prediction is too slow."""
+    return (np.asarray(predicted, float) / np.asarray(measured, float) - 1.0) * 100.0
 
 
 def ratio_frame(pred: pd.DataFrame) -> pd.DataFrame:
@@ -193,6 +198,7 @@ def ratio_frame(pred: pd.DataFrame) -> pd.DataFrame:
         both["measured_ratio"] = both["time_s"] / both["time_s_full"]
         both["predicted_ratio"] = both["predicted_s"] / both["predicted_s_full"]
         both["error_pct"] = abs_pct(both["predicted_ratio"], both["measured_ratio"])
+        both["signed_pct"] = signed_pct(both["predicted_ratio"], both["measured_ratio"])
         both["noise_pct"] = np.hypot(both["noise_pct"], both["noise_pct_full"])
         out.append(both)
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame(
@@ -211,9 +217,11 @@ def _summarise(frame: pd.DataFrame, target: str, options: Sequence[str]) -> list
                         groups.append((m, f"{opt}={value}", gm))
         for method, option, part in groups:
             e = part["error_pct"].to_numpy(float)
+            signed = part["signed_pct"].to_numpy(float) if "signed_pct" in part else np.full(e.size, np.nan)
             rows.append({"route": route, "scheme": scheme, "target": target, "method": method,
                          "option": option, "median_abs_pct": float(np.median(e)),
-                         "p90_abs_pct": float(np.percentile(e, 90)), "n": int(e.size)})
+                         "p90_abs_pct": float(np.percentile(e, 90)), "n": int(e.size),
+                         "median_signed_pct": float(np.median(signed))})
     return rows
 
 
@@ -279,6 +287,7 @@ def validate(steps: Steps, profile: HardwareProfile, layer_rates: FittedRates | 
         part = base.iloc[idx].copy()
         part["route"], part["scheme"], part["predicted_s"] = route, scheme, t
         part["error_pct"] = abs_pct(t, part["time_s"])
+        part["signed_pct"] = signed_pct(t, part["time_s"])
         for p in parts:
             part[f"part_{p}"] = parts[p].to_numpy()
         frames.append(part)
@@ -340,7 +349,9 @@ def goals_table(summary: pd.DataFrame, mult: pd.DataFrame) -> pd.DataFrame:
 
 def json_records(v: Validation) -> list[dict]:
     """`--json`'s `whole_model_validation`: route, scheme, target, method, option,
-    median_abs_pct, p90_abs_pct, n (option "all" pools the options)."""
-    cols = ["route", "scheme", "target", "method", "option", "median_abs_pct", "p90_abs_pct", "n"]
+    median_abs_pct, p90_abs_pct, n (option "all" pools the options), and median_signed_pct
+    (the median of predicted/measured − 1: > 0 where predictions run slow)."""
+    cols = ["route", "scheme", "target", "method", "option", "median_abs_pct", "p90_abs_pct", "n",
+            "median_signed_pct"]
     return [{k: (r[k] if not isinstance(r[k], (np.floating, np.integer)) else r[k].item()) for k in cols}
             for r in v.summary[cols].to_dict(orient="records")]

@@ -166,6 +166,9 @@ def main_table(v: wm.Validation) -> pd.DataFrame:
         row = {"route": route, "scheme": scheme, "target": target}
         for _, r in g.iterrows():
             row[r["method"]] = f"{r['median_abs_pct']:.1f} / {r['p90_abs_pct']:.1f} (n={r['n']})"
+        pooled = g[g["method"] == "all"]
+        if not pooled.empty:
+            row["bias (median signed)"] = f"{pooled['median_signed_pct'].iloc[0]:+.1f}%"
         rows.append(row)
     return pd.DataFrame(rows).fillna("-")
 

@@ -107,3 +107,17 @@ def test_errors_and_ratios_by_hand():
     # median of {25, 37.5} and numpy's linear 90th percentile: 25 + 0.9·12.5
     assert pooled["median_abs_pct"] == pytest.approx(31.25)
     assert pooled["p90_abs_pct"] == pytest.approx(36.25)
+
+
+def test_signed_bias_by_hand():
+    """Predicted 5 ms against 4 (+25%) and 2.75 against 2 (+37.5%): median signed +31.25%;
+    the ratio 0.55 against 0.5: +10%."""
+    pred = pd.DataFrame({
+        "route": "unfitted", "scheme": "all", "config": "c", "method": ["full", "lora"],
+        "time_s": [4e-3, 2e-3], "predicted_s": [5e-3, 2.75e-3], "noise_pct": [3.0, 4.0]})
+    pred["error_pct"] = wm.abs_pct(pred["predicted_s"], pred["time_s"])
+    pred["signed_pct"] = wm.signed_pct(pred["predicted_s"], pred["time_s"])
+    pooled = next(x for x in wm._summarise(pred, "step_time", ()) if x["method"] == "all")
+    assert pooled["median_signed_pct"] == pytest.approx(31.25)
+    r = wm.ratio_frame(pred)
+    assert r["signed_pct"].iloc[0] == pytest.approx(10.0)

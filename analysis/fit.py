@@ -245,6 +245,8 @@ class FitResult:
     #: Each constrained term with the terms constrained before it (empty: the unconstrained
     #: fit itself put it below zero; else it went negative once those were constrained).
     constrained_after: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    #: LoRA methods whose multiplier λ_m is held at its bound 0 (b_m = −b_f).
+    tied: tuple[str, ...] = ()
     #: With a term fixed or dropped: the unconstrained point estimate over all design
     #: columns (every term free, negative or not), so the report can say what the data alone
     #: find. None when nothing was constrained or the unconstrained fit failed.
@@ -316,6 +318,18 @@ class _Dropped(NamedTuple):
     fixed: dict[str, float]
     offset: np.ndarray
     after: dict[str, tuple[str, ...]]
+    #: LoRA methods whose multiplier λ_m was held at its bound 0 (b_m = −b_f, `_tie`)
+    tied: tuple[str, ...] = ()
+
+
+def _tie(X: np.ndarray, cols: list[str], method: str) -> tuple[np.ndarray, list[str]]:
+    """Hold λ_m = 1 + b_m / b_f at its bound 0: b_m = −b_f, so the compute term reaches the
+    rows of every method but m. The column gflops becomes gflops − gflops:m = gflops·[method
+    ≠ m] and gflops:m goes (`expand_params` and `fit_full` set b_m = −b_f back)."""
+    jf, jm = cols.index("gflops"), cols.index(f"gflops:{method}")
+    X = X.copy()
+    X[:, jf] = X[:, jf] - X[:, jm]
+    return np.delete(X, jm, axis=1), [c for c in cols if c != f"gflops:{method}"]
 
 
 def _irls(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray, start: np.ndarray,
@@ -356,6 +370,7 @@ def _fit_dropping(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray, cols
     dropped: list[str] = []
     fixed: dict[str, float] = {}
     after: dict[str, tuple[str, ...]] = {}
+    tied: list[str] = []
     off = np.asarray(off, dtype=float).copy()
     while True:
         params, res = _fit_arrays(form, X, off, y, groups,
@@ -374,8 +389,18 @@ def _fit_dropping(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray, cols
                     bad.append((-(params[j] - hi) / hi, c, hi))
             elif params[j] < 0:
                 bad.append((-np.inf if c in priors else params[j], c, None))
-        if form in LOG_FORMS or not bad or len(cols) <= 2:
-            return _Dropped(params, cols, res, dropped, fixed, off, after)
+        if form in LOG_FORMS or len(cols) <= 2:
+            return _Dropped(params, cols, res, dropped, fixed, off, after, tuple(tied))
+        if not bad:
+            # λ_m ≥ 0: a LoRA method's time per FLOP cannot be negative either
+            neg = [m for m in ("lora", "lora_merged") if "gflops" in cols
+                   and f"gflops:{m}" in cols
+                   and params[cols.index("gflops")] + params[cols.index(f"gflops:{m}")] < 0]
+            if not neg:
+                return _Dropped(params, cols, res, dropped, fixed, off, after, tuple(tied))
+            X, cols = _tie(X, cols, neg[0])
+            tied.append(neg[0])
+            continue
         _, name, held = min(bad, key=lambda b: b[0])
         j = cols.index(name)
         cols.pop(j)
@@ -413,7 +438,10 @@ def fit_full(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray, cols: Seq
     params[[cols.index(c) for c in fitted.cols]] = fitted.params
     for c, v in fitted.fixed.items():
         params[cols.index(c)] = v
-    return params, tuple(fitted.fixed), tuple(fitted.dropped)
+    for m in fitted.tied:
+        params[cols.index(f"gflops:{m}")] = -params[cols.index("gflops")]
+    return params, tuple(fitted.fixed), tuple(fitted.dropped) + tuple(f"gflops:{m}"
+                                                                       for m in fitted.tied)
 
 
 def fit_params(form: str, terms: pd.DataFrame, priors: dict[str, float] | None = None) -> np.ndarray:
@@ -448,9 +476,9 @@ def fit(form: str, terms: pd.DataFrame, groups: np.ndarray,
     X_kept, off0, cols_kept = X, off, list(cols)
     fitted_ = _fit_dropping(form, X, off, y, cols, groups, priors)
     params, cols, res, dropped = fitted_.params, fitted_.cols, fitted_.res, fitted_.dropped
-    fixed, off, after = fitted_.fixed, fitted_.offset, fitted_.after
+    fixed, off, after, tied = fitted_.fixed, fitted_.offset, fitted_.after, fitted_.tied
     unconstrained = None
-    if dropped or fixed:
+    if dropped or fixed or tied:
         try:
             free, _ = _fit_arrays(form, X_kept, off0, y, None)
         except (np.linalg.LinAlgError, ValueError):
@@ -460,20 +488,29 @@ def fit(form: str, terms: pd.DataFrame, groups: np.ndarray,
             unconstrained[[all_cols.index(c) for c in cols_kept]] = free
     cov = np.asarray(res.cov_params())
     keep = [all_cols.index(c) for c in cols]
-    fitted = (np.asarray(res.predict(X_all[:, keep], offset=off)) if form in LOG_FORMS
-              else X_all[:, keep] @ params + off)
+    if form in LOG_FORMS:
+        fitted = np.asarray(res.predict(X_all[:, keep], offset=off))
+    else:
+        full = np.zeros(len(all_cols))
+        full[keep] = params
+        for c, v in fixed.items():
+            full[all_cols.index(c)] = v
+        for m in tied:
+            full[all_cols.index(f"gflops:{m}")] = -full[all_cols.index("gflops")]
+        fitted = X_all @ full + off0
     summary = res.summary(yname="time_ms", xname=cols).as_text()
     n_configs = len(np.unique(groups))
     cov_type = (f"cluster(shape), t with {n_configs - 1} df" if n_configs >= MIN_CLUSTERS
                 else "HC3")
     factors = _factors(form, cols, params, cov, fixed,
                        df=n_configs - 1 if n_configs >= MIN_CLUSTERS else len(y) - len(cols),
-                       priors=priors)
+                       priors=priors, tied=tied)
     return FitResult(
         form=form, columns=tuple(cols), params=params, cov=cov, cov_type=cov_type,
         n_obs=len(y), n_configs=n_configs, rel_resid=y / fitted, summary_text=summary,
         factors=factors, dropped=tuple(dropped), fixed=tuple(fixed.items()),
         priors=tuple((priors or {}).items()), constrained_after=tuple(after.items()),
+        tied=tuple(tied),
         unconstrained=unconstrained,
     )
 
@@ -487,6 +524,8 @@ def expand_params(result: FitResult, params: np.ndarray) -> np.ndarray:
         out[:, all_cols.index(c)] = params[:, j]
     for c, v in result.fixed:
         out[:, all_cols.index(c)] = v
+    for m in result.tied:
+        out[:, all_cols.index(f"gflops:{m}")] = -out[:, all_cols.index("gflops")]
     return out
 
 
@@ -528,7 +567,8 @@ OVERHEAD_FACTORS = {
 
 def _factors(form: str, cols: list[str], params: np.ndarray, cov: np.ndarray,
              fixed: dict[str, float] | None = None, df: int | None = None,
-             priors: dict[str, float] | None = None) -> tuple[Factor, ...]:
+             priors: dict[str, float] | None = None, tied: Sequence[str] = ()
+             ) -> tuple[Factor, ...]:
     z = critical_value(df)
     priors = priors or {}
     se = np.sqrt(np.clip(np.diag(cov), 0, None))
@@ -584,6 +624,11 @@ def _factors(form: str, cols: list[str], params: np.ndarray, cov: np.ndarray,
     jf = idx["gflops"]
     for m in ("lora", "lora_merged"):
         name = f"gflops:{m}"
+        if m in tied:
+            out.append(Factor(f"LoRA multiplier ({m})", 0.0, 0.0, 0.0, "x",
+                              "not identified: held at its bound 0", "at_bound",
+                              key=f"lora_multiplier_{m}", lower_bound=0.0))
+            continue
         if name not in idx:
             continue
         jm = idx[name]

@@ -223,3 +223,24 @@ def test_fixed_terms_enter_the_prediction(zero_tau_rows):
     full = fitmod.expand_params(res, res.params[None, :])[0]
     X, _, _ = fitmod.design_matrix("wls_additive", zero_tau_rows)
     np.testing.assert_allclose(X @ full, zero_tau_rows["time_ms"].to_numpy() / res.rel_resid)
+
+
+def test_a_lora_multiplier_below_zero_is_held_at_its_bound():
+    """LoRA rows whose time falls as their FLOPs grow: free, λ_lora = 1 + b_lora / b_flops
+    comes out negative (a negative time per FLOP at large widths). Held at its bound 0, the
+    compute term reaches full's rows only, b_lora = −b_flops, no predicted time is negative."""
+    g = np.array([1.0, 2.0, 4.0, 8.0] * 2)
+    method = ["full"] * 4 + ["lora"] * 4
+    t = np.where(np.array(method) == "full", 10.0 + 2.0 * g, 10.0 - 1.0 * g)  # ms
+    terms = fitmod.terms_frame(g * 1e9, np.zeros(8), np.zeros(8), method, None, t / 1e3)
+    X, off, cols = fitmod.design_matrix("ols_additive", terms)
+    free = np.linalg.lstsq(X[:, np.any(X != 0, axis=0)], t, rcond=None)[0]
+    assert 1 + free[-1] / free[1] < 0  # the precondition: λ_lora fits below 0
+    params, _, constrained = fitmod.fit_full("ols_additive", X, off, t, cols)
+    jf, jm = cols.index("gflops"), cols.index("gflops:lora")
+    assert params[jm] == pytest.approx(-params[jf]) and "gflops:lora" in constrained
+    assert params[jf] > 0
+    assert np.all(fitmod.predict_many("ols_additive", X, off, params) > 0)
+    res = fitmod.fit("ols_additive", terms, np.arange(8))
+    lam = {f.key: f for f in res.factors}["lora_multiplier_lora"]
+    assert (lam.estimate, lam.status) == (0.0, "at_bound") and res.tied == ("lora",)

@@ -19,12 +19,12 @@ from analysis import fit as fitmod
 from analysis.bootstrap import ALPHA, Bootstrap, full_params
 from analysis.data import CONTEXT_COLUMNS
 from costmodel.hardware import HardwareProfile
+from costmodel.vocab import LORA_METHODS
 
 #: Width range of the crossover search and of the curves, and the GPT-scale widths.
 D_MIN, D_MAX = 16.0, 65536.0
 GPT_WIDTHS = (768, 1024, 1600, 2048, 4096, 5120, 8192, 12288)
 RESID_DRAWS = 10
-LORA_METHODS = ("lora", "lora_merged")
 
 
 # ---------------------------------------------------------------- groups and time functions

@@ -40,11 +40,11 @@ from scipy.optimize import nnls
 from costmodel.hardware import HardwareProfile
 from costmodel.step import StepCost
 from costmodel.steptime import FittedRates, efficiency_for, step_time
+from costmodel.vocab import LORA_METHODS
 
 ROUTES = ("unfitted", "layer_fit", "step_fit")
 SCHEMES = ("out_of_scale", "all")
 TARGETS = ("step_time", "ratio")
-LORA_METHODS = ("lora", "lora_merged")
 #: Issue 8's targets on this CPU: (route, scheme, target) -> the largest median |error| in %.
 GOALS = {
     ("layer_fit", "all", "ratio"): 10.0,

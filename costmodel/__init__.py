@@ -11,14 +11,13 @@ from costmodel.graph import Cost, Graph, OpCost
 from costmodel.hardware import DTYPE_BYTES, HardwareProfile, dtype_bytes
 from costmodel.layers import (
     DEFAULT_TARGETS,
-    LAYERS,
-    METHODS,
     TARGETS,
     LayerConfig,
     layer_cost,
     parse_targets,
 )
 from costmodel.roofline import RooflineTime, arithmetic_intensity, roofline
+from costmodel.vocab import LAYERS, METHODS
 
 __all__ = [
     "Cost", "Crossover", "DEFAULT_TARGETS", "DTYPE_BYTES", "Graph", "HardwareProfile", "LAYERS",

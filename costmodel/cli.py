@@ -29,8 +29,9 @@ from costmodel.cliutil import (
 from costmodel.crossover import crossover
 from costmodel.graph import Cost
 from costmodel.hardware import DTYPE_BYTES, HardwareProfile
-from costmodel.layers import LAYERS, METHODS, MLPS, NORMS, LayerConfig, build
+from costmodel.layers import LayerConfig, build
 from costmodel.roofline import RooflineTime, roofline
+from costmodel.vocab import LAYERS, METHODS, MLPS, NORMS
 
 PROG = "python -m costmodel"
 SUBCOMMANDS = ("layer", "model")

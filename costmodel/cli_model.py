@@ -38,13 +38,13 @@ from costmodel.cliutil import (
     run,
 )
 from costmodel.hardware import HardwareProfile
-from costmodel.layers import ATTENTIONS
 from costmodel.memory import MemoryBreakdown, memory_breakdown, memory_fit
-from costmodel.optimizer import OPTIMIZER_IMPLS, OPTIMIZERS, PRECISIONS
+from costmodel.optimizer import PRECISIONS
 from costmodel.presets_hardware import HARDWARE, resolve_hardware
-from costmodel.presets_models import MLP_KINDS, MODELS, NORM_KINDS, ModelShape, param_count, resolve_model
-from costmodel.step import DEFAULT_MAX_SEQ, HEADS, METHODS, StepCost, default_seq, step_cost, step_param_count
+from costmodel.presets_models import MODELS, ModelShape, param_count, resolve_model
+from costmodel.step import DEFAULT_MAX_SEQ, StepCost, default_seq, step_cost, step_param_count
 from costmodel.steptime import StepTime, step_time
+from costmodel.vocab import ATTENTIONS, HEADS, METHODS, MLPS, NORMS, OPTIMIZER_IMPLS, OPTIMIZERS
 
 PROG = "python -m costmodel"
 DEFAULT_HARDWARE = "a100-80gb"
@@ -69,9 +69,9 @@ def _parser() -> OneLineArgumentParser:
     shape.add_argument("--kv-heads", type=positive_int, help="grouped-query kv heads (default heads)")
     shape.add_argument("--ffn", type=positive_int, help="MLP width (default 4·d_model)")
     shape.add_argument("--vocab", type=positive_int, help="default 50257")
-    shape.add_argument("--mlp", choices=MLP_KINDS, default=None,
+    shape.add_argument("--mlp", choices=MLPS, default=None,
                        help="custom shape: gelu (GPT-2 style, default) or swiglu (LLaMA style)")
-    shape.add_argument("--norm", choices=NORM_KINDS, default=None, help="custom shape: normalisation")
+    shape.add_argument("--norm", choices=NORMS, default=None, help="custom shape: normalisation")
     p.add_argument("--seq", type=positive_int, default=None,
                    help=f"tokens per sequence (default: the model's context, at most {DEFAULT_MAX_SEQ}; "
                         "for a custom shape also its context, default 2048)")

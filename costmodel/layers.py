@@ -30,13 +30,14 @@ from costmodel.primitives import (
     Size,
     elementwise_bytes,
     elementwise_flops,
+    first_where,
     matmul_flops,
+    positive,
     reduction_bytes,
     reduction_flops,
 )
+from costmodel.vocab import ATTENTIONS, LAYERS, METHODS, MLPS, NORMS
 
-LAYERS = ("linear", "attention", "block")
-METHODS = ("full", "lora", "lora_merged")
 TARGETS = {
     "linear": ("w",),
     "attention": ("q", "k", "v"),
@@ -47,7 +48,6 @@ DEFAULT_TARGETS = {
     "attention": ("q", "k"),  # the blog adapts Wq and Wk
     "block": ("q", "v"),  # Hu et al. 2021, sec. 7.1: adapting Wq and Wv works best
 }
-MLPS = ("gelu", "swiglu")
 #: Physical upper bounds of a size given by a user or read from a table: beyond them a number
 #: is a typo, not a layer. The widest published models are ~10^5 wide (GPT-3 175B: d_model
 #: 12,288, MLP 49,152; Brown et al. 2020, table 2.1), contexts reach ~10^6-10^7 tokens; a
@@ -55,11 +55,6 @@ MLPS = ("gelu", "swiglu")
 MAX_WIDTH = 10**7
 MAX_BATCH = 10**9
 MAX_SEQ = 10**7
-NORMS = ("layernorm", "rmsnorm")
-#: Attention implementations of a block: ``naive`` materialises the (seq × seq) scores and
-#: probabilities and saves them; ``fused`` is FlashAttention (Dao et al. 2022), see
-#: `fused_attention`.
-ATTENTIONS = ("naive", "fused")
 
 
 def parse_targets(layer: str, targets: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
@@ -80,27 +75,6 @@ def parse_targets(layer: str, targets: str | tuple[str, ...] | list[str] | None)
     if len(set(targets)) != len(targets):
         raise ValueError(f"target list {','.join(targets)} repeats a matrix")
     return tuple(t for t in valid if t in targets)
-
-
-def _positive(name: str, value: Size) -> np.ndarray:
-    """`value` as float64, > 0 and finite.
-
-    Sizes are whole numbers in use; real values are accepted as the continuous relaxation
-    that root finding along a width needs (every cost is a polynomial in the sizes). float64
-    is exact for whole numbers below 2**53 and cannot overflow at GPT widths as int64 could.
-    """
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    bad = ~np.isfinite(arr) | (arr <= 0)
-    if np.any(bad):
-        raise ValueError(f"{name} must be > 0, got {_first(arr, bad):g}")
-    return arr
-
-
-def _first(arr: np.ndarray, mask: np.ndarray) -> float:
-    return float(np.broadcast_to(arr, np.shape(mask))[mask].flat[0])
 
 
 @dataclass(frozen=True)
@@ -143,14 +117,14 @@ class LayerConfig:
         if self.attention != "naive" and self.layer != "block":
             raise ValueError(f"attention {self.attention!r} is a block option; layer {self.layer} is naive")
         for name in ("batch", "embed", "seq", "heads"):
-            set_(name, _positive(name, getattr(self, name)))
+            set_(name, positive(name, getattr(self, name)))
         if self.hidden is None:
             if self.layer != "block":
                 raise ValueError(f"layer {self.layer} needs hidden (the output width h)")
             set_("hidden", 4 * self.embed)
-        set_("hidden", _positive("hidden", self.hidden))
-        set_("kv_heads", self.heads if self.kv_heads is None else _positive("kv_heads", self.kv_heads))
-        set_("tp", _positive("tp", self.tp))
+        set_("hidden", positive("hidden", self.hidden))
+        set_("kv_heads", self.heads if self.kv_heads is None else positive("kv_heads", self.kv_heads))
+        set_("tp", positive("tp", self.tp))
         if self.layer == "block":
             whole = self.embed == np.round(self.embed)
             if np.any((self.embed % self.heads != 0) & whole):
@@ -171,12 +145,12 @@ class LayerConfig:
         if self.method == "full":
             set_("rank", np.asarray(0))
             return
-        rank = _positive("rank", self.rank)
+        rank = positive("rank", self.rank)
         limit = self._rank_limit()
         if np.any(rank > limit):
             bad = rank > limit
             raise ValueError(
-                f"rank {_first(rank, bad):g} exceeds min(e, h) = {_first(limit, bad):g} of an adapted matrix"
+                f"rank {first_where(rank, bad):g} exceeds min(e, h) = {first_where(limit, bad):g} of an adapted matrix"
             )
         set_("rank", rank)
 

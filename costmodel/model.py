@@ -13,14 +13,13 @@ from costmodel.optimizer import (
     ADAMW_FLOPS_PER_PARAM,
     ADAMW_TRANSCENDENTALS_PER_PARAM,
     OPTIMIZER_STATES,
-    OPTIMIZERS,
     PRECISIONS,
     SGD_FLOPS_PER_PARAM,
     Precision,
     optimizer_cost,
     resolve_precision,
 )
-from costmodel.step import METHODS, PARTS, TOKEN_ID_BYTES, StepCost, StepSpec, build_step, step_cost
+from costmodel.step import PARTS, TOKEN_ID_BYTES, StepCost, StepSpec, build_step, step_cost
 from costmodel.steptime import (
     FIT_KEYS,
     UNFITTED,
@@ -30,6 +29,7 @@ from costmodel.steptime import (
     efficiency_for,
     step_time,
 )
+from costmodel.vocab import METHODS, OPTIMIZERS
 
 __all__ = [
     "ADAMW_FLOPS_PER_PARAM", "ADAMW_TRANSCENDENTALS_PER_PARAM", "Efficiency", "FIT_KEYS", "FittedRates",

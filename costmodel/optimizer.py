@@ -18,8 +18,7 @@ import numpy as np
 from costmodel.graph import Cost, OpCost
 from costmodel.hardware import dtype_bytes
 from costmodel.primitives import Size, elementwise_bytes, elementwise_flops, reduction_bytes, reduction_flops
-
-OPTIMIZERS = ("sgd", "adamw", "adamw-8bit")
+from costmodel.vocab import OPTIMIZER_IMPLS, OPTIMIZERS
 
 # --------------------------------------------------------------------------- precision
 
@@ -100,7 +99,7 @@ ADAMW_8BIT_EXTRA_FLOPS_PER_PARAM = 2 * 12
 #:   operands (`PER_TENSOR_KERNELS` steps).
 #: - ``per-tensor``: PyTorch's ``foreach=False`` (`_single_tensor_adam`): the same steps, one
 #:   kernel each per parameter tensor.
-OPTIMIZER_IMPLS = ("xla", "fused", "foreach", "per-tensor")
+#: (the names: `costmodel.vocab.OPTIMIZER_IMPLS`)
 #: Kernels per parameter tensor of the eager per-tensor loop, from PyTorch 2.x
 #: torch/optim/adam.py `_single_tensor_adam` (decoupled weight decay, not capturable, no
 #: amsgrad): param.mul_(1 − lr·λ); exp_avg.lerp_(g, 1 − β1); exp_avg_sq.mul_(β2);

@@ -23,10 +23,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-MLP_KINDS = ("gelu", "swiglu")
-NORM_KINDS = ("layernorm", "rmsnorm")
-POSITIONAL_KINDS = ("learned", "rope")
-NORM_PLACEMENTS = ("pre", "post")
+from costmodel.vocab import MLPS, NORM_PLACEMENTS, NORMS, POSITIONALS
 
 
 @dataclass(frozen=True)
@@ -86,9 +83,9 @@ class ModelShape:
                 f"model {self.name!r}: heads {self.heads} must be a multiple of kv_heads {self.kv_heads}"
             )
         for field_name, allowed in (
-            ("mlp", MLP_KINDS),
-            ("norm", NORM_KINDS),
-            ("positional", POSITIONAL_KINDS),
+            ("mlp", MLPS),
+            ("norm", NORMS),
+            ("positional", POSITIONALS),
             ("norm_placement", NORM_PLACEMENTS),
         ):
             if getattr(self, field_name) not in allowed:

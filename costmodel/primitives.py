@@ -24,6 +24,29 @@ import numpy as np
 Size = int | np.ndarray
 
 
+def positive(name: str, value: Size) -> np.ndarray:
+    """`value` as float64, > 0 and finite; ValueError naming `name` (and the first bad value)
+    otherwise. The one validator of sizes (layers, steps).
+
+    Sizes are whole numbers in use; real values are accepted as the continuous relaxation
+    that root finding along a width needs (every cost is a polynomial in the sizes). float64
+    is exact for whole numbers below 2**53 and cannot overflow at GPT widths as int64 could.
+    """
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    bad = ~np.isfinite(arr) | (arr <= 0)
+    if np.any(bad):
+        raise ValueError(f"{name} must be > 0, got {first_where(arr, bad):g}")
+    return arr
+
+
+def first_where(arr: np.ndarray, mask: np.ndarray) -> float:
+    """The first element of `arr` (broadcast to `mask`'s shape) where `mask` holds."""
+    return float(np.broadcast_to(arr, np.shape(mask))[mask].flat[0])
+
+
 def numel(shape: tuple[Size, ...]) -> Size:
     """Number of elements of a tensor of `shape` (1 for a scalar)."""
     return reduce(mul, shape, 1)

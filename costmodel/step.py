@@ -46,7 +46,7 @@ import numpy as np
 
 from costmodel.graph import Cost, Graph, OpCost, Tensor, Terms, Vjp
 from costmodel.hardware import dtype_bytes
-from costmodel.layers import ATTENTIONS, LayerConfig, parse_targets, record
+from costmodel.layers import LayerConfig, parse_targets, record
 from costmodel.optimizer import (
     OPTIMIZER_IMPLS,
     PRECISIONS,
@@ -60,15 +60,15 @@ from costmodel.primitives import (
     Size,
     elementwise_bytes,
     elementwise_flops,
+    positive,
     reduction_bytes,
     reduction_flops,
 )
+from costmodel.vocab import ATTENTIONS, HEADS, METHODS
 
-METHODS = ("full", "lora", "lora_merged")
 #: The parts of a step; ``grad_accum`` (summing the micro-batches' gradients) exists only
 #: when grad_accum > 1.
 PARTS = ("embeddings", "frozen_blocks", "first_block", "middle_blocks", "head", "grad_accum", "optimizer")
-HEADS = ("lm", "lm-tied", "classifier", "none")
 
 #: Token ids are int32.
 TOKEN_ID_BYTES = 4
@@ -157,8 +157,8 @@ class StepSpec:
         if self.optimizer_in_backward and self.grad_accum > 1:
             raise ValueError("an update inside the backward cannot accumulate gradients over micro-batches")
         set_("targets", parse_targets("block", self.targets))
-        set_("batch", _positive("batch", self.batch))
-        set_("seq", _positive("seq", self.model.seq if self.seq is None else self.seq))
+        set_("batch", positive("batch", self.batch))
+        set_("seq", positive("seq", self.model.seq if self.seq is None else self.seq))
         rows = self.model.n_position_rows
         if rows and np.any(self.seq > rows):
             raise ValueError(f"seq {np.max(self.seq):g} exceeds the {rows} learned positions of {self.model.name}")
@@ -171,7 +171,7 @@ class StepSpec:
             set_("rank", np.asarray(0.0))
             set_("dropout", False)
         else:
-            rank = _positive("rank", self.rank)
+            rank = positive("rank", self.rank)
             set_("rank", rank)
 
     @property
@@ -218,13 +218,6 @@ def step_param_count(spec: StepSpec) -> int:
     if spec.head == "classifier":
         parts["lm_head"] = spec.model.d_model * spec.n_classes + spec.n_classes
     return int(sum(parts.values()))
-
-
-def _positive(name: str, value: Size) -> np.ndarray:
-    arr = np.asarray(value, dtype=np.float64)
-    if np.any(~np.isfinite(arr) | (arr <= 0)):
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-    return arr
 
 
 @dataclass(frozen=True)

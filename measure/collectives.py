@@ -51,10 +51,10 @@ from costmodel.cliutil import (
     positive_int_list,
     run,
 )
+from costmodel.vocab import KERNEL_DTYPES as DTYPES
 from measure.comm_schema import COLLECTIVE_COLUMNS, COLLECTIVES, TABLE_VERSION
 
 TABLE = "collectives"
-DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 KIB = 1024
 #: --full: 1 KiB .. 256 MiB in steps of 4 (the issue's range).
 FULL_BYTES: tuple[int, ...] = tuple(KIB * 4**i for i in range(10))

@@ -47,11 +47,11 @@ from costmodel.cliutil import (
     positive_int,
     run,
 )
+from costmodel.vocab import KERNEL_DTYPES as DTYPES
 from measure.fingerprint import PROFILE_CHECKED, fingerprint
 
 PROG = "python -m measure.device"
 
-DTYPES = ("float32", "bfloat16")
 
 
 def _best_time(call: Callable, args: tuple, repeats: int, k: int = 1, warm_up: bool = True) -> float:

@@ -29,9 +29,9 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-LAYERS: tuple[str, ...] = ("linear", "attention", "block")
-METHODS: tuple[str, ...] = ("full", "lora", "lora_merged")
-DTYPES: tuple[str, ...] = ("float32", "bfloat16")
+from costmodel.vocab import KERNEL_DTYPES as DTYPES
+from costmodel.vocab import LAYERS, METHODS
+
 VARIANTS: tuple[str, ...] = ("clean", "seed")
 TIMING_MODES: tuple[str, ...] = ("aot", "as_written")
 GRIDS: tuple[str, ...] = ("quick", "seed", "square")

@@ -70,7 +70,8 @@ class Steps:
 
     frame columns: config (a key shared by the methods of one config), method, params (the
     base model's parameter count), time_s (measured median), noise_pct (relative half-width
-    of its 95% CI, %), and any option columns named in `options`.
+    of its 95% CI, %), and any option columns named in `options` (and, optionally, label: a
+    readable name of the config).
     """
 
     frame: pd.DataFrame

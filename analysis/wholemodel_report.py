@@ -101,7 +101,8 @@ def load_steps(frame: pd.DataFrame) -> wm.Steps:
         params.append(step_param_count(cost.spec))
     key_cols = [c for c in schema.KEY if c not in ("method", "rank", "targets") and c in df]
     out = pd.DataFrame({
-        "config": df[key_cols].astype(str).agg("|".join, axis=1),
+        "config": df[key_cols].astype(str).agg(";".join, axis=1),
+        "label": [_label(r) for _, r in df.iterrows()],
         "method": df["method"].astype(str),
         "params": np.asarray(params, float),
         "time_s": df["time_median_s"].to_numpy(float),
@@ -113,6 +114,26 @@ def load_steps(frame: pd.DataFrame) -> wm.Steps:
             out[c] = df[c].to_numpy()
             options.append(c)
     return wm.Steps(out, tuple(costs), tuple(options))
+
+
+def _label(row: pd.Series) -> str:
+    """A short name of a measured config: preset, sizes and the options that are not the
+    grid's defaults."""
+    opts = [str(row["head"])]
+    if str(row["optimizer"]) != "adamw":
+        opts.append(str(row["optimizer"]))
+    if not bool(row["clip"]):
+        opts.append("no-clip")
+    if str(row["precision"]) != "fp32":
+        opts.append(str(row["precision"]))
+    if bool(row["recompute"]):
+        opts.append("recompute")
+    if int(row["grad_accum"]) > 1:
+        opts.append(f"accum{int(row['grad_accum'])}")
+    if str(row["attention"]) != "naive":
+        opts.append(f"{row['attention']} attention")
+    return (f"{row['model']} d{int(row['embed'])} L{int(row['layers'])} V{int(row['vocab'])} "
+            f"b{int(row['batch'])} s{int(row['seq'])} " + " ".join(opts))
 
 
 #: Columns the report breaks the errors down by, where the dataset varies them.
@@ -190,17 +211,20 @@ def goals_display(v: wm.Validation) -> pd.DataFrame:
 def worst_display(v: wm.Validation) -> pd.DataFrame:
     w = v.worst
     parts = [c for c in w.columns if c.startswith("part_") and w[c].abs().sum() > 0]
-    out = w[["route", "scheme", "config", "method"]].copy()
+    out = w[["route", "scheme", "label" if "label" in w else "config", "method"]].copy()
     out["measured"] = [f"{x * 1e3:.3g} ms" for x in w["time_s"]]
     out["predicted"] = [f"{x * 1e3:.3g} ms" for x in w["predicted_s"]]
     out["|error|"] = [_pct(x) for x in w["error_pct"]]
-    for c in parts:
-        out[c[5:]] = [f"{x * 1e3:.3g}" for x in w[c]]
+    for c in parts:  # an unbounded fitted rate leaves ~1e-300 ms: shown as 0
+        out[c[5:]] = [f"{x * 1e3:.3g}" if x * 1e3 >= 1e-6 else "0" for x in w[c]]
     return out
 
 
 def multipliers_display(v: wm.Validation) -> pd.DataFrame:
+    """The NNLS multipliers of the parts holding at least 2% of the predicted time (a
+    smaller part's β is not identified by the data)."""
     m = v.part_multipliers
+    m = m[m["predicted_share"] >= 0.02]
     return pd.DataFrame({"route": m["route"], "scheme": m["scheme"], "part": m["part"],
                          "share of predicted time": [f"{x * 100:.0f}%" for x in m["predicted_share"]],
                          "measured / predicted (NNLS β)": [f"{x:.2f}" for x in m["beta"]]})
@@ -216,8 +240,17 @@ def rates_display(v: wm.Validation) -> pd.DataFrame:
 
 
 def option_table(v: wm.Validation) -> pd.DataFrame:
+    """Per option value (all methods pooled): the routes as they are compared (unfitted and
+    layer_fit on every step, step_fit out of scale); every row is in the CSV."""
     s = v.summary[(v.summary["option"] != "all") & (v.summary["method"] == "all")]
-    return s[["route", "scheme", "target", "option", "median_abs_pct", "p90_abs_pct", "n"]]
+    keep = ((s["route"] != "step_fit") & (s["scheme"] == "all")) | ((s["route"] == "step_fit")
+                                                                     & (s["scheme"] == "out_of_scale"))
+    s = s[keep]
+    wide = s.pivot_table(index=["target", "option"], columns="route", values="median_abs_pct", sort=False)
+    n = s.groupby(["target", "option"], sort=False)["n"].max()
+    wide = wide.reindex(columns=[r for r in wm.ROUTES if r in wide.columns])
+    wide.columns = [f"{c} median %" for c in wide.columns]
+    return wide.assign(n=n).reset_index()
 
 
 def markdown(v: wm.Validation, header: Sequence[str], figures: Sequence[str]) -> str:

@@ -12,6 +12,7 @@ these replicates, `analysis.curves` the confidence and prediction bands.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +23,12 @@ from analysis import fit as fitmod
 #: Default refits: 1,000 keep the analysis of the quick grid within 15 s on a shared 2-core
 #: CPU (about 5 s of CPU time; `python benchmarks/stability.py` prints the analysis time).
 N_BOOT = 1000
+#: The most bootstrap refits a run may ask for: 10^5 replicates put the 2.5% quantile on
+#: 2,500 draws, far past where the interval stops moving; 10^9 ran for 11 minutes and grew
+#: memory without end.
+MAX_BOOT = 100_000
+#: Seconds of refits after which a progress bar appears (on a terminal).
+PROGRESS_AFTER_S = 3.0
 #: Two-sided level of every bootstrap interval (95%).
 ALPHA = 0.05
 
@@ -56,7 +63,13 @@ def bootstrap(result: fitmod.FitResult, rows: pd.DataFrame, n_boot: int = N_BOOT
     rng = np.random.default_rng(seed)
     out, failed = [], 0
     counts: dict[str, int] = {}
+    from tqdm import tqdm
+
+    # a bar on a terminal once the refits have taken PROGRESS_AFTER_S (nothing for a short run)
+    bar = tqdm(total=n_boot, desc="bootstrap refits", unit="fit", file=sys.stderr, leave=False,
+               delay=PROGRESS_AFTER_S, disable=not sys.stderr.isatty())
     for _ in range(n_boot):
+        bar.update(1)
         pick = rng.integers(0, len(ids), len(ids))
         idx = np.concatenate([members[i] for i in pick])
         try:
@@ -71,6 +84,7 @@ def bootstrap(result: fitmod.FitResult, rows: pd.DataFrame, n_boot: int = N_BOOT
         out.append(p)
         for c in fixed + dropped:
             counts[c] = counts.get(c, 0) + 1
+    bar.close()
     params = np.array(out).reshape(-1, len(cols))
     share = {c: k / max(len(out), 1) for c, k in counts.items()}
     return Bootstrap(params, failed, seed, share)

@@ -22,11 +22,12 @@ import time
 from collections.abc import Sequence
 
 from analysis import data
-from analysis.bootstrap import N_BOOT
+from analysis.bootstrap import MAX_BOOT, N_BOOT
 from analysis.curves import GPT_WIDTHS
 from costmodel import cliutil
 from costmodel.cliutil import OneLineArgumentParser, UserError, add_debug_flag
 from costmodel.errors import Interrupted
+from costmodel.layers import MAX_WIDTH
 
 PROG = "python -m analysis.crossover"
 DEFAULT_RESULTS = "crossover-results"
@@ -44,10 +45,24 @@ def width_list(text: str) -> tuple[int, ...]:
             raise argparse.ArgumentTypeError(f"unknown width {part!r}: widths are whole numbers") from None
         if w < 1:
             raise argparse.ArgumentTypeError(f"unknown width {w}: widths must be >= 1")
+        if w > MAX_WIDTH:
+            raise argparse.ArgumentTypeError(
+                f"width {w:,} is above {MAX_WIDTH:.0e}, beyond any real layer")
         out.append(w)
     if not out:
         raise argparse.ArgumentTypeError("--widths is empty")
     return tuple(sorted(set(out)))
+
+
+def bootstrap_count(text: str) -> int:
+    """An argparse `type=` for --bootstrap: a whole number from 20 to MAX_BOOT."""
+    n = cliutil.positive_int(text)
+    if n < 20:
+        raise argparse.ArgumentTypeError(f"{n} is too few; use at least 20")
+    if n > MAX_BOOT:
+        raise argparse.ArgumentTypeError(
+            f"{n:,} is above {MAX_BOOT:,}, past where the interval stops moving")
+    return n
 
 
 def grid_name(text: str) -> str:
@@ -58,11 +73,11 @@ def grid_name(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", help="our sweep directory or CSV/JSONL, or the blog's results CSV "
+    p.add_argument("--data", type=cliutil.path_arg, help="our sweep directory or CSV/JSONL, or the blog's results CSV "
                                   "(default: measure --grid into ./crossover-results/)")
     p.add_argument("--grid", type=grid_name, default="quick",
                    help="grid to measure when --data is not given (default quick)")
-    p.add_argument("--out", default=None,
+    p.add_argument("--out", type=cliutil.path_arg, default=None,
                    help="where the report, tables and figures go (default: the measured "
                         f"results directory, or ./{DEFAULT_RESULTS}/ with --data)")
     p.add_argument("--partial", action="store_true",
@@ -73,17 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--widths", type=width_list, default=GPT_WIDTHS,
                    help="extrapolation widths, comma-separated (default "
                         + ",".join(map(str, GPT_WIDTHS)) + ")")
-    p.add_argument("--profile", help="a device profile JSON (python -m measure.device); default: "
+    p.add_argument("--profile", type=cliutil.path_arg,
+                   help="a device profile JSON (python -m measure.device); default: "
                                      "the dataset directory's profile.json, else measured now")
     p.add_argument("--force", action="store_true",
                    help="use a --profile (or the dataset's profile.json) measured on another "
                         "device, CPU or library versions than the data")
-    p.add_argument("--bootstrap", type=int, default=N_BOOT,
-                   help=f"bootstrap refits (default {N_BOOT})")
+    p.add_argument("--bootstrap", type=bootstrap_count, default=N_BOOT,
+                   help=f"bootstrap refits, 20 to {MAX_BOOT:,} (default {N_BOOT}; a progress "
+                        "bar on a terminal past a few seconds)")
     p.add_argument("--model", help="add the predicted LoRA/full step time and memory of whole "
                                    "models across the presets, this one marked (a preset name, or 'all')")
-    p.add_argument("--hardware", help="hardware for the whole-model table: a preset name or a profile JSON")
-    p.add_argument("--layer-fit", default=None,
+    p.add_argument("--hardware", type=cliutil.path_arg,
+                   help="hardware for the whole-model table: a preset name or a profile JSON")
+    p.add_argument("--layer-fit", type=cliutil.path_arg, default=None,
                    help="for a models dataset (python -m measure.sweep --grid models): the "
                         "fitted_profile.json of a layer-kernel analysis whose rates predict the whole "
                         "steps (default: ./crossover-results/fitted_profile.json, made by measuring "

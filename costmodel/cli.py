@@ -22,14 +22,18 @@ from costmodel.cliutil import (
     OneLineArgumentParser,
     UserError,
     add_debug_flag,
+    bounded_int,
+    count,
     csv_list,
+    eng,
+    path_arg,
     positive_int,
     run,
 )
 from costmodel.crossover import crossover
 from costmodel.graph import Cost
 from costmodel.hardware import DTYPE_BYTES, HardwareProfile
-from costmodel.layers import LayerConfig, build
+from costmodel.layers import MAX_BATCH, MAX_SEQ, MAX_WIDTH, LayerConfig, build
 from costmodel.roofline import RooflineTime, roofline
 from costmodel.vocab import LAYERS, METHODS, MLPS, NORMS
 
@@ -46,24 +50,25 @@ def _parser() -> OneLineArgumentParser:
     p.add_argument("--methods", "--method", dest="method", metavar="METHODS",
                    type=csv_list(METHODS, "method"),
                    default=",".join(METHODS[:2]), help=f"comma-separated, from {', '.join(METHODS)}")
-    p.add_argument("--batch", type=positive_int, default=64, help="rows n of X")
-    p.add_argument("--embed", type=positive_int, default=1024, help="input width e / d_model")
-    p.add_argument("--hidden", type=positive_int, default=None,
+    p.add_argument("--batch", type=bounded_int(MAX_BATCH, "batch"), default=64, help="rows n of X")
+    p.add_argument("--embed", type=bounded_int(MAX_WIDTH, "width"), default=1024, help="input width e / d_model")
+    p.add_argument("--hidden", type=bounded_int(MAX_WIDTH, "width"), default=None,
                    help="output width h (default e); for block, the MLP width (default 4e)")
-    p.add_argument("--rank", type=positive_int, default=4, help="LoRA rank r")
+    p.add_argument("--rank", type=bounded_int(MAX_WIDTH, "rank"), default=4, help="LoRA rank r")
     p.add_argument("--targets", default=None,
                    help="adapted matrices, e.g. q,k (attention default q,k; block default q,v)")
     p.add_argument("--dtype", choices=tuple(DTYPE_BYTES), default="float32", help="tensor dtype")
     p.add_argument("--input-grad", action="store_true",
                    help="the layer input needs a gradient (a layer deep in a network)")
-    p.add_argument("--seq", type=positive_int, default=None, help="block: tokens per sequence")
+    p.add_argument("--seq", type=bounded_int(MAX_SEQ, "sequence length"), default=None,
+                   help="block: tokens per sequence")
     p.add_argument("--heads", type=positive_int, default=None, help="block: attention heads")
     p.add_argument("--kv-heads", type=positive_int, default=None, help="block: kv heads (GQA)")
     p.add_argument("--mlp", choices=MLPS, default="gelu", help="block: MLP kind")
     p.add_argument("--norm", choices=NORMS, default="layernorm", help="block: normalisation")
     p.add_argument("--bias", action="store_true", help="block/linear: projections have biases")
     p.add_argument("--causal", action="store_true", help="block: causal attention mask")
-    p.add_argument("--hardware", default=None,
+    p.add_argument("--hardware", type=path_arg, default=None,
                    help="preset name or measured profile JSON: adds roofline times")
     p.add_argument("--crossover", action="store_true",
                    help="solve the width d* (e = h = d) where LoRA becomes faster (needs --hardware)")
@@ -159,17 +164,22 @@ def _config_record(cfg: LayerConfig) -> dict:
 
 def _format_table(rec: dict) -> str:
     has_time = "time" in rec
-    head = f"{'op':34s} {'phase':8s} {'kind':11s} {'MFLOP':>12s} {'MB':>10s} {'kern':>4s}"
-    lines = [head + (f" {'time µs':>10s}" if has_time else ""), "-" * (len(head) + (11 if has_time else 0))]
-    for r in rec["ops"]:
-        line = (f"{r['op'][:34]:34s} {r['phase']:8s} {r['kind']:11s} {r['flops'] / 1e6:12.3f} "
-                f"{r['bytes'] / 1e6:10.3f} {int(r['kernels']):4d}")
-        if has_time:
-            line += f" {r['time_s'] * 1e6:10.2f}"
-        lines.append(line)
-    lines.append(f"total: {rec['flops']:.6g} FLOPs, {rec['bytes']:.6g} bytes, {rec['kernels']} kernels, "
-                 f"{rec['trainable_params']:,} trainable params, "
-                 f"{rec['saved_activation_bytes']:.4g} bytes of saved activations")
+    def num(x: float) -> str:  # fixed point while it fits a column, engineering beyond
+        return f"{x:.3f}" if abs(x) < 1e7 else eng(x, 4)
+
+    cols = [(num(r["flops"] / 1e6), num(r["bytes"] / 1e6), f"{int(r['kernels'])}",
+             num(r["time_s"] * 1e6) if has_time else "") for r in rec["ops"]]
+    wf, wb, wk, wt = (max([len(title), *(len(c[i]) for c in cols)])
+                      for i, title in enumerate(("MFLOP", "MB", "kern", "time µs")))
+    head = f"{'op':34s} {'phase':8s} {'kind':11s} {'MFLOP':>{wf}s} {'MB':>{wb}s} {'kern':>{wk}s}"
+    head += f" {'time µs':>{wt}s}" if has_time else ""
+    lines = [head, "-" * len(head)]
+    for r, (f, b, k, t) in zip(rec["ops"], cols):
+        line = f"{r['op'][:34]:34s} {r['phase']:8s} {r['kind']:11s} {f:>{wf}s} {b:>{wb}s} {k:>{wk}s}"
+        lines.append(line + (f" {t:>{wt}s}" if has_time else ""))
+    lines.append(f"total: {count(rec['flops'])} FLOPs, {count(rec['bytes'])} bytes, "
+                 f"{count(rec['kernels'])} kernels, {count(rec['trainable_params'])} trainable params, "
+                 f"{count(rec['saved_activation_bytes'])} bytes of saved activations")
     if has_time:
         t = rec["time"]
         lines.append(f"roofline: {t['time_s'] * 1e6:.2f} µs (bounds {t['lower_bound_s'] * 1e6:.2f} – "

@@ -33,11 +33,16 @@ from costmodel.cliutil import (
     OneLineArgumentParser,
     UserError,
     add_debug_flag,
+    bounded_int,
+    count,
     csv_list,
+    eng,
+    path_arg,
     positive_int,
     run,
 )
 from costmodel.hardware import HardwareProfile
+from costmodel.layers import MAX_BATCH, MAX_SEQ, MAX_WIDTH
 from costmodel.memory import MemoryBreakdown, memory_breakdown, memory_fit
 from costmodel.optimizer import PRECISIONS
 from costmodel.presets_hardware import HARDWARE, resolve_hardware
@@ -63,20 +68,20 @@ def _parser() -> OneLineArgumentParser:
     p.add_argument("--model", default=None, help="preset name (see --list)")
     p.add_argument("--list", action="store_true", help="print the model and hardware presets")
     shape = p.add_argument_group("custom shape (alone, or overriding a --model preset)")
-    shape.add_argument("--d-model", type=positive_int, help="model width")
+    shape.add_argument("--d-model", type=bounded_int(MAX_WIDTH, "width"), help="model width")
     shape.add_argument("--layers", type=positive_int, help="transformer blocks")
     shape.add_argument("--heads", type=positive_int, help="default d_model / 64")
     shape.add_argument("--kv-heads", type=positive_int, help="grouped-query kv heads (default heads)")
-    shape.add_argument("--ffn", type=positive_int, help="MLP width (default 4·d_model)")
+    shape.add_argument("--ffn", type=bounded_int(MAX_WIDTH, "width"), help="MLP width (default 4·d_model)")
     shape.add_argument("--vocab", type=positive_int, help="default 50257")
     shape.add_argument("--mlp", choices=MLPS, default=None,
                        help="custom shape: gelu (GPT-2 style, default) or swiglu (LLaMA style)")
     shape.add_argument("--norm", choices=NORMS, default=None, help="custom shape: normalisation")
-    p.add_argument("--seq", type=positive_int, default=None,
+    p.add_argument("--seq", type=bounded_int(MAX_SEQ, "sequence length"), default=None,
                    help=f"tokens per sequence (default: the model's context, at most {DEFAULT_MAX_SEQ}; "
                         "for a custom shape also its context, default 2048)")
-    p.add_argument("--batch", type=positive_int, default=1, help="sequences per step (default 1)")
-    p.add_argument("--hardware", default=DEFAULT_HARDWARE,
+    p.add_argument("--batch", type=bounded_int(MAX_BATCH, "batch"), default=1, help="sequences per step (default 1)")
+    p.add_argument("--hardware", type=path_arg, default=DEFAULT_HARDWARE,
                    help=f"preset name or measured profile JSON (default {DEFAULT_HARDWARE})")
     p.add_argument("--methods", "--method", dest="method", metavar="METHODS",
                    type=csv_list(METHODS, "method"),
@@ -257,8 +262,14 @@ def fit_header(out: dict) -> str | None:
             + "; ".join(parts))
 
 
+def _fixed(x: float, decimals: int) -> str:
+    """Fixed point while the digits mean something (below 10^9), engineering beyond."""
+    return f"{x:,.{decimals}f}" if abs(x) < 1e9 else eng(x)
+
+
 def _gb(x: float) -> str:
-    return f"{x / 1e9:,.2f} GB"
+    gb = x / 1e9
+    return f"{gb:,.2f} GB" if abs(gb) < 1e9 else f"{eng(gb)} GB"  # no float-artifact digits
 
 
 def render(out: dict) -> str:
@@ -266,11 +277,11 @@ def render(out: dict) -> str:
     header = fit_header(out)
     lines = [
         *([header] if header else []),
-        f"{m['name']}: {m['params']:,} params, d {m['d_model']}, {m['layers']} layers, "
+        f"{m['name']}: {count(m['params'])} params, d {m['d_model']}, {m['layers']} layers, "
         f"{m['heads']} heads ({m['kv_heads']} kv), ffn {m['ffn']}, vocab {m['vocab']}",
         "step: "
         + (f"{c['grad_accum']} micro-batches × " if c["grad_accum"] > 1 else "")
-        + f"batch {c['batch']} × seq {c['seq']} = {c['tokens']:,} tokens, {c['precision']}, "
+        + f"batch {c['batch']} × seq {c['seq']} = {count(c['tokens'])} tokens, {c['precision']}, "
         f"{c['optimizer']}"
         + (f" ({c['optimizer_impl']})" if c["optimizer_impl"] != "xla" else "")
         + (" inside the backward" if c["optimizer_in_backward"] else "")
@@ -286,11 +297,11 @@ def render(out: dict) -> str:
     ]
     names = list(out["methods"])
     rows = [
-        ("step time", lambda r: f"{r['step_time_s'] * 1e3:,.1f} ms"),
-        ("tokens/s", lambda r: f"{r['tokens_per_s']:,.0f}"),
-        ("TFLOP per step", lambda r: f"{r['flops'] / 1e12:,.2f}"),
-        ("kernels", lambda r: f"{r['kernels']:,}"),
-        ("trainable params", lambda r: f"{r['trainable_params']:,}"),
+        ("step time", lambda r: _fixed(r["step_time_s"] * 1e3, 1) + " ms"),
+        ("tokens/s", lambda r: count(r["tokens_per_s"])),
+        ("TFLOP per step", lambda r: _fixed(r["flops"] / 1e12, 2)),
+        ("kernels", lambda r: count(r["kernels"])),
+        ("trainable params", lambda r: count(r["trainable_params"])),
         ("weights", lambda r: _gb(r["memory"]["weights_bytes"])),
         ("gradients", lambda r: _gb(r["memory"]["gradients_bytes"])),
         ("optimizer (master + states)", lambda r: _gb(r["memory"]["optimizer_bytes"])),

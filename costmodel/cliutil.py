@@ -18,6 +18,7 @@ these; their output files are written atomically by `costmodel.fileio`.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -31,8 +32,9 @@ from costmodel.errors import Interrupted, UserError, one_line
 
 __all__ = [
     "DefaultsHelpFormatter", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_USAGE", "Interrupted",
-    "OneLineArgumentParser", "UserError", "add_debug_flag", "csv_list", "exit_status", "non_negative_float",
-    "one_line", "positive_float", "positive_int", "positive_int_list", "run", "stop_signals",
+    "OneLineArgumentParser", "UserError", "add_debug_flag", "bounded_int", "bounded_int_list",
+    "count", "csv_list", "eng", "exit_status", "non_negative_float", "one_line", "path_arg",
+    "positive_float", "positive_int", "positive_int_list", "run", "stop_signals",
 ]
 
 EXIT_ERROR = 1
@@ -182,6 +184,63 @@ def positive_int_list(text: str) -> tuple[int, ...]:
     if not items:
         raise argparse.ArgumentTypeError("empty list of sizes")
     return tuple(positive_int(s) for s in items)
+
+
+def eng(x: float, digits: int = 3) -> str:
+    """`x` in engineering notation, exponent a multiple of 3: 6.50e15, 40.0e18, 512e-6."""
+    x = float(x)
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    exp = 3 * math.floor(math.log10(abs(x)) / 3)
+    mant = x / 10.0**exp
+    decimals = max(digits - 1 - math.floor(math.log10(abs(mant))), 0)
+    if abs(round(mant, decimals)) >= 1000:  # 999.96e3 rounds up to the next exponent
+        mant, exp = mant / 1000, exp + 3
+        decimals = digits - 1
+    return f"{mant:.{decimals}f}e{exp}"
+
+
+def count(x: float) -> str:
+    """A count for people: the exact integer with separators below 10^15 (1,234,567), beyond in
+    engineering notation (3.00e18): never a float's artifact digits (2,999,...,949,668,352)."""
+    x = float(x)
+    if math.isfinite(x) and abs(x) < 1e15:
+        return f"{int(round(x)):,}"
+    return eng(x)
+
+
+def bounded_int(high: int, what: str) -> Callable[[str], int]:
+    """An argparse `type=` for a size with a physical upper bound (`costmodel.layers.MAX_WIDTH`,
+    `MAX_BATCH`, ...): a whole number from 1 to `high`."""
+
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(
+                f"{what} {value:,} is above {high:.0e}, beyond any real {what}")
+        return value
+
+    return parse
+
+
+def bounded_int_list(high: int, what: str) -> Callable[[str], tuple[int, ...]]:
+    """An argparse `type=` for "2,64,256": whole numbers from 1 to `high`."""
+    one = bounded_int(high, what)
+
+    def parse(text: str) -> tuple[int, ...]:
+        items = [s.strip() for s in text.split(",") if s.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("empty list of sizes")
+        return tuple(one(s) for s in items)
+
+    return parse
+
+
+def path_arg(text: str) -> str:
+    """An argparse `type=` for a file or folder: an empty string is not "here"."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty string is not a path")
+    return text
 
 
 def non_negative_float(text: str) -> float:

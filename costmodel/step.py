@@ -161,7 +161,7 @@ class StepSpec:
         set_("seq", positive("seq", self.model.seq if self.seq is None else self.seq))
         rows = self.model.n_position_rows
         if rows and np.any(self.seq > rows):
-            raise ValueError(f"seq {np.max(self.seq):g} exceeds the {rows} learned positions of {self.model.name}")
+            raise ValueError(f"seq {int(np.max(self.seq)):,} exceeds the {rows} learned positions of {self.model.name}")
         k = self.frozen_prefix
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < self.model.layers:
             raise ValueError(

@@ -43,6 +43,7 @@ from costmodel.cliutil import (
     add_debug_flag,
     csv_list,
     one_line,
+    path_arg,
     positive_float,
     positive_int,
     run,
@@ -258,6 +259,8 @@ def _check_out(path: Path) -> None:
         except ValueError as exc:
             raise UserError(f"--out {path} holds something else ({one_line(exc)}); not overwriting it")
     parent = path.parent if str(path.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise UserError(f"--out {path}: {parent} is a file, not a folder")
     if not parent.is_dir():
         raise UserError(f"--out {path}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
@@ -282,7 +285,7 @@ def max_n_arg(text: str) -> int:
 
 def build_parser() -> OneLineArgumentParser:
     p = OneLineArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True, help="profile JSON to write (loads as HardwareProfile)")
+    p.add_argument("--out", required=True, type=path_arg, help="profile JSON to write (loads as HardwareProfile)")
     p.add_argument("--dtypes", type=csv_list(DTYPES, "dtype"), default=DTYPES)
     p.add_argument("--max-n", type=max_n_arg, default=16384,
                    help=f"largest matmul side tried (at least {MIN_MATMUL_N}: "

@@ -28,14 +28,17 @@ from costmodel.cliutil import (
     OneLineArgumentParser,
     UserError,
     add_debug_flag,
+    bounded_int,
+    bounded_int_list,
     csv_list,
     exit_status,
     non_negative_float,
     one_line,
+    path_arg,
     positive_int,
-    positive_int_list,
     run,
 )
+from costmodel.layers import MAX_BATCH, MAX_SEQ, MAX_WIDTH
 from measure import grids
 from measure.grids import Config, Grid
 from measure.schema import COLUMNS, SCHEMA_VERSION
@@ -207,12 +210,13 @@ def build_parser() -> OneLineArgumentParser:
         prog=PROG,
         description="Time full fine-tuning against LoRA over a grid of layer sizes.",
     )
-    p.add_argument("--out", required=True, help="output folder (created; resumed if it exists)")
+    p.add_argument("--out", required=True, type=path_arg, help="output folder (created; resumed if it exists)")
     p.add_argument("--grid", choices=grids.GRIDS, help="a named grid (else give sizes)")
-    p.add_argument("--batch", type=positive_int_list, help="custom grid: batch sizes, e.g. 2,64")
-    p.add_argument("--embed", type=positive_int_list, help="custom grid: input widths e")
-    p.add_argument("--hidden", type=positive_int_list, help="custom grid: output widths h (default: = e)")
-    p.add_argument("--rank", type=positive_int_list, help="custom grid: LoRA ranks (default 1)")
+    p.add_argument("--batch", type=bounded_int_list(MAX_BATCH, "batch"), help="custom grid: batch sizes, e.g. 2,64")
+    p.add_argument("--embed", type=bounded_int_list(MAX_WIDTH, "width"), help="custom grid: input widths e")
+    p.add_argument("--hidden", type=bounded_int_list(MAX_WIDTH, "width"),
+                   help="custom grid: output widths h (default: = e)")
+    p.add_argument("--rank", type=bounded_int_list(MAX_WIDTH, "rank"), help="custom grid: LoRA ranks (default 1)")
     p.add_argument("--layer", choices=grids.LAYERS, help="layer (default attention)")
     p.add_argument("--methods", type=csv_list(grids.METHODS, "method"),
                    help="comma-separated subset of full,lora,lora_merged")
@@ -221,7 +225,8 @@ def build_parser() -> OneLineArgumentParser:
     p.add_argument("--targets", type=csv_list(what="target"),
                    help="adapted matrices, e.g. q,v (default: the layer's)")
     p.add_argument("--input-grad", action="store_true", help="also differentiate the layer input")
-    p.add_argument("--seq", type=positive_int, default=1, help="block layer: sequence length")
+    p.add_argument("--seq", type=bounded_int(MAX_SEQ, "sequence length"), default=1,
+                   help="block layer: sequence length")
     p.add_argument("--heads", type=positive_int, default=1, help="block layer: attention heads")
     p.add_argument("--variant", choices=grids.VARIANTS, default="clean",
                    help="clean (ours) or seed (the blog's code, bugs included)")

@@ -13,6 +13,7 @@ width or grid) prints one line and exits 2, before anything is written to --out.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -65,6 +66,13 @@ def bootstrap_count(text: str) -> int:
     return n
 
 
+def stratum_arg(text: str) -> tuple[tuple[str, str], ...]:
+    try:
+        return data.parse_stratum(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def grid_name(text: str) -> str:
     if text not in GRIDS:
         raise argparse.ArgumentTypeError(f"unknown grid {text!r}; choose one of {', '.join(GRIDS)}")
@@ -80,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=cliutil.path_arg, default=None,
                    help="where the report, tables and figures go (default: the measured "
                         f"results directory, or ./{DEFAULT_RESULTS}/ with --data)")
+    p.add_argument("--stratum", type=stratum_arg, default=(),
+                   help="the rows to fit when the data hold several strata, e.g. "
+                        "dtype=bfloat16,input_requires_grad=True (columns: "
+                        + ", ".join(data.STRATUM_COLUMNS) + "); default float32, no input "
+                        "gradient, seq 1, heads 1 if present, else the largest; the others are "
+                        "never pooled in, and the report says what was left out")
     p.add_argument("--partial", action="store_true",
                    help="analyse a sweep folder that is not complete (interrupted, partial, "
                         "killed), labelled as such in the report; refused otherwise")
@@ -327,7 +341,8 @@ def run(args) -> int:
     if args.data:
         out = args.out or DEFAULT_RESULTS
         _check_out(out)
-        dataset = data.load(args.data, partial=args.partial)
+        dataset = dataclasses.replace(data.load(args.data, partial=args.partial),
+                                      stratum=args.stratum)
         # Fail on the data before writing anything (a profile measurement writes into --out).
         models = _check_data(args, dataset)
         given_profile(args, dataset)
@@ -344,7 +359,8 @@ def run(args) -> int:
     try:
         if not args.data:
             measure_grid(args.grid, path)
-            dataset = data.load(path, partial=args.partial)
+            dataset = dataclasses.replace(data.load(path, partial=args.partial),
+                                          stratum=args.stratum)
             models = _check_data(args, dataset)
             given_profile(args, dataset)
             _say_status(dataset)

@@ -53,6 +53,7 @@ class Dataset:
     complete: bool = True
     live_writer: str = ""  # a sweep writing the folder now: who
     notes: tuple[str, ...] = ()
+    stratum: tuple[tuple[str, str], ...] = ()  # --stratum: (column, value) pairs to fit
 
     def __post_init__(self) -> None:
         if self.kind not in ("sweep", "table", "blog"):
@@ -217,6 +218,72 @@ class Slice:
     timing_mode: str
     n_configs: int
     dropped: tuple[str, ...]  # what was left out, said in the report
+    stratum: tuple[tuple[str, object], ...] = ()  # the STRATUM_COLUMNS values of every row
+
+    def stratum_text(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in self.stratum)
+
+
+#: Columns that change the physics of a kernel: rows that differ in one are never pooled into
+#: one fit (one FLOP rate fitted to float32 and bfloat16 together describes neither; an input
+#: gradient adds a product, seq and heads change the attention's shapes). One fit is one value
+#: of each; the others are left out, said, and analysed with --stratum.
+STRATUM_COLUMNS: tuple[str, ...] = ("dtype", "input_requires_grad", "seq", "heads")
+#: The stratum preferred when none is asked for: the blog's (and the quick grid's) layer.
+DEFAULT_STRATUM = {"dtype": "float32", "input_requires_grad": "False", "seq": "1", "heads": "1"}
+
+
+def parse_stratum(text: str) -> tuple[tuple[str, str], ...]:
+    """'dtype=bfloat16,seq=128' -> (("dtype", "bfloat16"), ("seq", "128")); ValueError if a
+    name is not a stratum column."""
+    out = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, sep, value = part.partition("=")
+        if not sep or name.strip() not in STRATUM_COLUMNS or not value.strip():
+            raise ValueError(f"{part!r} is not NAME=VALUE with NAME one of {', '.join(STRATUM_COLUMNS)}")
+        out.append((name.strip(), value.strip()))
+    if not out:
+        raise ValueError("empty --stratum")
+    return tuple(out)
+
+
+def _cell(v) -> str:
+    return str(bool(v)) if isinstance(v, (bool, np.bool_)) else str(v)
+
+
+def _pick_stratum(df: pd.DataFrame, asked: tuple[tuple[str, str], ...], dropped: list[str]):
+    """The rows of one stratum and its values; the other strata's rows said in `dropped`."""
+    cols = list(STRATUM_COLUMNS)
+    keys = [tuple(_cell(v) for v in row) for row in df[cols].itertuples(index=False)]
+    counts: dict[tuple, int] = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
+
+    def describe(k) -> str:
+        return ",".join(f"{c}={v}" for c, v in zip(cols, k))
+
+    if asked:
+        want = dict(asked)
+        match = [k for k in counts if all(want.get(c, v) == v for c, v in zip(cols, k))]
+        if not match:
+            raise UserError(f"no rows of --stratum {','.join(f'{c}={v}' for c, v in asked)}; "
+                            f"the data hold {'; '.join(describe(k) for k in counts)}")
+        if len(match) > 1:
+            raise UserError(f"--stratum {','.join(f'{c}={v}' for c, v in asked)} matches "
+                            f"{len(match)} strata ({'; '.join(describe(k) for k in match)}); "
+                            "name one")
+        chosen = match[0]
+    else:
+        default = tuple(DEFAULT_STRATUM[c] for c in cols)
+        chosen = max(counts, key=lambda k: (k == default, counts[k]))
+    for k, n in counts.items():
+        if k != chosen:
+            dropped.append(f"{n} rows of stratum {describe(k)} (not pooled into this fit; "
+                           f"analyse them with --stratum {describe(k)})")
+    mask = np.array([k == chosen for k in keys], dtype=bool)
+    first = df.loc[mask].iloc[0]
+    return df.loc[mask].copy(), tuple((c, first[c].item() if hasattr(first[c], "item") else first[c])
+                                      for c in cols)
 
 
 def select(dataset: Dataset, min_configs: int) -> Slice:
@@ -249,6 +316,7 @@ def select(dataset: Dataset, min_configs: int) -> Slice:
     for vt in order[1:]:
         dropped.append(f"{slices[vt]} rows of variant {vt[0]}, timing {vt[1]} (not fitted)")
     df = df[(df["variant"] == variant) & (df["timing_mode"] == timing_mode)].copy()
+    df, stratum = _pick_stratum(df, dataset.stratum, dropped)
     df["config_id"] = config_ids(df)
     per_config = df.groupby("config_id")["method"].agg(lambda m: set(m))
     if df.duplicated(["config_id", "method"]).any():
@@ -268,7 +336,7 @@ def select(dataset: Dataset, min_configs: int) -> Slice:
             f"every config has the same width (embed x hidden = {e} x {h}): at least 2 "
             "distinct embed*hidden sizes are needed to fit the width terms and to test "
             "out of scale")
-    return Slice(df, device, variant, timing_mode, n, tuple(dropped))
+    return Slice(df, device, variant, timing_mode, n, tuple(dropped), stratum)
 
 
 def config_ids(df: pd.DataFrame) -> np.ndarray:

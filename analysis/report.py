@@ -274,7 +274,7 @@ def header(a: Analysis) -> str:
         lines.append(headline(a.scaling))
     lines += [
         f"lora-crossover analysis of {a.dataset.source} ({a.dataset.kind})",
-        f"device {s.device}; variant {s.variant}, timing {s.timing_mode}; "
+        f"device {s.device}; variant {s.variant}, timing {s.timing_mode}; {s.stratum_text()}; "
         f"{s.n_configs} configs, {len(a.rows)} rows; profile: {a.profile_note}",
         f"model form: {a.fit.form} -- {a.validation.reason}",
     ]
@@ -521,6 +521,15 @@ def tables(a: Analysis) -> dict[str, pd.DataFrame]:
     for name, tbl in a.extras.items():
         if isinstance(tbl, pd.DataFrame):
             out[f"{name}.csv"] = tbl
+    # every table names the one stratum it was fitted on (data.STRATUM_COLUMNS): no two rows of
+    # two analyses look alike
+    for name, tbl in out.items():
+        if isinstance(tbl, pd.DataFrame) and len(tbl.columns):
+            tbl = tbl.copy()
+            for col, value in reversed(a.slice.stratum):
+                if col not in tbl.columns:
+                    tbl.insert(0, col, value)
+            out[name] = tbl
     return out
 
 

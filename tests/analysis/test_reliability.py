@@ -289,3 +289,57 @@ def test_the_main_job_forwards_sigterm_to_its_sweep_and_exits_143(tmp_path):
     run = json.loads((folder / "run.json").read_text())
     assert run["status"] == "interrupted" and run["sessions"][-1]["stop_reason"] == "SIGTERM"
     assert not (folder / "sweep.lock").read_text() and not (folder / "report.lock").read_text()
+
+
+# ----------------------------------------------------------------------------- strata
+
+def _two_dtypes(fixture_csv):
+    """The quick grid at float32 and the same keys at bfloat16, 1.7x faster: the same
+    (layer, batch, rank, method) twice, which one pooled fit printed as two alike rows."""
+    from measure import dataset
+
+    recs = _fixture_records(fixture_csv)
+    bf16 = [{**r, "dtype": "bfloat16", "time_median_s": r["time_median_s"] / 1.7} for r in recs]
+    return recs, bf16, dataset
+
+
+def test_dtypes_are_never_pooled_into_one_fit(tmp_path, fixture_csv):
+    """Defect 4: one FLOP/s was fitted to float32 and bfloat16 together."""
+    from analysis import data
+
+    recs, bf16, _ = _two_dtypes(fixture_csv)
+    f = tmp_path / "m.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in recs + bf16))
+    ds = data.load(f)
+    sl = data.select(ds, 4)
+    assert set(sl.frame["dtype"]) == {"float32"} and len(sl.frame) == 72
+    assert dict(sl.stratum) == {"dtype": "float32", "input_requires_grad": False, "seq": 1, "heads": 1}
+    assert ("72 rows of stratum dtype=bfloat16,input_requires_grad=False,seq=1,heads=1 (not pooled "
+            "into this fit; analyse them with --stratum dtype=bfloat16,input_requires_grad=False,"
+            "seq=1,heads=1)") in sl.dropped
+    import dataclasses
+
+    other = data.select(dataclasses.replace(ds, stratum=data.parse_stratum("dtype=bfloat16")), 4)
+    assert set(other.frame["dtype"]) == {"bfloat16"} and len(other.frame) == 72
+    with pytest.raises(Exception, match="no rows of --stratum dtype=float16"):
+        data.select(dataclasses.replace(ds, stratum=data.parse_stratum("dtype=float16")), 4)
+
+
+@pytest.mark.slow
+def test_every_table_carries_the_stratum_and_no_two_crossover_rows_look_alike(
+        tmp_path, fixture_csv, fixture_profile, capsys):
+    import pandas as pd
+
+    recs, bf16, _ = _two_dtypes(fixture_csv)
+    f = tmp_path / "m.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in recs + bf16))
+    out = tmp_path / "out"
+    assert crossover.main(["--data", str(f), "--profile", fixture_profile, "--out", str(out),
+                           "--no-plots", "--bootstrap", "20", "--stratum", "dtype=bfloat16"]) == 0
+    text = capsys.readouterr().out
+    assert "dtype bfloat16, input_requires_grad False, seq 1, heads 1" in " ".join(text.split())
+    for name in ("crossover.csv", "extrapolation.csv", "factors.csv", "validation.csv"):
+        t = pd.read_csv(out / name)
+        assert set(t["dtype"]) == {"bfloat16"} and set(t["seq"]) == {1}, name
+    xo = pd.read_csv(out / "crossover.csv")
+    assert not xo.duplicated([c for c in ("layer", "batch", "rank", "method") if c in xo]).any()

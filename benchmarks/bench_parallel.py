@@ -16,7 +16,8 @@ import time
 import numpy as np
 
 from costmodel.comm import Cluster
-from costmodel.parallel import candidate_layouts, parallel_step
+from costmodel.parallel.layouts import candidate_layouts
+from costmodel.parallel.step import parallel_step
 from costmodel.presets_hardware import HARDWARE
 from costmodel.presets_interconnect import INTERCONNECTS
 from costmodel.presets_models import resolve_model

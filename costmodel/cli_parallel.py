@@ -4,7 +4,7 @@
         --interconnect nvlink2,ib-hdr --method full,lora --precision fp16-mixed --json
     python -m costmodel --model llama2-70b --gpus 64 --layout dp=4,tp=8,pp=2,zero=1
 
-Without --layout, each method gets the fastest layout (`costmodel.parallel.search_layouts`)
+Without --layout, each method gets the fastest layout (`costmodel.parallel.search.search_layouts`)
 that fits the device memory, searched with and without activation recomputation
 (--recompute: only with). With --layout, that layout is costed as given. Either way it
 reports per method: the layout, step time, tokens/s overall and per device, memory per
@@ -29,14 +29,9 @@ from costmodel.cliutil import UserError, csv_list, positive_int
 from costmodel.comm import Cluster, Interconnect
 from costmodel.hardware import HardwareProfile
 from costmodel.optimizer import PRECISIONS
-from costmodel.parallel import (
-    DEFAULT_OVERLAP,
-    LayoutChoice,
-    fewest_gpus,
-    parallel_step,
-    parse_layout,
-    search_layouts,
-)
+from costmodel.parallel.layouts import parse_layout
+from costmodel.parallel.search import LayoutChoice, fewest_gpus, search_layouts
+from costmodel.parallel.step import DEFAULT_OVERLAP, parallel_step
 from costmodel.presets_interconnect import INTERCONNECTS, resolve_interconnect
 from costmodel.presets_models import ModelShape, param_count
 

@@ -10,15 +10,10 @@ from hypothesis import strategies as st
 
 from costmodel.comm import Cluster, Interconnect, collective_time
 from costmodel.layers import LayerConfig, build
-from costmodel.parallel import (
-    Layout,
-    block_params_per_device,
-    collectives,
-    parallel_step,
-    parse_layout,
-    stage_costs,
-    stage_params_per_device,
-)
+from costmodel.parallel.layouts import Layout, parse_layout
+from costmodel.parallel.stages import block_params_per_device, stage_costs, stage_params_per_device
+from costmodel.parallel.step import parallel_step
+from costmodel.parallel.traffic import collectives
 from costmodel.presets_hardware import HARDWARE
 from costmodel.presets_interconnect import INTERCONNECTS
 from costmodel.presets_models import MODELS, block_params, param_count
@@ -240,7 +235,7 @@ def test_fewest_gpus_is_where_a_layout_first_fits():
     needs several; the count found fits and the count before it does not."""
     from dataclasses import replace as dc_replace
 
-    from costmodel.parallel import device_counts, fewest_gpus, search_layouts
+    from costmodel.parallel.search import device_counts, fewest_gpus, search_layouts
 
     small = dc_replace(A100, name="1 GB", extra={**A100.extra, "memory_bytes": 1e9})
     opts = {"seq": 256}

@@ -174,7 +174,9 @@ def _block_model():
 
 def _model_bytes(method: str, dp: int, tp: int) -> dict[tuple[str, str], float]:
     """(kind, group) -> bytes per step the cost model lists for the block."""
-    from costmodel.parallel import Layout, block_params_per_device, collectives
+    from costmodel.parallel.layouts import Layout
+    from costmodel.parallel.stages import block_params_per_device
+    from costmodel.parallel.traffic import collectives
 
     model = _block_model()
     layout = Layout(dp=dp, tp=tp, pp=1, micro_batch=4 // dp)

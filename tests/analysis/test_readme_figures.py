@@ -50,3 +50,31 @@ def test_readme_quotes_what_the_tool_prints_on_the_committed_quick_grid(analysis
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     missing = {k: v for k, v in quoted_figures(analysis).items() if v not in readme}
     assert not missing, f"README figures that the tool does not print: {missing}"
+
+
+def test_readme_quotes_the_seed_grid_slices_and_anova():
+    """The blog-grid paragraph's figures, from ``data/seed-cpu/``'s grid rows (no fit)."""
+    from analysis import factors, prepare
+
+    seed = REPO / "data" / "seed-cpu"
+    dataset = data.load(str(seed))
+    grid = dataset.frame[~dataset.frame["refinement"].astype(bool)]
+    summary = factors.blog_summary(grid).set_index("method")
+    sl = data.select(data.Dataset(grid, str(seed), "table"), 8)
+    anova = factors.analyse(prepare.terms_for(sl.frame, None, measured=True)).anova
+    share = anova[anova["method"] == "lora"].set_index("term")["share_of_variance"]
+    lora, merged = summary.loc["lora"], summary.loc["lora_merged"]
+    n = int(lora["configs"])
+    quoted = [
+        f"**{round(lora['share_lora_faster'] * n)} of {n}** configs",
+        f"t_LoRA / t_full {lora['min_ratio']:.2f}–{lora['max_ratio']:.2f}, median "
+        f"{lora['median_ratio_lora_over_full']:.2f}",
+        f"at {round(merged['share_lora_faster'] * n)} of {n} (median",
+        f"{merged['median_ratio_lora_over_full']:.2f}, up to {merged['max_ratio']:.2f})",
+        f"Batch explains {share['batch']:.0%} of the variance",
+        f"e {share['embed']:.1%},\nh {share['hidden']:.1%}, rank {share['rank']:.1%}",
+        f"residual holds {share['Residual']:.0%}",
+    ]
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    missing = [q for q in quoted if q not in readme]
+    assert not missing, missing

@@ -28,7 +28,6 @@ one call exceeds ``--target-call-s``). The same defaults run unchanged on a GPU.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -50,6 +49,7 @@ from costmodel.cliutil import (
 )
 from costmodel.vocab import KERNEL_DTYPES as DTYPES
 from measure.fingerprint import PROFILE_CHECKED, fingerprint
+from measure.timing import calls_per_sample, compile_ahead, place, timed_repeat
 
 PROG = "python -m measure.device"
 
@@ -57,24 +57,14 @@ PROG = "python -m measure.device"
 
 def _best_time(call: Callable, args: tuple, repeats: int, k: int = 1, warm_up: bool = True) -> float:
     """Fastest of `repeats` blocked runs of `k` back-to-back calls, per call (seconds)."""
-    import jax
-
     if warm_up:
-        jax.block_until_ready(call(*args))
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        outs = [call(*args) for _ in range(k)]
-        jax.block_until_ready(outs)
-        best = min(best, (time.perf_counter() - t0) / k)
-    return best
+        timed_repeat(call, args, 1)
+    return min((timed_repeat(call, args, k) for _ in range(repeats)), default=float("inf")) / k
 
 
 def _compiled(fn: Callable, *args):
-    import jax
-
-    placed = tuple(jax.block_until_ready(jax.device_put(a)) for a in args)
-    return jax.jit(fn).lower(*placed).compile(), placed
+    placed = place(args)
+    return compile_ahead(fn, placed)[0], placed
 
 
 #: Outputs of one matmul sample are all held until it is blocked on; keep them within this.
@@ -84,19 +74,8 @@ _MAX_CALLS_PER_SAMPLE = 10_000
 
 def _blocked_call_s(call: Callable, args: tuple) -> float:
     """Seconds of one blocked call (after a warm-up call)."""
-    import jax
-
-    jax.block_until_ready(call(*args))  # warm-up
-    t0 = time.perf_counter()
-    jax.block_until_ready(call(*args))
-    return time.perf_counter() - t0
-
-
-def calls_per_sample(one_call_s: float, target_call_s: float, cap: int = _MAX_CALLS_PER_SAMPLE) -> int:
-    """k back-to-back calls so that a sample lasts at least `target_call_s` (1 <= k <= cap)."""
-    if one_call_s >= target_call_s:
-        return 1
-    return int(max(1, min(cap, math.ceil(target_call_s / max(one_call_s, 1e-9)))))
+    timed_repeat(call, args, 1)  # warm-up
+    return timed_repeat(call, args, 1)
 
 
 @dataclass(frozen=True)
@@ -154,7 +133,7 @@ def copy_bandwidth(copy_mib: float, repeats: int, target_call_s: float = 0.05) -
     x = jax.block_until_ready(call(x))  # warm-up
     t0 = time.perf_counter()
     x = jax.block_until_ready(call(x))
-    k = calls_per_sample(time.perf_counter() - t0, target_call_s)
+    k = calls_per_sample(time.perf_counter() - t0, target_call_s, _MAX_CALLS_PER_SAMPLE)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()

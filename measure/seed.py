@@ -36,14 +36,12 @@ the seed rows does count (summed over the two executables) and the cost model do
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
-import jax
 from jax import grad, jit, nn, random
 from jax import numpy as jnp
 
-from measure.timing import Prepared, xla_cost
+from measure.timing import Prepared, compile_ahead, place, xla_cost
 
 #: The post's method names mapped to ours.
 METHODS: dict[str, str] = {"full": "vanilla", "lora_merged": "lora"}
@@ -170,15 +168,11 @@ def build(
     _check_method(method)
     if timing_mode not in TIMING_MODES:
         raise ValueError(f"unknown timing mode {timing_mode!r}; choose {', '.join(TIMING_MODES)}")
-    args = tuple(
-        jax.block_until_ready(jax.device_put(a))
-        for a in setup_args(method, batch=batch, embed=embed, hidden=hidden, rank=rank)
-    )
+    args = place(setup_args(method, batch=batch, embed=embed, hidden=hidden, rank=rank))
     fwd, bwd = _forward_and_grad_fns(method)
-    t0 = time.perf_counter()
-    fwd_c = jax.jit(fwd).lower(*args).compile()
-    bwd_c = jax.jit(bwd).lower(*args).compile()
-    compile_s = time.perf_counter() - t0
+    fwd_c, fwd_s = compile_ahead(fwd, args)
+    bwd_c, bwd_s = compile_ahead(bwd, args)
+    compile_s = fwd_s + bwd_s
     flops, bytes_ = 0.0, 0.0
     for compiled in (fwd_c, bwd_c):
         cost = xla_cost(compiled)

@@ -283,38 +283,63 @@ def xla_cost(compiled: Any) -> dict[str, float]:
     }
 
 
-def prepare(name: str, fn: Callable[..., Any], args: Sequence[Any]) -> Prepared:
-    """device_put `args`, then compile `fn` for them ahead of time, timing the compile."""
+def place(args: Sequence[Any]) -> tuple:
+    """Put `args` on the device and wait for them: inputs passed as arguments, never closed
+    over (XLA could fold a constant), and no transfer inside a timed call."""
     import jax
 
-    placed = tuple(jax.block_until_ready(jax.device_put(a)) for a in args)
+    return tuple(jax.block_until_ready(jax.device_put(a)) for a in args)
+
+
+def compile_ahead(fn: Callable[..., Any], placed: Sequence[Any]) -> tuple[Any, float]:
+    """(`jax.jit(fn).lower(*placed).compile()`, seconds it took): compile apart from running."""
+    import jax
+
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(*placed).compile()
-    compile_s = time.perf_counter() - t0
+    return compiled, time.perf_counter() - t0
+
+
+def prepare(name: str, fn: Callable[..., Any], args: Sequence[Any]) -> Prepared:
+    """device_put `args`, then compile `fn` for them ahead of time, timing the compile."""
+    placed = place(args)
+    compiled, compile_s = compile_ahead(fn, placed)
     cost = xla_cost(compiled)
     flops, bytes_ = cost["flops"], cost["bytes_accessed"]
     return Prepared(name, compiled, placed, compile_s, flops, bytes_)
 
 
-def _timed_repeat(
-    call: Callable[..., Any], args: tuple, k: int, clock: Callable[[], float], block: Callable
+def timed_repeat(
+    call: Callable[..., Any], args: tuple, k: int, clock: Callable[[], float] = time.perf_counter,
+    block: Callable[[Any], Any] | None = None,
 ) -> float:
     """Seconds for `k` back-to-back calls, blocked on every output.
 
     Blocking on all k outputs (not only the last) does not rely on the device running the
     calls in issue order; with k = 1 it is the same path, so the two cannot differ in kind.
+    block: default `jax.block_until_ready`.
     """
+    if block is None:
+        import jax
+
+        block = jax.block_until_ready
     t0 = clock()
     outs = [call(*args) for _ in range(k)]
     block(outs)
     return clock() - t0
 
 
+def calls_per_sample(one_call_s: float, target_s: float, cap: int) -> int:
+    """k back-to-back calls so that a sample lasts at least `target_s`: ceil(target / one
+    call), 1 <= k <= cap (1 when one call already lasts that long, or target_s <= 0)."""
+    if target_s <= 0 or one_call_s >= target_s:
+        return 1
+    return int(max(1, min(cap, math.ceil(target_s / max(one_call_s, 1e-9)))))
+
+
 def calls_per_repeat(fastest_s: float, policy: TimingPolicy) -> int:
     """k such that k calls of the fastest method take at least `policy.min_repeat_s`."""
-    if policy.min_repeat_s <= 0 or fastest_s >= policy.min_repeat_s:
-        return 1
-    return int(min(policy.max_calls_per_repeat, math.ceil(policy.min_repeat_s / max(fastest_s, 1e-9))))
+    return calls_per_sample(fastest_s, policy.min_repeat_s, policy.max_calls_per_repeat)
 
 
 def time_interleaved(
@@ -346,9 +371,9 @@ def time_interleaved(
     for name in names:
         prep = kernels[name]
         block(prep.call(*prep.args))  # warm-up: first-call allocations, lazy init
-        t = _timed_repeat(prep.call, prep.args, 1, clock, block)
+        t = timed_repeat(prep.call, prep.args, 1, clock, block)
         if t < policy.min_repeat_s:  # a fast kernel: one preempted call must not set k
-            t = min(t, *(_timed_repeat(prep.call, prep.args, 1, clock, block) for _ in range(2)))
+            t = min(t, *(timed_repeat(prep.call, prep.args, 1, clock, block) for _ in range(2)))
         single_s[name] = t
     k = calls_per_repeat(min(single_s.values()), policy)
 
@@ -361,7 +386,7 @@ def time_interleaved(
     # collection of JAX's heap costs ~80 ms per config for nothing
     was_enabled = gc.isenabled()
     gc.disable()
-    loop_t0 = time.perf_counter()
+    loop_t0 = clock()
     round_no = 0
     try:
         while running:
@@ -371,11 +396,11 @@ def time_interleaved(
                 if name not in running:
                     continue
                 prep = kernels[name]
-                dt = _timed_repeat(prep.call, prep.args, k, clock, block)
+                dt = timed_repeat(prep.call, prep.args, k, clock, block)
                 timed_s += dt
                 calls += k
                 samples[name].append(dt / k)
-            over_budget = time.perf_counter() - loop_t0 >= policy.budget_s
+            over_budget = clock() - loop_t0 >= policy.budget_s
             for name in list(running):
                 n = len(samples[name])
                 if n < policy.min_repeats:
@@ -388,7 +413,7 @@ def time_interleaved(
                     if converged(samples[name], policy):
                         running.discard(name)
     finally:
-        loop_wall_s = time.perf_counter() - loop_t0
+        loop_wall_s = clock() - loop_t0
         if was_enabled:
             gc.enable()
     summaries = {n: summarize(samples[n], k, policy) for n in names}

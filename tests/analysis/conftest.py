@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
-
-sys.path.insert(0, os.path.dirname(__file__))
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "data")
 FIXTURE_CSV = os.path.join(DATA, "quick_cpu.csv")

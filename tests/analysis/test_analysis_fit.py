@@ -92,7 +92,7 @@ def _unconstrained_kernel_coef(rows) -> float:
 
 @pytest.mark.parametrize("priors", [PRIORS, None], ids=["with profile", "without profile"])
 def test_negative_kernel_term_is_fixed_or_dropped_and_said(zero_tau_rows, priors):
-    from analysis import bootstrap, crossover_table
+    from analysis import bootstrap, crossover_notes, crossover_table
     from analysis.report import fmt_factor
 
     rows = zero_tau_rows
@@ -137,7 +137,9 @@ def test_negative_kernel_term_is_fixed_or_dropped_and_said(zero_tau_rows, priors
             "d* set by the per-kernel overhead dropped (0: the free fit put it below zero; "
             "dropped in")
     assert said in row["note"], row["note"]
-    assert "with no term constrained the fit finds -0.189 us per kernel" in row["note"]
+    free_kernel = res.unconstrained[cols.index("kernels")]
+    assert free_kernel < 0 and ("with no term constrained the fit finds "
+                                + crossover_notes.term_value("kernels", free_kernel)) in row["note"]
     assert "no crossover in range (LoRA faster throughout)" in row["note"]
     # Replicates already faster at the search floor make the lower end a censored bound.
     floor = xo[xo["ci_low"] <= crossover_table.D_MIN]

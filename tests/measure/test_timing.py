@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import math
 
 import numpy as np
@@ -152,6 +153,31 @@ def test_loop_keeps_going_within_budget_until_converged():
     )
     # 30% lognormal noise cannot reach ±2% in 40 repeats: the cap stops it
     assert report.summaries["N"].n_repeats == 40
+
+
+def test_budget_is_read_on_the_injected_clock():
+    """Durations 1, 3, 1, 3 ms ... (fake time; spread too wide to converge): warm-up and
+    calibration take the first two, then the loop stops at the first round whose fake time
+    since the loop began reaches the 50 ms budget: 24 repeats make 48 ms, the 25th 49 ms, the
+    26th 52 ms. On the real clock the loop would run on to max_repeats."""
+    clock = FakeClock()
+    durations = itertools.cycle([1e-3, 3e-3])
+
+    def call():
+        clock.now += next(durations)
+
+    kernels = {"W": Prepared("W", call, ())}
+    policy = TimingPolicy(min_repeats=5, max_repeats=10_000, budget_s=0.05, min_repeat_s=0)
+    report = timing.time_interleaved(kernels, policy, clock=clock, block=lambda x: x)
+    assert report.summaries["W"].n_repeats == 26
+    assert report.loop_wall_s == pytest.approx(0.052)
+    assert report.timed_s == pytest.approx(0.052)
+
+
+def test_calls_per_repeat_is_calls_per_sample_of_the_policy():
+    policy = TimingPolicy(min_repeat_s=1e-3, max_calls_per_repeat=50)
+    for fastest in (2e-3, 3e-4, 1e-7):
+        assert timing.calls_per_repeat(fastest, policy) == timing.calls_per_sample(fastest, 1e-3, 50)
 
 
 def test_prepare_compiles_ahead_and_reports_xla_cost():

@@ -88,19 +88,22 @@ def fill_model_columns(df: pd.DataFrame, overwrite: bool = False) -> pd.DataFram
     return df
 
 
-def op_table(row: pd.Series) -> pd.DataFrame:
+def op_table(row: pd.Series, profile: HardwareProfile | None = None) -> pd.DataFrame:
     """The cost model's per-op rows (name, phase, kind, flops, bytes_moved, kernels) of one
-    config and method."""
+    config and method, and roofline_s: each op's unfitted roofline time on `profile`
+    (`costmodel.roofline`'s op_time_s; NaN without a profile)."""
     frame = row.to_frame().T.reset_index(drop=True)
     for c in ("batch", "embed", "hidden", "rank", "seq", "heads"):
         frame[c] = frame[c].astype("int64")
-    (_, cost, _), = list(_groups(frame))
+    (_, cost, dtype), = list(_groups(frame))
+    roof = (costmodel.roofline(cost, profile, dtype).op_time_s if profile is not None
+            else (np.nan,) * len(cost.ops))
     rows = []
-    for op in cost.ops:
+    for op, t in zip(cost.ops, roof):
         rows.append({
             "op": op.name, "phase": op.phase, "kind": op.kind,
             "flops": float(np.sum(op.flops)), "bytes_moved": float(np.sum(op.bytes_moved)),
-            "kernels": float(np.sum(op.kernels)),
+            "kernels": float(np.sum(op.kernels)), "roofline_s": float(np.sum(t)),
         })
     return pd.DataFrame(rows)
 

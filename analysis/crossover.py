@@ -29,10 +29,10 @@ from costmodel import cliutil
 from costmodel.cliutil import OneLineArgumentParser, UserError, add_debug_flag
 from costmodel.errors import Interrupted
 from costmodel.layers import MAX_WIDTH
+from measure.vocab import GRIDS
 
 PROG = "python -m analysis.crossover"
 DEFAULT_RESULTS = "crossover-results"
-GRIDS = ("quick", "seed", "square")  # measure.grids.GRIDS, listed here so --help needs no import
 
 
 def width_list(text: str) -> tuple[int, ...]:

@@ -23,16 +23,12 @@ from analysis.costs import fill_model_columns
 from costmodel.errors import UserError
 from measure import dataset as ds
 from measure import schema
+from measure.schema import CONTEXT_COLUMNS, SIZE_COLUMNS
 
 BLOG_FACTORS = ("batch_size", "embedding_dim", "hidden_dim", "low_rank")
 BLOG_OUTCOMES = ("vanilla", "lora")
 #: The blog's attention: LoRA on Wk and Wq (its `lora_self_attention`); full trains all three.
 BLOG_TARGETS = "k,q"
-SIZE_COLUMNS = ("batch", "embed", "hidden", "rank")
-#: Columns that, with the sizes, identify a config: every KEY column but method and targets.
-CONTEXT_COLUMNS = tuple(
-    c for c in schema.KEY if c not in ("method", "targets") and c not in SIZE_COLUMNS
-)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import statsmodels.formula.api as smf
 from statsmodels.stats.anova import anova_lm
 
 from measure import schema
+from measure.vocab import LORA_METHODS
 
 FACTORS = ("batch", "embed", "hidden", "rank")
 FORMULA_ENGINE = "patsy"
@@ -69,7 +70,7 @@ def ratio_table(rows: pd.DataFrame) -> pd.DataFrame:
     wide = rows.pivot_table(index=["config_id", *FACTORS], columns="method",
                             values="time_ms").reset_index()
     out = []
-    for m in ("lora", "lora_merged"):
+    for m in LORA_METHODS:
         if m in wide and "full" in wide:
             part = wide[["config_id", *FACTORS]].copy()
             part["method"] = m
@@ -119,12 +120,11 @@ def blog_summary(frame: pd.DataFrame) -> pd.DataFrame:
     LoRA is faster than full, and the median and range of t_lora / t_full -- the blog's
     question asked of every slice, so its as-written timing sits beside the correct one."""
     df = frame[schema.is_ok(frame)]
-    keys = ["variant", "timing_mode", "layer", "batch", "embed", "hidden", "rank",
-            "seq", "heads", "input_requires_grad", "dtype"]
+    keys = list(schema.CONFIG_COLUMNS)
     wide = df.pivot_table(index=keys, columns="method", values="time_median_s").reset_index()
     out = []
     for (variant, mode), g in wide.groupby(["variant", "timing_mode"]):
-        for m in ("lora", "lora_merged"):
+        for m in LORA_METHODS:
             if m not in g or "full" not in g:
                 continue
             r = (g[m] / g["full"]).dropna()

@@ -66,6 +66,7 @@ import statsmodels.api as sm
 from scipy import stats
 
 from costmodel.errors import UserError
+from measure.vocab import LORA_METHODS
 
 #: The terms of the additive forms, as a patsy formula over `terms_frame`'s columns.
 ADDITIVE_FORMULA = "1 + gflops + gbytes + kernels + gresult + gflops:lora + gflops:lora_merged"
@@ -585,7 +586,7 @@ def _factors(form: str, cols: list[str], params: np.ndarray, cov: np.ndarray,
                           else "time / roofline at 1 ms", *np.exp(
             [params[j], params[j] - z * se[j], params[j] + z * se[j]]), "x",
             "measured time over the device profile's roofline", key="roofline_scale"))
-        for m in ("lora", "lora_merged"):
+        for m in LORA_METHODS:
             if m in idx:
                 j = idx[m]
                 out.append(Factor(f"LoRA multiplier ({m})", *np.exp(
@@ -622,7 +623,7 @@ def _factors(form: str, cols: list[str], params: np.ndarray, cov: np.ndarray,
     if "gflops" not in idx:
         return tuple(out)
     jf = idx["gflops"]
-    for m in ("lora", "lora_merged"):
+    for m in LORA_METHODS:
         name = f"gflops:{m}"
         if m in tied:
             out.append(Factor(f"LoRA multiplier ({m})", 0.0, 0.0, 0.0, "x",

@@ -108,14 +108,11 @@ def op_breakdown(result: fitmod.FitResult, rows: pd.DataFrame,
     _, _, cols = fitmod.design_matrix(result.form, rows.iloc[:1])
     out = []
     for _, row in rows[same].iterrows():
-        ops = costs.op_table(row)
+        ops = costs.op_table(row, profile)
         if ops.empty:
             continue
-        roof = None
-        if profile is not None:
-            peak = profile.peak(str(row["dtype"]))
-            roof = (np.maximum(ops["flops"] / peak, ops["bytes_moved"] / profile.mem_bandwidth_bytes_per_s)
-                    + ops["kernels"] * profile.kernel_overhead_s).to_numpy()
+        roof_s = ops.pop("roofline_s").to_numpy()
+        roof = None if profile is None else roof_s
         terms = fitmod.terms_frame(ops["flops"], ops["bytes_moved"], ops["kernels"],
                                    [row["method"]] * len(ops), roof)
         p = params.copy()

@@ -17,6 +17,7 @@ import pandas as pd
 from analysis.pipeline import Analysis
 from analysis.validate import POOLED
 from costmodel.fileio import atomic_write_text
+from measure.vocab import METHODS
 
 #: Columns of the stdout report.
 WIDTH = 100
@@ -240,7 +241,7 @@ def validation_verdict(a: Analysis) -> str:
     same pooled figure for each baseline."""
     t = a.validation.table
     pooled = t[(t["quantity"] == POOLED) & (t["scheme"] == "out_of_scale")].set_index("model")
-    per_method = t[t["quantity"].isin(("full", "lora", "lora_merged")) & (t["scheme"] == "out_of_scale")]
+    per_method = t[t["quantity"].isin(METHODS) & (t["scheme"] == "out_of_scale")]
     chosen = a.validation.chosen
     if chosen not in pooled.index:
         return "no out-of-scale validation (too few configs above the median e·h)"

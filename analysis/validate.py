@@ -38,6 +38,8 @@ import pandas as pd
 
 from analysis import fit as fitmod
 from analysis.data import CONTEXT_COLUMNS
+from measure import schema
+from measure.vocab import LORA_METHODS, METHODS
 
 BASELINES = ("flops_proportional", "roofline_unfitted")
 SCHEMES = ("cv5", "out_of_scale", "cv_train")
@@ -110,7 +112,7 @@ def _scores(pred: np.ndarray, rows: pd.DataFrame) -> list[dict]:
     ape = np.abs(pred - t) / t * 100
     method = rows["method"].to_numpy()
     out.append(_row(POOLED, ape))
-    for m in ("full", "lora", "lora_merged"):
+    for m in METHODS:
         sel = method == m
         if sel.any():
             out.append(_row(m, ape[sel]))
@@ -118,7 +120,7 @@ def _scores(pred: np.ndarray, rows: pd.DataFrame) -> list[dict]:
                           "t": t, "p": pred})
     wide_t = frame.pivot(index="cid", columns="method", values="t")
     wide_p = frame.pivot(index="cid", columns="method", values="p")
-    for m in ("lora", "lora_merged"):
+    for m in LORA_METHODS:
         if m in wide_t and "full" in wide_t:
             obs = (wide_t[m] / wide_t["full"]).to_numpy()
             prd = (wide_p[m] / wide_p["full"]).to_numpy()
@@ -185,9 +187,7 @@ def replicate_noise(rows: pd.DataFrame) -> list[dict]:
     only in rank are replicates of one measurement. The APE of each against the others'
     median is what no model can beat; it puts the models' errors in proportion."""
     full = rows[rows["method"] == "full"]
-    keys = [c for c in rows.columns if c in ("layer", "variant", "timing_mode", "seq", "heads",
-                                             "input_requires_grad", "dtype", "batch", "embed",
-                                             "hidden")]
+    keys = [c for c in schema.CONFIG_COLUMNS if c != "rank" and c in rows.columns]
     ape = []
     for _, g in full.groupby(keys):
         t = g["time_ms"].to_numpy()

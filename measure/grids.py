@@ -29,12 +29,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from costmodel.vocab import KERNEL_DTYPES as DTYPES
-from costmodel.vocab import LAYERS, METHODS
-
-VARIANTS: tuple[str, ...] = ("clean", "seed")
-TIMING_MODES: tuple[str, ...] = ("aot", "as_written")
-GRIDS: tuple[str, ...] = ("quick", "seed", "square")
+from measure.vocab import (  # noqa: F401 -- re-exported for measure.sweep
+    DTYPES,
+    GRIDS,
+    LAYERS,
+    METHODS,
+    SEED_METHODS,
+    TIMING_MODES,
+    VARIANTS,
+)
 
 #: Per-config timing budget (seconds of the timing loop) each named grid is tuned for.
 DEFAULT_BUDGET_S: dict[str, float] = {"quick": 0.3, "seed": 1.5, "square": 2.0, "custom": 2.0}
@@ -117,7 +120,7 @@ class Grid:
 
 
 def default_methods(variant: str) -> tuple[str, ...]:
-    return ("full", "lora_merged") if variant == "seed" else METHODS
+    return tuple(SEED_METHODS) if variant == "seed" else METHODS
 
 
 def check_methods(methods: Sequence[str], variant: str) -> tuple[str, ...]:

@@ -78,6 +78,15 @@ KEY: tuple[str, ...] = (
     "layer", "method", "variant", "timing_mode", "batch", "embed", "hidden", "rank",
     "seq", "heads", "targets", "input_requires_grad", "dtype",
 )
+#: The sizes of a config: the axes the sweeps and the fits vary.
+SIZE_COLUMNS: tuple[str, ...] = ("batch", "embed", "hidden", "rank")
+#: The columns that, with the sizes, identify a config: every KEY column but method and
+#: targets (the adapted matrices differ between the methods of one config).
+CONTEXT_COLUMNS: tuple[str, ...] = tuple(
+    c for c in KEY if c not in ("method", "targets") and c not in SIZE_COLUMNS
+)
+#: The columns that identify a config across its methods: context and sizes.
+CONFIG_COLUMNS: tuple[str, ...] = tuple(c for c in KEY if c not in ("method", "targets"))
 
 
 class SchemaError(ValueError):

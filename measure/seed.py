@@ -42,10 +42,8 @@ from jax import grad, jit, nn, random
 from jax import numpy as jnp
 
 from measure.timing import Prepared, compile_ahead, place, xla_cost
+from measure.vocab import SEED_METHODS, TIMING_MODES
 
-#: The post's method names mapped to ours.
-METHODS: dict[str, str] = {"full": "vanilla", "lora_merged": "lora"}
-TIMING_MODES: tuple[str, ...] = ("aot", "as_written")
 #: What the cost model should describe for the seed kernels (see module docstring).
 COSTMODEL_TARGETS: tuple[str, ...] = ("q", "k")
 
@@ -143,9 +141,9 @@ def setup_args(method: str, *, batch: int, embed: int, hidden: int, rank: int) -
 
 
 def _check_method(method: str) -> None:
-    if method not in METHODS:
+    if method not in SEED_METHODS:
         raise ValueError(
-            f"the seed variant has methods {', '.join(METHODS)} (blog: vanilla, lora), "
+            f"the seed variant has methods {', '.join(SEED_METHODS)} (blog: vanilla, lora), "
             f"not {method!r}"
         )
 

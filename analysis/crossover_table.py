@@ -30,6 +30,7 @@ from analysis.curves import D_MAX, D_MIN, crossover_groups, design, terms_square
 from analysis.data import CONTEXT_COLUMNS
 from costmodel.hardware import HardwareProfile
 from measure import refine
+from measure.schema import CURVE_COLUMNS
 
 __all__ = ["D_MAX", "D_MIN", "N_GRID", "CrossoverTable", "crossover_table",
            "measured_crossings", "measured_crossover"]
@@ -69,7 +70,7 @@ def _first_crossing(widths: np.ndarray, gap: np.ndarray, faster_above: bool) -> 
 
 def _measured_ratio(rows: pd.DataFrame, tmpl: pd.Series, method: str) -> pd.Series | None:
     """Mean measured log(t_method / t_full) per d = sqrt(e·h), sorted by d; None if absent."""
-    keys = list(CONTEXT_COLUMNS) + ["batch", "rank"]
+    keys = list(CURVE_COLUMNS)
     sel = np.ones(len(rows), dtype=bool)
     for k in keys:
         sel &= (rows[k] == tmpl[k]).to_numpy()
@@ -183,7 +184,7 @@ def _measured_points(measured: pd.DataFrame | None, tmpl: pd.Series, method: str
     if measured is None:
         return ()
     sel = np.ones(len(measured), dtype=bool)
-    for k in list(CONTEXT_COLUMNS) + ["batch", "rank"]:
+    for k in CURVE_COLUMNS:
         sel &= (measured[k] == tmpl[k]).to_numpy()
     return refine.curve_points(measured[sel], method)
 

@@ -20,6 +20,7 @@ from analysis.bootstrap import ALPHA, Bootstrap, full_params
 from analysis.data import CONTEXT_COLUMNS
 from costmodel.hardware import HardwareProfile
 from costmodel.vocab import LORA_METHODS
+from measure.schema import CURVE_COLUMNS
 
 #: Width range of the crossover search and of the curves, and the GPT-scale widths.
 D_MIN, D_MAX = 16.0, 65536.0
@@ -33,7 +34,7 @@ RESID_DRAWS = 10
 def crossover_groups(rows: pd.DataFrame) -> pd.DataFrame:
     """One template row per (context, batch, rank) holding full and a LoRA method, with the
     LoRA methods present and their targets."""
-    keys = list(CONTEXT_COLUMNS) + ["batch", "rank"]
+    keys = list(CURVE_COLUMNS)
     out = []
     for _, g in rows.groupby(keys, sort=True):
         methods = set(g["method"])

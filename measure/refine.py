@@ -168,10 +168,6 @@ def assess(points: Sequence[Point], *, rank: int = 1, max_width: float | None = 
 
 # ----------------------------------------------------------------------------- from a table
 
-#: Columns that, with batch and rank, identify a curve (every key column but the sizes,
-#: method and targets); `analysis.data.CONTEXT_COLUMNS` is the same list.
-CURVE_COLUMNS = ("layer", "variant", "timing_mode", "seq", "heads", "input_requires_grad",
-                 "dtype", "batch", "rank")
 
 
 def curve_points(rows: pd.DataFrame, method: str) -> tuple[Point, ...]:

@@ -87,6 +87,8 @@ CONTEXT_COLUMNS: tuple[str, ...] = tuple(
 )
 #: The columns that identify a config across its methods: context and sizes.
 CONFIG_COLUMNS: tuple[str, ...] = tuple(c for c in KEY if c not in ("method", "targets"))
+#: The columns that identify a curve along the width axis (embed, hidden): context, batch, rank.
+CURVE_COLUMNS: tuple[str, ...] = CONTEXT_COLUMNS + ("batch", "rank")
 
 
 class SchemaError(ValueError):

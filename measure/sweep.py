@@ -41,7 +41,7 @@ from costmodel.cliutil import (
 from costmodel.layers import MAX_BATCH, MAX_SEQ, MAX_WIDTH
 from measure import grids
 from measure.grids import Config, Grid
-from measure.schema import COLUMNS, SCHEMA_VERSION
+from measure.schema import COLUMNS, CURVE_COLUMNS, SCHEMA_VERSION
 
 PROG = "python -m measure.sweep"
 
@@ -516,7 +516,7 @@ def refinement_work(grid: Grid, records: Sequence[dict[str, Any]], tried: set[Co
         ratios = {c.hidden / c.embed for c in members}
         h_over_e = ratios.pop() if len(ratios) == 1 else 1.0
         sel = pd.Series(True, index=df.index)
-        for col in refine.CURVE_COLUMNS:
+        for col in CURVE_COLUMNS:
             sel &= df[col] == getattr(key, col)
         rows = df[sel]
         widths = set()

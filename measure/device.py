@@ -265,7 +265,8 @@ def max_n_arg(text: str) -> int:
 def build_parser() -> OneLineArgumentParser:
     p = OneLineArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, type=path_arg, help="profile JSON to write (loads as HardwareProfile)")
-    p.add_argument("--dtypes", type=csv_list(DTYPES, "dtype"), default=DTYPES)
+    p.add_argument("--dtypes", "--dtype", dest="dtypes", type=csv_list(DTYPES, "dtype"), default=DTYPES,
+                   help=f"dtypes whose matmul rate to measure, comma-separated (default {','.join(DTYPES)})")
     p.add_argument("--max-n", type=max_n_arg, default=16384,
                    help=f"largest matmul side tried (at least {MIN_MATMUL_N}: "
                         "a smaller matmul measures the dispatch, not a FLOP rate)")

@@ -5,7 +5,8 @@
     python -m measure.sweep --grid seed --variant seed --timing as_written --out results/
 
 Configs run in an order shuffled with ``--order-seed`` (the seed and the order are recorded
-in run.json, ``sessions[-1].extra.config_order``); the methods of one config
+in run.json, ``sessions[-1].extra.config_order``; ``--bootstrap-seed`` seeds the timing loop's
+bootstrap apart); the methods of one config
 are compiled, warmed up and timed together, interleaved (see `measure.timing`). Each
 finished (config, method) is appended to ``<out>/measurements.jsonl`` at once, so Ctrl-C
 (exit 130) or a crash loses at most the config in progress, and rerunning with the same
@@ -220,8 +221,10 @@ def build_parser() -> OneLineArgumentParser:
     p.add_argument("--layer", choices=grids.LAYERS, help="layer (default attention)")
     p.add_argument("--methods", type=csv_list(grids.METHODS, "method"),
                    help="comma-separated subset of full,lora,lora_merged")
-    p.add_argument("--dtype", type=csv_list(grids.DTYPES, "dtype"), default=("float32",),
-                   help="float32 or bfloat16")
+    p.add_argument("--dtypes", "--dtype", dest="dtypes", type=csv_list(grids.DTYPES, "dtype"),
+                   default=("float32",),
+                   help="float32 or bfloat16 (default float32), one per sweep: the analysis fits one "
+                        "time per FLOP and per byte to a dataset, so each dtype gets its own --out")
     p.add_argument("--targets", type=csv_list(what="target"),
                    help="adapted matrices, e.g. q,v (default: the layer's)")
     p.add_argument("--input-grad", action="store_true", help="also differentiate the layer input")
@@ -239,6 +242,8 @@ def build_parser() -> OneLineArgumentParser:
     p.add_argument("--target-ci", type=non_negative_float, default=0.02,
                    help="stop once the median's 95%% CI is within this fraction (default 0.02)")
     p.add_argument("--order-seed", type=int, default=0, help="seed of the shuffled config order")
+    p.add_argument("--bootstrap-seed", type=int, default=0,
+                   help="seed of the timing loop's bootstrap CI of each median (default 0)")
     p.add_argument("--param-seed", type=int, default=0, help="seed of the parameter init")
     p.add_argument("--force-merge", action="store_true",
                    help="add to an --out measured on another device or library versions")
@@ -283,11 +288,12 @@ def shard_of(order: list[int], shard: tuple[int, int] | None) -> list[int]:
 
 def grid_from_args(args) -> Grid:
     sizes = (args.batch, args.embed, args.hidden, args.rank)
-    if len(args.dtype) != 1:
-        raise UserError("give one --dtype per sweep")
+    if len(args.dtypes) != 1:
+        raise UserError(f"give one dtype per sweep, not {','.join(args.dtypes)}: the analysis fits one "
+                        "time per FLOP and per byte to a dataset, so measure each dtype into its own --out")
     common = dict(
         layer=args.layer, methods=args.methods, variant=args.variant, timing_mode=args.timing,
-        dtype=args.dtype[0], input_requires_grad=args.input_grad, seq=args.seq, heads=args.heads,
+        dtype=args.dtypes[0], input_requires_grad=args.input_grad, seq=args.seq, heads=args.heads,
         targets=args.targets,
     )
     try:
@@ -358,7 +364,7 @@ def _main(argv: list[str]) -> int:
     try:
         policy = timing.TimingPolicy(
             min_repeats=args.min_repeats, max_repeats=args.max_repeats,
-            target_rel_ci=args.target_ci or 1e-9, budget_s=budget, seed=args.order_seed,
+            target_rel_ci=args.target_ci or 1e-9, budget_s=budget, seed=args.bootstrap_seed,
         )
     except ValueError as exc:
         raise UserError(one_line(exc)) from None
@@ -371,7 +377,7 @@ def _main(argv: list[str]) -> int:
     session = dataset.Session(
         session_id=dataset.new_session_id(), started_utc=dataset.utc_now(), argv=argv,
         grid={**grid.describe(), "layer": grid.configs[0].layer if grid.configs else None,
-              "variant": args.variant, "timing_mode": args.timing, "dtype": args.dtype[0]},
+              "variant": args.variant, "timing_mode": args.timing, "dtype": args.dtypes[0]},
         seeds={"order_seed": args.order_seed, "param_seed": args.param_seed,
                "bootstrap_seed": policy.seed},
         policy={k: getattr(policy, k) for k in policy.__dataclass_fields__},

@@ -72,6 +72,12 @@ def test_calls_per_sample_reaches_the_target_within_the_cap():
     assert device.calls_per_sample(1e-9, 0.05, cap=7) == 7
 
 
+def test_dtype_is_an_alias_of_dtypes():
+    for flag in ("--dtypes", "--dtype"):
+        args = device.build_parser().parse_args(["--out", "p.json", flag, "bfloat16"])
+        assert tuple(args.dtypes) == ("bfloat16",)
+
+
 def test_gpu_sized_defaults():
     args = device.build_parser().parse_args(["--out", "p.json"])
     assert args.max_n == 16384

@@ -43,6 +43,7 @@ def _run_json(out: Path) -> dict:
         (["--grid", "nope"], "invalid choice: 'nope'"),
         (["--grid", "quick", "--methods", "full,qlora"], "unknown method 'qlora'"),
         (["--grid", "quick", "--dtype", "float16"], "unknown dtype 'float16'"),
+        (["--grid", "quick", "--dtypes", "float32,bfloat16"], "one dtype per sweep"),
         (["--batch", "0", "--embed", "8"], "0 must be > 0"),
         (["--batch", "2", "--embed", "8", "--hidden", "-4"], "-4"),
         (["--batch", "2", "--embed", "8", "--hidden", "4", "--rank", "5"], "rank 5 exceeds min"),
@@ -135,6 +136,27 @@ def test_a_csv_only_reference_folder_loses_nothing_on_resume(tmp_path, capsys):
     assert len(df) == 6 and sorted(df["embed"].unique()) == [8, 12, 16]
     # the old rows are there, unchanged (not re-measured)
     pd.testing.assert_frame_equal(df[df["embed"] != 16].reset_index(drop=True), old)
+
+
+def test_dtypes_is_the_flag_and_dtype_its_alias():
+    for flag in ("--dtypes", "--dtype"):
+        assert tuple(sweep.build_parser().parse_args(["--out", "o", flag, "bfloat16"]).dtypes) == (
+            "bfloat16",)
+
+
+def test_order_seed_and_bootstrap_seed_are_separate(tmp_path):
+    def seeds(name: str, *extra: str) -> tuple[dict, list[str]]:
+        out = tmp_path / name
+        argv = [*TINY, "--embed", "8,12,16,20,24", "--time-limit-s", "0", *extra]
+        assert sweep.main([*argv, "--out", str(out)]) == 0
+        run = _run_json(out)
+        return run["seeds"], run["sessions"][-1]["extra"]["config_order"]
+
+    s1, order1 = seeds("a", "--order-seed", "1")
+    s2, order2 = seeds("b", "--order-seed", "1", "--bootstrap-seed", "5")
+    assert (s1["order_seed"], s1["bootstrap_seed"]) == (1, 0)
+    assert (s2["order_seed"], s2["bootstrap_seed"]) == (1, 5)
+    assert order1 == order2  # the bootstrap seed does not move the config order
 
 
 def test_config_order_is_shuffled_by_the_seed_and_recorded(tmp_path):

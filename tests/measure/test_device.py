@@ -21,10 +21,11 @@ def test_profile_loads_as_hardware_profile(tmp_path, capsys):
     # kernel vs dispatch overhead is a timing: benchmarks/bench_device.py prints it
     assert profile.kernel_overhead_s >= 0 and profile.extra["dispatch_overhead_s"] > 0
     assert profile.extra["copy_bytes"] == 2 * 2**20
-    # a 64² matmul is µs: far from --target-call-s, so not saturated and batched per sample
-    assert profile.extra["matmul_saturated_float32"] == 0.0
-    assert profile.extra["matmul_calls_per_sample_float32"] > 1
-    assert profile.extra["copy_calls_per_sample"] > 1
+    # whether a call reached --target-call-s is a timing (a loaded machine can stall a 64²
+    # matmul past 5 ms): only the recorded form here; test_matmul_search_* pins the logic
+    assert profile.extra["matmul_saturated_float32"] in (0.0, 1.0)
+    assert profile.extra["matmul_calls_per_sample_float32"] >= 1
+    assert profile.extra["copy_calls_per_sample"] >= 1
     assert "GFLOP/s" in capsys.readouterr().err
     # an existing profile is replaced
     assert device.main([*TINY, "--dtypes", "float32", "--out", str(out)]) == 0

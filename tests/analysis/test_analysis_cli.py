@@ -138,6 +138,7 @@ def test_blog_file_runs_end_to_end(capsys, tmp_path):
     assert load(path).kind == "blog"
 
 
+@pytest.mark.slow
 def test_figures_are_written(capsys, tmp_path, fixture_csv, fixture_profile):
     out = tmp_path / "figs"
     rc = crossover.main(["--data", fixture_csv, "--profile", fixture_profile, "--out", str(out),

@@ -10,6 +10,7 @@ from measure import device
 TINY = ["--max-n", "64", "--copy-mib", "1", "--repeats", "2", "--target-call-s", "0.005"]
 
 
+@pytest.mark.slow
 def test_profile_loads_as_hardware_profile(tmp_path, capsys):
     out = tmp_path / "profile.json"
     assert device.main([*TINY, "--out", str(out)]) == 0

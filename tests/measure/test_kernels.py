@@ -8,13 +8,12 @@ from jax.test_util import check_grads
 
 from measure.kernels import build, gelu, layernorm, rmsnorm, silu, softmax
 
-jax.config.update("jax_enable_x64", False)
-
 
 @pytest.mark.parametrize("layer,shape", [
     ("linear", dict(batch=8, embed=16, hidden=12, rank=3)),
     ("attention", dict(batch=8, embed=16, hidden=12, rank=2)),
-    ("block", dict(batch=2, seq=4, embed=16, heads=2, rank=2, targets="q,v,mlp")),
+    pytest.param("block", dict(batch=2, seq=4, embed=16, heads=2, rank=2, targets="q,v,mlp"),
+                 marks=pytest.mark.slow),
 ])
 def test_lora_and_merged_same_loss_and_gradients(layer, shape):
     """y = xW + s·(xA)B equals x(W + AB') with B' = s·B. Then both give the same loss and
@@ -38,25 +37,22 @@ def test_lora_and_merged_same_loss_and_gradients(layer, shape):
     ("linear", "full", dict(batch=3, embed=4, hidden=5)),
     ("attention", "lora", dict(batch=3, embed=4, hidden=5, rank=2, input_requires_grad=True)),
     ("attention", "lora_merged", dict(batch=3, embed=4, hidden=5, rank=2)),
-    ("block", "full", dict(batch=1, seq=3, embed=4, heads=2, causal=True, bias=True,
-                           input_requires_grad=True)),
-    ("block", "lora", dict(batch=1, seq=3, embed=4, heads=2, kv_heads=1, rank=1, mlp="swiglu",
-                           norm="rmsnorm", targets="q,k,v,o,mlp")),
+    pytest.param("block", "full", dict(batch=1, seq=3, embed=4, heads=2, causal=True, bias=True,
+                                        input_requires_grad=True), marks=pytest.mark.slow),
+    pytest.param("block", "lora", dict(batch=1, seq=3, embed=4, heads=2, kv_heads=1, rank=1,
+                                        mlp="swiglu", norm="rmsnorm", targets="q,k,v,o,mlp"),
+                 marks=pytest.mark.slow),
 ])
-def test_gradients_pass_check_grads(layer, method, shape):
+def test_gradients_pass_check_grads(layer, method, shape, x64):
     """Reverse-mode gradients against central finite differences (jax.test_util.check_grads)
     in float64; eps = 1e-6 keeps the O(eps²) truncation error below the tolerance."""
-    jax.config.update("jax_enable_x64", True)
-    try:
-        k = build(layer, method, dtype="float64", **shape)
-        x, frozen, trainable = k.args
-        if shape.get("input_requires_grad"):
-            check_grads(lambda x, t: k.loss_fn(x, frozen, t), (x, trainable), order=1, modes=["rev"],
-                        eps=1e-6)
-        else:
-            check_grads(lambda t: k.loss_fn(x, frozen, t), (trainable,), order=1, modes=["rev"], eps=1e-6)
-    finally:
-        jax.config.update("jax_enable_x64", False)
+    k = build(layer, method, dtype="float64", **shape)
+    x, frozen, trainable = k.args
+    if shape.get("input_requires_grad"):
+        check_grads(lambda x, t: k.loss_fn(x, frozen, t), (x, trainable), order=1, modes=["rev"],
+                    eps=1e-6)
+    else:
+        check_grads(lambda t: k.loss_fn(x, frozen, t), (trainable,), order=1, modes=["rev"], eps=1e-6)
 
 
 @pytest.mark.parametrize("fn,args", [
@@ -67,12 +63,8 @@ def test_gradients_pass_check_grads(layer, method, shape):
                  np.array([0.1, 0.0, -0.2, 0.3]))),
     (rmsnorm, (np.linspace(-1, 2, 12).reshape(3, 4), np.array([1.0, 2.0, 0.5, -1.0]))),
 ])
-def test_custom_vjps_match_finite_differences(fn, args):
-    jax.config.update("jax_enable_x64", True)
-    try:
-        check_grads(fn, tuple(jnp.asarray(a, jnp.float64) for a in args), order=1, modes=["rev"])
-    finally:
-        jax.config.update("jax_enable_x64", False)
+def test_custom_vjps_match_finite_differences(fn, args, x64):
+    check_grads(fn, tuple(jnp.asarray(a, jnp.float64) for a in args), order=1, modes=["rev"])
 
 
 def test_primitives_match_reference_formulas():

@@ -13,6 +13,7 @@ from measure import grids, seed
 from measure.sweep import describe
 
 
+@pytest.mark.slow
 def test_lora_merged_seed_uses_wk_b_for_q():
     X, Wk, Wq, Wv = seed.random_setup(3, 6, 5)
     kA, kB, qA, qB = seed.random_lora_setup(6, 5, r=2)
@@ -27,6 +28,7 @@ def test_lora_merged_seed_uses_wk_b_for_q():
     assert np.all(np.asarray(grads[3]) == 0) and np.any(np.asarray(grads[1]) != 0)
 
 
+@pytest.mark.slow
 def test_seed_init_is_uniform_and_a_b_share_one_key():
     X, Wk, Wq, Wv = seed.random_setup(4, 8, 8)
     for a in (X, Wk, Wq, Wv):
@@ -64,6 +66,7 @@ def _backend_compiles():
         jax.monitoring.unregister_event_duration_listener(listener)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["full", "lora_merged"])
 def test_as_written_recompiles_per_call_and_aot_does_not(method):
     sizes = dict(batch=2, embed=8, hidden=8, rank=1)

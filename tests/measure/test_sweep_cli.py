@@ -98,6 +98,7 @@ def test_unwritable_out_is_refused(tmp_path, capsys):
     assert blocker.read_text() == "keep"
 
 
+@pytest.mark.slow
 def test_resume_skips_done_pairs_without_duplicates(tmp_path, capsys):
     out = tmp_path / "out"
     assert sweep.main([*TINY, "--embed", "8,12,16", "--limit", "1", "--out", str(out)]) == 0
@@ -121,6 +122,7 @@ def test_resume_skips_done_pairs_without_duplicates(tmp_path, capsys):
     assert run["seeds"]["order_seed"] == 0
 
 
+@pytest.mark.slow
 def test_a_csv_only_reference_folder_loses_nothing_on_resume(tmp_path, capsys):
     out = tmp_path / "out"
     assert sweep.main([*TINY, "--embed", "8,12", "--out", str(out)]) == 0
@@ -159,6 +161,7 @@ def test_order_seed_and_bootstrap_seed_are_separate(tmp_path):
     assert order1 == order2  # the bootstrap seed does not move the config order
 
 
+@pytest.mark.slow
 def test_config_order_is_shuffled_by_the_seed_and_recorded(tmp_path):
     def order(seed: int, name: str, *extra: str) -> list[str]:
         out = tmp_path / name
@@ -191,6 +194,7 @@ def test_time_limit_stops_cleanly_and_resumes(tmp_path, capsys):
     assert len(_keys(out)) == 4 and _run_json(out)["status"] == "complete"
 
 
+@pytest.mark.slow
 def test_seed_as_written_through_the_cli(tmp_path, capsys):
     out = tmp_path / "out"
     assert sweep.main([*TINY, "--embed", "8", "--timing", "as_written", "--out", str(out)]) == 0

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from costmodel.vocab import LORA_METHODS
+
 LEVEL = 0.95
 
 
@@ -73,7 +75,7 @@ def _log_ratio_resid(rows: pd.DataFrame, pred_ms: np.ndarray) -> np.ndarray:
     wide_t = f.pivot(index="cid", columns="method", values="t")
     wide_p = f.pivot(index="cid", columns="method", values="p")
     out = []
-    for m in ("lora", "lora_merged"):
+    for m in LORA_METHODS:
         if m in wide_t and "full" in wide_t:
             r = np.log(wide_t[m] / wide_t["full"]) - np.log(wide_p[m] / wide_p["full"])
             out.append(r.to_numpy(dtype=float))

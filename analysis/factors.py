@@ -19,8 +19,8 @@ import statsmodels.formula
 import statsmodels.formula.api as smf
 from statsmodels.stats.anova import anova_lm
 
+from costmodel.vocab import LORA_METHODS
 from measure import schema
-from measure.vocab import LORA_METHODS
 
 FACTORS = ("batch", "embed", "hidden", "rank")
 FORMULA_ENGINE = "patsy"

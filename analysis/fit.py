@@ -66,7 +66,7 @@ import statsmodels.api as sm
 from scipy import stats
 
 from costmodel.errors import UserError
-from measure.vocab import LORA_METHODS
+from costmodel.vocab import LORA_METHODS
 
 #: The terms of the additive forms, as a patsy formula over `terms_frame`'s columns.
 ADDITIVE_FORMULA = "1 + gflops + gbytes + kernels + gresult + gflops:lora + gflops:lora_merged"

@@ -17,7 +17,7 @@ import pandas as pd
 from analysis.pipeline import Analysis
 from analysis.validate import POOLED
 from costmodel.fileio import atomic_write_text
-from measure.vocab import METHODS
+from costmodel.vocab import METHODS
 
 #: Columns of the stdout report.
 WIDTH = 100

@@ -38,8 +38,8 @@ import pandas as pd
 
 from analysis import fit as fitmod
 from analysis.data import CONTEXT_COLUMNS
+from costmodel.vocab import LORA_METHODS, METHODS
 from measure import schema
-from measure.vocab import LORA_METHODS, METHODS
 
 BASELINES = ("flops_proportional", "roofline_unfitted")
 SCHEMES = ("cv5", "out_of_scale", "cv_train")

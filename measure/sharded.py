@@ -49,8 +49,8 @@ from measure.parallel_steps import METHODS, BlockShape, Layout, parse_layout
 
 TABLE = "sharded"
 DEFAULT_LAYOUTS: tuple[Layout, ...] = (Layout(2, 1), Layout(4, 1), Layout(1, 2))
-DEFAULT_SHAPE = BlockShape(batch=8, seq=64, embed=256, heads=8, hidden=1024, rank=4)
-DEFAULT_BUDGET_S = 1.5
+DEFAULT_SHAPE = BlockShape(batch=8, seq=32, embed=256, heads=8, hidden=1024, rank=4)
+DEFAULT_BUDGET_S = 4.0  # per layout, six programs interleaved: ~0.7 s each
 MULTIPROCESS_REPEATS = 9
 #: relative tolerance of the sharded gradients against the one-device step (float32 sums
 #: in another order)

@@ -204,7 +204,7 @@ def crossover_table(result: fitmod.FitResult, boot: Bootstrap, rows: pd.DataFram
     max_w = float(max(rows["embed"].max(), rows["hidden"].max()))
     min_w = float(min(rows["embed"].min(), rows["hidden"].min()))
     widths = np.geomspace(d_min, d_max, n_grid)
-    all_cols = fitmod.design_matrix(result.form, fitmod._dummy_terms())[2]
+    all_cols = fitmod.design_matrix(result.form, fitmod.dummy_terms())[2]
     constrained = [c for c, _ in result.fixed] + list(result.dropped)
     unconstrained = (None if result.unconstrained is None
                      else dict(zip(all_cols, result.unconstrained)))

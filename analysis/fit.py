@@ -46,14 +46,12 @@ Standard errors are clustered by config (the rows of one config share its condit
 fewer than `MIN_CLUSTERS` configs, HC3. Units inside the design: milliseconds, GFLOP, GB, so
 the matrices are well conditioned; `factors` converts back to FLOP/s, bytes/s and µs.
 
-The formula engine is pinned: design matrices are built by patsy directly (`design_matrix`),
-never through statsmodels' configurable formula layer, so an installed formulaic or
-``SM_FORMULA_ENGINE`` cannot change them.
+The design (regressors, formulas, design matrix, prediction) is `analysis.design`'s, with its
+formula engine pinned.
 """
 
 from __future__ import annotations
 
-import functools
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -61,168 +59,39 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
-import patsy
 import statsmodels.api as sm
-from scipy import stats
 
+from analysis.design import (  # noqa: F401 -- the design's names, re-exported as fit's
+    ADDITIVE_FORMS,
+    ADDITIVE_FORMULA,
+    FORMS,
+    LOG_FORMS,
+    LOG_FORMULA,
+    LOG_ROOF_FORMULA,
+    PHYSICAL,
+    design_matrix,
+    dummy_terms,
+    predict_many,
+    predict_ms,
+    terms_frame,
+)
+from analysis.fitted_factors import (  # noqa: F401 -- re-exported as fit's
+    CI_LEVEL,
+    OVERHEAD_TOLERANCE,
+    Factor,
+    bounds_of,
+    critical_value,
+    factors_of,
+    priors_from_profile,
+)
 from costmodel.errors import UserError
-from costmodel.vocab import LORA_METHODS
 
-#: The terms of the additive forms, as a patsy formula over `terms_frame`'s columns.
-ADDITIVE_FORMULA = "1 + gflops + gbytes + kernels + gresult + gflops:lora + gflops:lora_merged"
-#: The terms of the log-link form (the roofline time enters as an offset).
-LOG_FORMULA = "1 + lora + lora_merged"
 #: Config clusters below which the cluster-robust covariance is not trusted (HC3 instead).
 MIN_CLUSTERS = 10
 #: Fewest configs (each timed under at least two methods) a fit needs: 6 parameters, and
 #: enough held-out configs for 5-fold cross-validation.
 MIN_CONFIGS = 8
-CI_LEVEL = 0.95
 
-FORMS: dict[str, str] = {
-    "ols_additive": "OLS on additive roofline terms",
-    "wls_additive": "WLS (weights 1/t^2) on additive roofline terms",
-    "gamma_identity": "Gamma GLM, identity link, additive roofline terms",
-    "gamma_log_offset": "Gamma GLM, log link, offset log(roofline time)",
-    "gamma_log_roofline": "Gamma GLM, log link, log(roofline time) as covariate",
-}
-#: Forms with a log link whose terms are relative to the device profile's roofline.
-LOG_FORMS = ("gamma_log_offset", "gamma_log_roofline")
-#: The terms of the free-elasticity form.
-LOG_ROOF_FORMULA = "1 + log_roof + lora + lora_merged"
-ADDITIVE_FORMS = ("ols_additive", "wls_additive", "gamma_identity")
-#: An overhead with a device-profile value v (per kernel, per call) is held in
-#: [v / OVERHEAD_TOLERANCE, v · OVERHEAD_TOLERANCE]: `measure.device` times a null kernel and an
-#: empty call alone, while inside a real call the same overhead meets other cache and
-#: scheduling states, so the fit may move it, but not by more than this factor either way.
-OVERHEAD_TOLERANCE = 3.0
-#: Terms whose coefficient is a time per unit and so cannot be negative.
-PHYSICAL = ("Intercept", "gflops", "gbytes", "kernels", "gresult")
-
-
-def priors_from_profile(profile) -> dict[str, float]:
-    """Prior values (design units, ms) of the overhead terms from a measured device profile:
-    per kernel (`kernel_overhead_s`) and per call (`extra["dispatch_overhead_s"]`, written by
-    `measure.device`). Empty without a profile."""
-    if profile is None:
-        return {}
-    out = {"kernels": float(profile.kernel_overhead_s) * 1e3}
-    dispatch = profile.extra.get("dispatch_overhead_s")
-    if dispatch is not None and np.isfinite(dispatch) and dispatch >= 0:
-        out["Intercept"] = float(dispatch) * 1e3
-    return out
-
-
-def terms_frame(
-    flops: np.ndarray,
-    bytes_moved: np.ndarray,
-    kernels: np.ndarray,
-    method: Sequence[str],
-    roofline_s: np.ndarray | None = None,
-    time_s: np.ndarray | None = None,
-    result_bytes: np.ndarray | None = None,
-) -> pd.DataFrame:
-    """The regressors of every form, in the design's units (ms, GFLOP, GB).
-
-    flops, bytes_moved, kernels: the cost model's totals for each row; method: full | lora |
-    lora_merged; roofline_s: the unfitted roofline time with the device profile (NaN or None
-    when there is no profile); time_s: measured time, None when predicting; result_bytes:
-    bytes of the gradients each call returns (zero when None, e.g. for a single op).
-    """
-    method = np.asarray(method, dtype=object)
-    n = len(method)
-    with np.errstate(divide="ignore"):  # an op with no cost has log roofline time -inf
-        log_roof = (np.full(n, np.nan) if roofline_s is None
-                    else np.log(np.asarray(roofline_s, dtype=float) * 1e3))
-    out = pd.DataFrame({
-        "gflops": np.asarray(flops, dtype=float) / 1e9,
-        "gbytes": np.asarray(bytes_moved, dtype=float) / 1e9,
-        "kernels": np.asarray(kernels, dtype=float),
-        "gresult": np.zeros(n) if result_bytes is None else np.asarray(result_bytes, float) / 1e9,
-        "lora": (method == "lora").astype(float),
-        "lora_merged": (method == "lora_merged").astype(float),
-        "roof_ms": (np.full(n, np.nan) if roofline_s is None
-                    else np.asarray(roofline_s, dtype=float) * 1e3),
-        "log_roof": log_roof,
-        "time_ms": np.full(n, np.nan) if time_s is None else np.asarray(time_s, float) * 1e3,
-    })
-    return out
-
-
-@functools.lru_cache(maxsize=None)
-def _design_info(formula: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    """(column name, the numeric factors multiplied into it) of every column patsy builds for
-    `formula`, parsed by patsy once. The formulas hold numeric columns and their products
-    only, so each column is that product (the intercept an empty one): evaluating it with
-    numpy gives patsy's matrix (a test checks) at a fraction of its per-call cost, which the
-    bootstrap pays thousands of times."""
-    info = patsy.dmatrix(formula, _dummy_terms(), return_type="dataframe").design_info
-    out = []
-    for term, name in zip(info.terms, info.column_names):
-        out.append((name, tuple(f.name() for f in term.factors)))
-    return tuple(out)
-
-
-def design_matrix(form: str, terms: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(X, offset, column names) of `form` for the rows of `terms`, the columns as patsy
-    names and builds them (`_design_info`).
-
-    Missing values raise instead of silently dropping rows.
-    """
-    formula = {"gamma_log_offset": LOG_FORMULA, "gamma_log_roofline": LOG_ROOF_FORMULA}.get(
-        form, ADDITIVE_FORMULA)
-    info = _design_info(formula)
-    n = len(terms)
-    cols = {}
-    for name, factors in info:
-        col = np.ones(n)
-        for f in factors:
-            col = col * terms[f].to_numpy(dtype=float)
-        if not np.all(np.isfinite(col)):
-            raise patsy.PatsyError(f"missing or infinite values in design column {name!r}")
-        cols[name] = col
-    dm = pd.DataFrame(cols)
-    if form == "gamma_log_offset":
-        offset = np.log(terms["roof_ms"].to_numpy())
-    else:
-        offset = np.zeros(len(terms))
-    return dm.to_numpy(), offset, list(dm.columns)
-
-
-def predict_many(form: str, X: np.ndarray, offset: np.ndarray, params: np.ndarray) -> np.ndarray:
-    """Predicted mean time (ms) for each parameter vector: params (p,) or (B, p) → (n,) or (n, B)."""
-    eta = X @ np.asarray(params).T
-    if form in LOG_FORMS:
-        return np.exp(eta + (offset[:, None] if eta.ndim == 2 else offset))
-    return eta
-
-
-def predict_ms(form: str, terms: pd.DataFrame, params: np.ndarray) -> np.ndarray:
-    """Predicted time (ms) of the rows of `terms` under full-design `params`."""
-    X, off, _ = design_matrix(form, terms)
-    return predict_many(form, X, off, params)
-
-
-@dataclass(frozen=True)
-class Factor:
-    """One fitted factor as a physical quantity with its 95% interval."""
-
-    name: str
-    estimate: float
-    ci_low: float
-    ci_high: float
-    unit: str
-    note: str = ""
-    #: fitted | at_bound (an overhead held at an end of its box around the device profile's
-    #: measured value: the data alone put it outside) | dropped (a rate at its bound 0: the
-    #: data cannot identify it)
-    status: str = "fitted"
-    #: A stable key (``flop_rate``, ``byte_rate``, ``result_rate``, ``kernel_time``,
-    #: ``dispatch_time``, ``lora_multiplier_lora``, ...); `name` is for people.
-    key: str = ""
-    #: The physical box the estimate was held in, in the factor's unit (NaN: unbounded).
-    lower_bound: float = float("nan")
-    upper_bound: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -414,15 +283,6 @@ def _fit_dropping(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray, cols
         X = np.delete(X, j, axis=1)
 
 
-def bounds_of(term: str, priors: dict[str, float]) -> tuple[float, float]:
-    """The box (design units) a physical term is held in: [v/T, v·T] around a positive
-    device-profile value v (T = `OVERHEAD_TOLERANCE`), else [0, inf)."""
-    v = priors.get(term)
-    if v is not None and v > 0:
-        return v / OVERHEAD_TOLERANCE, v * OVERHEAD_TOLERANCE
-    return 0.0, np.inf
-
-
 def fit_full(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray, cols: Sequence[str],
              priors: dict[str, float] | None = None, start: np.ndarray | None = None,
              ) -> tuple[np.ndarray, tuple[str, ...], tuple[str, ...]]:
@@ -503,7 +363,7 @@ def fit(form: str, terms: pd.DataFrame, groups: np.ndarray,
     n_configs = len(np.unique(groups))
     cov_type = (f"cluster(shape), t with {n_configs - 1} df" if n_configs >= MIN_CLUSTERS
                 else "HC3")
-    factors = _factors(form, cols, params, cov, fixed,
+    factors = factors_of(form, cols, params, cov, fixed,
                        df=n_configs - 1 if n_configs >= MIN_CLUSTERS else len(y) - len(cols),
                        priors=priors, tied=tied)
     return FitResult(
@@ -519,7 +379,7 @@ def fit(form: str, terms: pd.DataFrame, groups: np.ndarray,
 def expand_params(result: FitResult, params: np.ndarray) -> np.ndarray:
     """Parameters (B, k) over the result's kept columns → full design columns (B, p), zeros
     for dropped LoRA columns, so `predict_many` can use the full design matrix."""
-    _, _, all_cols = design_matrix(result.form, _dummy_terms())
+    _, _, all_cols = design_matrix(result.form, dummy_terms())
     out = np.zeros((params.shape[0], len(all_cols)))
     for j, c in enumerate(result.columns):
         out[:, all_cols.index(c)] = params[:, j]
@@ -528,119 +388,3 @@ def expand_params(result: FitResult, params: np.ndarray) -> np.ndarray:
     for m in result.tied:
         out[:, all_cols.index(f"gflops:{m}")] = -out[:, all_cols.index("gflops")]
     return out
-
-
-def _dummy_terms() -> pd.DataFrame:
-    return terms_frame([1.0], [1.0], [1.0], ["full"], [1.0])
-
-
-def critical_value(df: int | None = None) -> float:
-    """Two-sided `CI_LEVEL` critical value: Student's t with `df` degrees of freedom (G − 1
-    for G clusters: the cluster-robust covariance has G − 1, not n − p; Cameron & Miller,
-    J. Human Resources 2015, §VI.B), the normal one when df is None."""
-    q = 0.5 + CI_LEVEL / 2
-    return float(stats.norm.ppf(q) if df is None else stats.t.ppf(q, max(int(df), 1)))
-
-
-def _rate_from_inverse(beta: float, se: float, scale: float, z: float
-                       ) -> tuple[float, float, float]:
-    """A rate r = scale/β with the interval from β's (monotone inversion); inf when β's
-    interval reaches 0 (the data cannot bound the rate from above)."""
-    lo_b, hi_b = beta - z * se, beta + z * se
-    est = scale / beta if beta > 0 else np.inf
-    lo = scale / hi_b if hi_b > 0 else np.inf
-    hi = scale / lo_b if lo_b > 0 else np.inf
-    return est, lo, hi
-
-
-#: Stable keys of the factors of the additive forms: design column -> (key, name, unit, note).
-RATE_FACTORS = {
-    "gflops": ("flop_rate", "effective FLOP/s", "FLOP/s", "dense compute rate"),
-    "gbytes": ("byte_rate", "effective bytes/s", "bytes/s", "memory traffic rate"),
-    "gresult": ("result_rate", "result-buffer bytes/s", "bytes/s",
-                "first touch of the returned gradients' fresh buffers"),
-}
-OVERHEAD_FACTORS = {
-    "kernels": ("kernel_time", "time per kernel", "per launched op"),
-    "Intercept": ("dispatch_time", "dispatch per call", "fixed cost of one call"),
-}
-
-
-def _factors(form: str, cols: list[str], params: np.ndarray, cov: np.ndarray,
-             fixed: dict[str, float] | None = None, df: int | None = None,
-             priors: dict[str, float] | None = None, tied: Sequence[str] = ()
-             ) -> tuple[Factor, ...]:
-    z = critical_value(df)
-    priors = priors or {}
-    se = np.sqrt(np.clip(np.diag(cov), 0, None))
-    idx = {c: j for j, c in enumerate(cols)}
-    out: list[Factor] = []
-    if form in LOG_FORMS:
-        j = idx["Intercept"]
-        if form == "gamma_log_roofline":
-            jr = idx["log_roof"]
-            out.append(Factor("elasticity of time in roofline time", params[jr],
-                              params[jr] - z * se[jr], params[jr] + z * se[jr], "",
-                              "1: time proportional to the roofline", key="roofline_elasticity"))
-        out.append(Factor("time / roofline (all methods)" if form == "gamma_log_offset"
-                          else "time / roofline at 1 ms", *np.exp(
-            [params[j], params[j] - z * se[j], params[j] + z * se[j]]), "x",
-            "measured time over the device profile's roofline", key="roofline_scale"))
-        for m in LORA_METHODS:
-            if m in idx:
-                j = idx[m]
-                out.append(Factor(f"LoRA multiplier ({m})", *np.exp(
-                    [params[j], params[j] - z * se[j], params[j] + z * se[j]]), "x",
-                    f"{m} time over full's at equal roofline time", key=f"lora_multiplier_{m}"))
-        return tuple(out)
-    # ms per GFLOP -> FLOP/s: 1e9 FLOP / (beta * 1e-3 s); a rate at its bound 0 is unbounded.
-    for col, (key, name, unit, note) in RATE_FACTORS.items():
-        if col in idx:
-            f, lo, hi = _rate_from_inverse(params[idx[col]], se[idx[col]], 1e12, z)
-            out.append(Factor(name, f, lo, hi, unit, note, key=key, lower_bound=0.0))
-        else:
-            out.append(Factor(name, np.inf, np.inf, np.inf, unit,
-                              "not identified: its time per unit fitted at the bound 0",
-                              "dropped", key=key, lower_bound=0.0))
-    for col, (key, name, note) in OVERHEAD_FACTORS.items():
-        lo_b, hi_b = bounds_of(col, priors)
-        box = dict(key=key, lower_bound=lo_b * 1e3, upper_bound=hi_b * 1e3)
-        if col in idx:
-            j = idx[col]
-            out.append(Factor(name, params[j] * 1e3, max((params[j] - z * se[j]) * 1e3,
-                                                         box["lower_bound"]),
-                              min((params[j] + z * se[j]) * 1e3, box["upper_bound"]), "us", note,
-                              **box))
-        elif fixed and col in fixed:
-            v = fixed[col] * 1e3
-            side = "lower" if np.isclose(fixed[col], lo_b) else "upper"
-            out.append(Factor(name, v, v, v, "us", f"not identified: held at the {side} end of "
-                              f"its box, the device profile's {priors[col] * 1e3:.3g} us "
-                              f"/x {OVERHEAD_TOLERANCE:g}", "at_bound", **box))
-        else:
-            out.append(Factor(name, 0.0, 0.0, 0.0, "us",
-                              "not identified: fitted at the bound 0", "dropped", **box))
-    if "gflops" not in idx:
-        return tuple(out)
-    jf = idx["gflops"]
-    for m in LORA_METHODS:
-        name = f"gflops:{m}"
-        if m in tied:
-            out.append(Factor(f"LoRA multiplier ({m})", 0.0, 0.0, 0.0, "x",
-                              "not identified: held at its bound 0", "at_bound",
-                              key=f"lora_multiplier_{m}", lower_bound=0.0))
-            continue
-        if name not in idx:
-            continue
-        jm = idx[name]
-        # lambda = (b_f + b_m) / b_f = 1 + b_m / b_f; delta method for the ratio.
-        ratio = params[jm] / params[jf]
-        grad = np.zeros(len(params))
-        grad[jm] = 1.0 / params[jf]
-        grad[jf] = -params[jm] / params[jf] ** 2
-        se_r = float(np.sqrt(max(grad @ cov @ grad, 0.0)))
-        out.append(Factor(f"LoRA multiplier ({m})", 1 + ratio, 1 + ratio - z * se_r,
-                          1 + ratio + z * se_r, "x",
-                          f"time per FLOP under {m} over full's (delta method)",
-                          key=f"lora_multiplier_{m}", lower_bound=0.0))
-    return tuple(out)

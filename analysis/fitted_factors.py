@@ -1,0 +1,182 @@
+"""The fitted parameters as physical factors (FLOP/s, bytes/s, µs per kernel and per call,
+LoRA multipliers) with their intervals, and the device profile's priors that bound them.
+
+`analysis.fit` estimates the design coefficients (ms per GFLOP, per GB, per kernel, per call);
+this module turns them into `Factor`s, once, with stable keys, and holds the rule by which a
+measured overhead bounds its term (`bounds_of`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from analysis.design import LOG_FORMS
+from costmodel.vocab import LORA_METHODS
+
+CI_LEVEL = 0.95
+
+#: An overhead with a device-profile value v (per kernel, per call) is held in
+#: [v / OVERHEAD_TOLERANCE, v · OVERHEAD_TOLERANCE]: `measure.device` times a null kernel and an
+#: empty call alone, while inside a real call the same overhead meets other cache and
+#: scheduling states, so the fit may move it, but not by more than this factor either way.
+OVERHEAD_TOLERANCE = 3.0
+
+
+def priors_from_profile(profile) -> dict[str, float]:
+    """Prior values (design units, ms) of the overhead terms from a measured device profile:
+    per kernel (`kernel_overhead_s`) and per call (`extra["dispatch_overhead_s"]`, written by
+    `measure.device`). Empty without a profile."""
+    if profile is None:
+        return {}
+    out = {"kernels": float(profile.kernel_overhead_s) * 1e3}
+    dispatch = profile.extra.get("dispatch_overhead_s")
+    if dispatch is not None and np.isfinite(dispatch) and dispatch >= 0:
+        out["Intercept"] = float(dispatch) * 1e3
+    return out
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One fitted factor as a physical quantity with its 95% interval."""
+
+    name: str
+    estimate: float
+    ci_low: float
+    ci_high: float
+    unit: str
+    note: str = ""
+    #: fitted | at_bound (an overhead held at an end of its box around the device profile's
+    #: measured value: the data alone put it outside) | dropped (a rate at its bound 0: the
+    #: data cannot identify it)
+    status: str = "fitted"
+    #: A stable key (``flop_rate``, ``byte_rate``, ``result_rate``, ``kernel_time``,
+    #: ``dispatch_time``, ``lora_multiplier_lora``, ...); `name` is for people.
+    key: str = ""
+    #: The physical box the estimate was held in, in the factor's unit (NaN: unbounded).
+    lower_bound: float = float("nan")
+    upper_bound: float = float("nan")
+
+
+def bounds_of(term: str, priors: dict[str, float]) -> tuple[float, float]:
+    """The box (design units) a physical term is held in: [v/T, v·T] around a positive
+    device-profile value v (T = `OVERHEAD_TOLERANCE`), else [0, inf)."""
+    v = priors.get(term)
+    if v is not None and v > 0:
+        return v / OVERHEAD_TOLERANCE, v * OVERHEAD_TOLERANCE
+    return 0.0, np.inf
+
+
+def critical_value(df: int | None = None) -> float:
+    """Two-sided `CI_LEVEL` critical value: Student's t with `df` degrees of freedom (G − 1
+    for G clusters: the cluster-robust covariance has G − 1, not n − p; Cameron & Miller,
+    J. Human Resources 2015, §VI.B), the normal one when df is None."""
+    q = 0.5 + CI_LEVEL / 2
+    return float(stats.norm.ppf(q) if df is None else stats.t.ppf(q, max(int(df), 1)))
+
+
+def _rate_from_inverse(beta: float, se: float, scale: float, z: float
+                       ) -> tuple[float, float, float]:
+    """A rate r = scale/β with the interval from β's (monotone inversion); inf when β's
+    interval reaches 0 (the data cannot bound the rate from above)."""
+    lo_b, hi_b = beta - z * se, beta + z * se
+    est = scale / beta if beta > 0 else np.inf
+    lo = scale / hi_b if hi_b > 0 else np.inf
+    hi = scale / lo_b if lo_b > 0 else np.inf
+    return est, lo, hi
+
+
+#: Stable keys of the factors of the additive forms: design column -> (key, name, unit, note).
+RATE_FACTORS = {
+    "gflops": ("flop_rate", "effective FLOP/s", "FLOP/s", "dense compute rate"),
+    "gbytes": ("byte_rate", "effective bytes/s", "bytes/s", "memory traffic rate"),
+    "gresult": ("result_rate", "result-buffer bytes/s", "bytes/s",
+                "first touch of the returned gradients' fresh buffers"),
+}
+OVERHEAD_FACTORS = {
+    "kernels": ("kernel_time", "time per kernel", "per launched op"),
+    "Intercept": ("dispatch_time", "dispatch per call", "fixed cost of one call"),
+}
+
+
+def factors_of(form: str, cols: list[str], params: np.ndarray, cov: np.ndarray,
+             fixed: dict[str, float] | None = None, df: int | None = None,
+             priors: dict[str, float] | None = None, tied: Sequence[str] = ()
+             ) -> tuple[Factor, ...]:
+    z = critical_value(df)
+    priors = priors or {}
+    se = np.sqrt(np.clip(np.diag(cov), 0, None))
+    idx = {c: j for j, c in enumerate(cols)}
+    out: list[Factor] = []
+    if form in LOG_FORMS:
+        j = idx["Intercept"]
+        if form == "gamma_log_roofline":
+            jr = idx["log_roof"]
+            out.append(Factor("elasticity of time in roofline time", params[jr],
+                              params[jr] - z * se[jr], params[jr] + z * se[jr], "",
+                              "1: time proportional to the roofline", key="roofline_elasticity"))
+        out.append(Factor("time / roofline (all methods)" if form == "gamma_log_offset"
+                          else "time / roofline at 1 ms", *np.exp(
+            [params[j], params[j] - z * se[j], params[j] + z * se[j]]), "x",
+            "measured time over the device profile's roofline", key="roofline_scale"))
+        for m in LORA_METHODS:
+            if m in idx:
+                j = idx[m]
+                out.append(Factor(f"LoRA multiplier ({m})", *np.exp(
+                    [params[j], params[j] - z * se[j], params[j] + z * se[j]]), "x",
+                    f"{m} time over full's at equal roofline time", key=f"lora_multiplier_{m}"))
+        return tuple(out)
+    # ms per GFLOP -> FLOP/s: 1e9 FLOP / (beta * 1e-3 s); a rate at its bound 0 is unbounded.
+    for col, (key, name, unit, note) in RATE_FACTORS.items():
+        if col in idx:
+            f, lo, hi = _rate_from_inverse(params[idx[col]], se[idx[col]], 1e12, z)
+            out.append(Factor(name, f, lo, hi, unit, note, key=key, lower_bound=0.0))
+        else:
+            out.append(Factor(name, np.inf, np.inf, np.inf, unit,
+                              "not identified: its time per unit fitted at the bound 0",
+                              "dropped", key=key, lower_bound=0.0))
+    for col, (key, name, note) in OVERHEAD_FACTORS.items():
+        lo_b, hi_b = bounds_of(col, priors)
+        box = dict(key=key, lower_bound=lo_b * 1e3, upper_bound=hi_b * 1e3)
+        if col in idx:
+            j = idx[col]
+            out.append(Factor(name, params[j] * 1e3, max((params[j] - z * se[j]) * 1e3,
+                                                         box["lower_bound"]),
+                              min((params[j] + z * se[j]) * 1e3, box["upper_bound"]), "us", note,
+                              **box))
+        elif fixed and col in fixed:
+            v = fixed[col] * 1e3
+            side = "lower" if np.isclose(fixed[col], lo_b) else "upper"
+            out.append(Factor(name, v, v, v, "us", f"not identified: held at the {side} end of "
+                              f"its box, the device profile's {priors[col] * 1e3:.3g} us "
+                              f"/x {OVERHEAD_TOLERANCE:g}", "at_bound", **box))
+        else:
+            out.append(Factor(name, 0.0, 0.0, 0.0, "us",
+                              "not identified: fitted at the bound 0", "dropped", **box))
+    if "gflops" not in idx:
+        return tuple(out)
+    jf = idx["gflops"]
+    for m in LORA_METHODS:
+        name = f"gflops:{m}"
+        if m in tied:
+            out.append(Factor(f"LoRA multiplier ({m})", 0.0, 0.0, 0.0, "x",
+                              "not identified: held at its bound 0", "at_bound",
+                              key=f"lora_multiplier_{m}", lower_bound=0.0))
+            continue
+        if name not in idx:
+            continue
+        jm = idx[name]
+        # lambda = (b_f + b_m) / b_f = 1 + b_m / b_f; delta method for the ratio.
+        ratio = params[jm] / params[jf]
+        grad = np.zeros(len(params))
+        grad[jm] = 1.0 / params[jf]
+        grad[jf] = -params[jm] / params[jf] ** 2
+        se_r = float(np.sqrt(max(grad @ cov @ grad, 0.0)))
+        out.append(Factor(f"LoRA multiplier ({m})", 1 + ratio, 1 + ratio - z * se_r,
+                          1 + ratio + z * se_r, "x",
+                          f"time per FLOP under {m} over full's (delta method)",
+                          key=f"lora_multiplier_{m}", lower_bound=0.0))
+    return tuple(out)

@@ -20,7 +20,7 @@ MUTANTS = [
      "        nbytes = nbytes + 0 * p"),
     ("costmodel/optimizer.py", "elementwise_flops(p, 2), 0, elementwise_bytes(p, (p,), g), per_op))",
      "elementwise_flops(p, 1), 0, elementwise_bytes(p, (p,), g), per_op))"),
-    ("costmodel/step.py", "TOKEN_ID_BYTES = 4", "TOKEN_ID_BYTES = 8"),
+    ("costmodel/step_ends.py", "TOKEN_ID_BYTES = 4", "TOKEN_ID_BYTES = 8"),
     ("costmodel/step.py", "DEFAULT_MAX_SEQ = 4096", "DEFAULT_MAX_SEQ = 2048"),
     ("costmodel/memory.py", "trainable * dtype_bytes(prec.storage_dtype)",
      "trainable * dtype_bytes(prec.compute_dtype)"),

@@ -19,7 +19,8 @@ from costmodel.optimizer import (
     optimizer_cost,
     resolve_precision,
 )
-from costmodel.step import PARTS, TOKEN_ID_BYTES, StepCost, StepSpec, build_step, step_cost
+from costmodel.step import PARTS, StepCost, StepSpec, build_step, step_cost
+from costmodel.step_ends import TOKEN_ID_BYTES
 from costmodel.steptime import (
     FIT_KEYS,
     UNFITTED,

@@ -18,9 +18,11 @@ cost model's step (`costmodel.step.build_step`) is priced by three routes:
    ``step_fit_*``, scored in sample).
 
 Errors are |predicted/measured − 1| of the step time per (config, method), and of the
-LoRA/full ratio t_m/t_full per config and LoRA method; reported as the median and 90th
+LoRA/full ratio t_m/t_full per config and LoRA method (the sweep's paired ratio, timed side
+by side in interleaved rounds, where the dataset has one); reported as the median and 90th
 percentile, by method and by option, beside the replicate noise floor: the median relative
-half-width of the measured medians' 95% CIs (for a ratio, the two combined in quadrature).
+half-width of the measured medians' 95% CIs (for a ratio, the paired ratio's CI, else the two
+medians' combined in quadrature).
 
 Where a route misses, `part_multipliers` says which term is responsible: the non-negative
 least-squares multipliers β_p of measured ≈ Σ_p β_p · predicted_p over the step's parts
@@ -71,7 +73,8 @@ class Steps:
     frame columns: config (a key shared by the methods of one config), method, params (the
     base model's parameter count), time_s (measured median), noise_pct (relative half-width
     of its 95% CI, %), and any option columns named in `options` (and, optionally, label: a
-    readable name of the config).
+    readable name of the config; paired_ratio and paired_noise_pct: the LoRA rows' t_m / t_full
+    measured side by side and the relative half-width of its CI, preferred for the ratio).
     """
 
     frame: pd.DataFrame
@@ -197,10 +200,16 @@ def ratio_frame(pred: pd.DataFrame) -> pd.DataFrame:
         if both.empty:
             continue
         both["measured_ratio"] = both["time_s"] / both["time_s_full"]
+        both["noise_pct"] = np.hypot(both["noise_pct"], both["noise_pct_full"])
+        if "paired_ratio" in both:
+            # the sweep's paired ratio (median over interleaved rounds of t_m / t_full, with
+            # its bootstrap CI) where it has one: the two methods timed side by side
+            paired = np.isfinite(both["paired_ratio"].to_numpy(float))
+            both.loc[paired, "measured_ratio"] = both.loc[paired, "paired_ratio"]
+            both.loc[paired, "noise_pct"] = both.loc[paired, "paired_noise_pct"]
         both["predicted_ratio"] = both["predicted_s"] / both["predicted_s_full"]
         both["error_pct"] = abs_pct(both["predicted_ratio"], both["measured_ratio"])
         both["signed_pct"] = signed_pct(both["predicted_ratio"], both["measured_ratio"])
-        both["noise_pct"] = np.hypot(both["noise_pct"], both["noise_pct_full"])
         out.append(both)
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame(
         columns=[*key, "method", "measured_ratio", "predicted_ratio", "error_pct", "noise_pct"])

@@ -108,6 +108,10 @@ def load_steps(frame: pd.DataFrame) -> wm.Steps:
         "time_s": df["time_median_s"].to_numpy(float),
         "noise_pct": ((df["time_ci_high_s"] - df["time_ci_low_s"]) / 2 / df["time_median_s"] * 100).to_numpy(float),
     })
+    if "paired_ratio" in df:
+        out["paired_ratio"] = df["paired_ratio"].to_numpy(float)
+        out["paired_noise_pct"] = ((df["paired_ratio_ci_high"] - df["paired_ratio_ci_low"]) / 2
+                                   / df["paired_ratio"] * 100).to_numpy(float)
     options = []
     for c in OPTION_COLUMNS:
         if c in df and df[c].nunique() > 1:

@@ -121,3 +121,16 @@ def test_signed_bias_by_hand():
     assert pooled["median_signed_pct"] == pytest.approx(31.25)
     r = wm.ratio_frame(pred)
     assert r["signed_pct"].iloc[0] == pytest.approx(10.0)
+
+
+def test_paired_ratio_is_the_measured_ratio_where_present():
+    """The sweep's paired ratio 0.4 (CI 0.38–0.42: ±5%) replaces 2/4 = 0.5: predicted 0.55 is
+    then 37.5% off, with a 5% noise floor."""
+    pred = pd.DataFrame({
+        "route": "unfitted", "scheme": "all", "config": "c", "method": ["full", "lora"],
+        "time_s": [4e-3, 2e-3], "predicted_s": [5e-3, 2.75e-3], "noise_pct": [3.0, 4.0],
+        "paired_ratio": [np.nan, 0.4], "paired_noise_pct": [np.nan, 5.0]})
+    r = wm.ratio_frame(pred)
+    assert r["measured_ratio"].iloc[0] == pytest.approx(0.4)
+    assert r["error_pct"].iloc[0] == pytest.approx(37.5)
+    assert r["noise_pct"].iloc[0] == pytest.approx(5.0)

@@ -391,7 +391,7 @@ def _check_data(args, dataset: data.Dataset) -> bool:
 def _analyse(args, dataset: data.Dataset, out: str, t0: float, extras_fn) -> int:
     profile, note = resolve_profile(args, dataset, out)
 
-    from analysis import pipeline, report
+    from analysis import export, pipeline, report
 
     t_fit = time.perf_counter()
     result = pipeline.run(dataset, profile, note, widths=args.widths, n_boot=args.bootstrap)
@@ -414,7 +414,7 @@ def _analyse(args, dataset: data.Dataset, out: str, t0: float, extras_fn) -> int
                 figures = plots.all_figures(result, staging)
                 if extras_fn is not None:
                     figures += plots.model_figures(result, staging)
-            files = report.write_files(result, staging, figures)
+            files = export.write_files(result, staging, figures)
             if comm_result is not None:
                 files += comm.write(comm_result, staging)
     except OSError as exc:
@@ -423,7 +423,7 @@ def _analyse(args, dataset: data.Dataset, out: str, t0: float, extras_fn) -> int
     elapsed = time.perf_counter() - t0
     _log(f"analysis took {time.perf_counter() - t_fit:.1f} s ({elapsed:.1f} s in all)")
     if args.json:
-        payload = report.to_json(result)
+        payload = export.to_json(result)
         if comm_result is not None:
             payload["communication"] = comm.to_json(comm_result)
         print(json.dumps(payload, indent=1, allow_nan=False))

@@ -32,9 +32,9 @@ def test_a_full_disk_mid_report_leaves_the_previous_report_intact(tmp_path, caps
     assert {"report.md", "crossover.csv", "extrapolation.csv", publish.MANIFEST_NAME} <= set(before)
     capsys.readouterr()
 
-    from analysis import report
+    from analysis import export
 
-    real, calls = report.atomic_write_text, []
+    real, calls = export.atomic_write_text, []
 
     def disk_full_on_the_third_file(path, text):
         calls.append(os.path.basename(path))
@@ -42,7 +42,7 @@ def test_a_full_disk_mid_report_leaves_the_previous_report_intact(tmp_path, caps
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real(path, text)
 
-    monkeypatch.setattr(report, "atomic_write_text", disk_full_on_the_third_file)
+    monkeypatch.setattr(export, "atomic_write_text", disk_full_on_the_third_file)
     assert crossover.main([*argv, "--widths", "4096"]) == 2  # another report would differ
     err = capsys.readouterr().err
     assert err.endswith(f"error: cannot write the report into {out}: No space left on device; "

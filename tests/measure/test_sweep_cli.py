@@ -298,16 +298,19 @@ def _resume_and_check(out: Path, kept: list[tuple], prefix: bytes) -> str:
 
 
 @pytest.mark.slow
-def test_ctrl_c_keeps_records_marks_interrupted_exits_130_and_resumes(tmp_path):
+@pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_keeps_records_marks_interrupted_exits_130_and_resumes(tmp_path, sig, status):
+    """Ctrl-C and SIGTERM alike (the shared runner's clean stop): 130 and 143."""
     out = tmp_path / "out"
     proc = _spawn(out)
     _wait_for_records(proc, out, 2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert "interrupted" in err
+    assert proc.returncode == status, err
+    assert "interrupted" in err and "Traceback" not in err
     run = _run_json(out)
     assert run["status"] == "interrupted" and run["sessions"][-1]["status"] == "interrupted"
+    assert run["sessions"][-1]["stop_reason"] == signal.Signals(sig).name
     kept = _keys(out)
     assert 2 <= len(kept) < 16 and len(set(kept)) == len(kept)
     assert len(dataset.read_csv(out / "measurements.csv")) == len(kept)

@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="grid to measure when --data is not given (default quick)")
     p.add_argument("--out", type=cliutil.path_arg, default=None,
                    help="where the report, tables and figures go (default: the measured "
-                        f"results directory, or ./{DEFAULT_RESULTS}/ with --data)")
+                        f"results directory, or ./{DEFAULT_RESULTS}/ with --data; "
+                        f"./{DEFAULT_RESULTS}-models/ for a models dataset)")
     p.add_argument("--stratum", type=stratum_arg, default=(),
                    help="the rows to fit when the data hold several strata, e.g. "
                         "dtype=bfloat16,input_requires_grad=True (columns: "
@@ -345,6 +346,10 @@ def run(args) -> int:
                                       stratum=args.stratum)
         # Fail on the data before writing anything (a profile measurement writes into --out).
         models = _check_data(args, dataset)
+        if models and not args.out:
+            # apart from ./crossover-results/, where the layer fit it uses lives
+            out = f"{DEFAULT_RESULTS}-models"
+            _check_out(out)
         given_profile(args, dataset)
         _say_status(dataset)  # after every refusal: bad input gets one line, nothing else
         os.makedirs(out, exist_ok=True)

@@ -106,12 +106,11 @@ def _link(link: Interconnect) -> dict:
             "latency_s": link.latency_s, "measured": link.measured, "source": link.source}
 
 
-def _record(choice: LayoutChoice, fewest: int | None, skip_fewest: bool, given: bool) -> dict:
+def _record(choice: LayoutChoice, fewest: int | None, skip_fewest: bool) -> dict:
     s = choice.step
     rec = {
         "fits": choice.fits,
-        "layout_choice": ("given" if given else
-                          "fastest that fits" if choice.fits else "least memory (none fits)"),
+        "layout_choice": choice.chosen_as,
         "lacks_bytes": choice.lacks_bytes,
         "layout": s.layout.as_dict(),
         "recompute": choice.recompute,
@@ -163,24 +162,22 @@ def evaluate(args, shape: ModelShape, profile: HardwareProfile, seq: int) -> dic
                     "intra": _link(cluster.intra), "inter": _link(cluster.inter), "overlap": args.overlap},
         "parallel_config": {"global_batch": global_batch, "seq": seq, "tokens_per_step": global_batch * seq,
                             "layout": "given" if layout is not None else "searched",
-                            "recompute": "on" if args.recompute else ("searched" if layout is None else "off")},
+                            "recompute": "on" if args.recompute else ("searched" if layout is None else "off"),
+                            "fewest_gpus_limit": None if args.no_fewest else FEWEST_LIMIT},
         "methods": {},
     }
     for method in args.method:
         if layout is not None:
             step = parallel_step(shape, method, layout, cluster, profile, args.overlap,
                                  recompute=args.recompute, **opts)
-            cap = step.capacity_bytes
-            fits = bool(step.fits)
-            lacks = 0.0 if fits or cap is None else _f(step.memory.total_bytes) - cap
-            choice = LayoutChoice(method, gpus, step, args.recompute, fits, lacks, 1)
+            choice = LayoutChoice(method, gpus, step, args.recompute, "given", 1)
         else:
             choice = search_layouts(shape, method, gpus, cluster, profile, global_batch, args.overlap,
                                     recompute=(True,) if args.recompute else (False, True), **opts)
         fewest = None
         if not args.no_fewest:
             fewest = fewest_gpus(shape, method, cluster, profile, global_batch, FEWEST_LIMIT, **opts)
-        out["methods"][method] = _record(choice, fewest, args.no_fewest, layout is not None)
+        out["methods"][method] = _record(choice, fewest, args.no_fewest)
         out["time_basis"] = choice.step.time_basis
     methods = out["methods"]
     compute = PRECISIONS[args.precision].compute_dtype
@@ -190,6 +187,8 @@ def evaluate(args, shape: ModelShape, profile: HardwareProfile, seq: int) -> dic
             f"16-bit type is used")
     if "memory_bytes" not in profile.extra:
         out.setdefault("notes", []).append(f"{profile.name} gives no memory capacity: every layout counts as fitting")
+    out["capacity_bytes"] = profile.extra.get("memory_bytes")
+    out["does_not_fit"] = [m for m, r in methods.items() if not r["fits"]]
     if "full" in methods and "lora" in methods:
         if methods["full"]["fits"] and methods["lora"]["fits"]:
             out["speedup"] = methods["full"]["step_time_s"] / methods["lora"]["step_time_s"]
@@ -198,6 +197,10 @@ def evaluate(args, shape: ModelShape, profile: HardwareProfile, seq: int) -> dic
             out["speedup_note"] = "no speedup: " + ", ".join(
                 f"{m} does not fit" for m in ("full", "lora") if not methods[m]["fits"])
     return out
+
+
+#: `LayoutChoice.chosen_as` for people.
+_CHOSEN_AS_TEXT = {"given": "given", "fastest_fitting": "fastest that fits", "least_memory": "least memory (none fits)"}
 
 
 def _gb(x: float) -> str:
@@ -229,7 +232,7 @@ def render(out: dict) -> str:
     rows = [
         ("fits", lambda r: "yes" if r["fits"] else f"no (lacks {_gb(r['lacks_bytes'])})"),
         ("layout", lay),
-        ("  chosen as", lambda r: r["layout_choice"]),
+        ("  chosen as", lambda r: _CHOSEN_AS_TEXT[r["layout_choice"]]),
         ("micro-batch × count", lambda r: f"{r['layout']['micro_batch']} × {r['layout']['n_micro']}"),
         ("recompute", lambda r: "yes" if r["recompute"] else "no"),
         ("step time", lambda r: f"{r['step_time_s']:,.3f} s"),

@@ -46,18 +46,15 @@ from costmodel.step import StepCost, step_param_count
 
 
 @dataclass(frozen=True)
-class MemoryBreakdown:
-    """Bytes of one training step on one device (arrays broadcast over the step's shapes)."""
+class MemoryParts:
+    """The parts of one device's training memory and their sums, the one home of the peak
+    formula (one device here, one device of a layout in `costmodel.parallel.stages`)."""
 
     weights_bytes: np.ndarray
     gradients_bytes: np.ndarray
     optimizer_bytes: np.ndarray  # master weights (mixed precision) + optimizer states
     activations_bytes: np.ndarray  # saved for the backward pass, all layers
     transient_bytes: np.ndarray  # largest short-lived buffer on top (dlogits, a recomputed block)
-    per_layer_activation_bytes: Mapping[str, np.ndarray]
-    trainable_params: np.ndarray
-    total_params: np.ndarray
-    checkpoint_bytes: np.ndarray  # what saving the trained parameters takes
 
     @property
     def model_state_bytes(self) -> np.ndarray:
@@ -67,6 +64,16 @@ class MemoryBreakdown:
     def total_bytes(self) -> np.ndarray:
         """Peak estimate: model states + saved activations + the largest transient."""
         return self.model_state_bytes + self.activations_bytes + self.transient_bytes
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown(MemoryParts):
+    """Bytes of one training step on one device (arrays broadcast over the step's shapes)."""
+
+    per_layer_activation_bytes: Mapping[str, np.ndarray]
+    trainable_params: np.ndarray
+    total_params: np.ndarray
+    checkpoint_bytes: np.ndarray  # what saving the trained parameters takes
 
     def as_dict(self) -> dict[str, np.ndarray]:
         return {

@@ -11,6 +11,7 @@ command line's form; `candidate_layouts` lists every layout of a device count as
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,6 +109,8 @@ def parse_layout(text: str, global_batch: int | None = None) -> Layout:
         key = key.strip().replace("-", "_")
         if not sep or key not in keys:
             raise ValueError(f"bad layout item {item!r}: use dp=…,tp=…,pp=…,zero=…[,micro_batch=…]")
+        if key in values:
+            raise ValueError(f"layout {key} given twice in {text!r}")
         try:
             values[key] = int(value)
         except ValueError:
@@ -124,8 +127,10 @@ def parse_layout(text: str, global_batch: int | None = None) -> Layout:
                   micro_batch=mb, n_micro=n_micro)
 
 
-def _divisors(n: int) -> list[int]:
-    return [k for k in range(1, n + 1) if n % k == 0]
+def divisors(n: int) -> list[int]:
+    """The divisors of `n` ≥ 1 in increasing order, found in √n steps."""
+    small = [k for k in range(1, math.isqrt(n) + 1) if n % k == 0]
+    return small + [n // k for k in reversed(small) if k * k != n]
 
 
 def candidate_layouts(model: ModelShape, gpus: int, global_batch: int,
@@ -142,10 +147,10 @@ def candidate_layouts(model: ModelShape, gpus: int, global_batch: int,
     if isinstance(global_batch, bool) or not isinstance(global_batch, int) or global_batch < 1:
         raise ValueError(f"the global batch must be a whole number >= 1, got {global_batch!r}")
     rows = []
-    for tp in _divisors(gpus):
+    for tp in divisors(gpus):
         if model.heads % tp or model.ffn % tp or (model.kv_heads % tp and tp % model.kv_heads):
             continue
-        for pp in _divisors(gpus // tp):
+        for pp in divisors(gpus // tp):
             dp = gpus // (tp * pp)
             if pp > model.layers or global_batch % dp:
                 continue

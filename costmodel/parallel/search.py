@@ -10,23 +10,40 @@ import numpy as np
 
 from costmodel.comm import Cluster
 from costmodel.hardware import HardwareProfile
+from costmodel.memory import memory_fit
 from costmodel.parallel.layouts import candidate_layouts
 from costmodel.parallel.step import DEFAULT_OVERLAP, ParallelStep, parallel_step
 from costmodel.presets_models import ModelShape
 
+#: How a `LayoutChoice` was made: the layout the user gave, the fastest of the candidates
+#: that fit device memory, or (none fits) the candidate that needs the least memory.
+CHOSEN_AS = ("given", "fastest_fitting", "least_memory")
+
 
 @dataclass(frozen=True)
 class LayoutChoice:
-    """The fastest layout of a method that fits device memory, or, when none fits, the one
-    that needs the least memory (`fits` False, `lacks_bytes` > 0 says by how much)."""
+    """One layout of a method (`step`, scalars) and how it was chosen (`chosen_as`, one of
+    `CHOSEN_AS`) among `candidates` costed layouts. `fits` is False when the step's memory per
+    device exceeds the capacity, and `lacks_bytes` (`costmodel.memory.Fit`) says by how much."""
 
     method: str
     gpus: int
-    step: ParallelStep  # one layout (scalars)
+    step: ParallelStep
     recompute: bool
-    fits: bool
-    lacks_bytes: float
+    chosen_as: str
     candidates: int
+
+    def __post_init__(self) -> None:
+        if self.chosen_as not in CHOSEN_AS:
+            raise ValueError(f"unknown choice {self.chosen_as!r}; choose one of {', '.join(CHOSEN_AS)}")
+
+    @property
+    def fits(self) -> bool:
+        return bool(self.step.fits)
+
+    @property
+    def lacks_bytes(self) -> float:
+        return memory_fit(float(self.step.memory.total_bytes), self.step.capacity_bytes).lacks_bytes
 
 
 def search_layouts(model: ModelShape, method: str, gpus: int, cluster: Cluster, profile: HardwareProfile,
@@ -52,10 +69,7 @@ def search_layouts(model: ModelShape, method: str, gpus: int, cluster: Cluster, 
     assert best is not None
     (_, _), rc, i = best
     chosen = parallel_step(model, method, layouts.pick(i), cluster, profile, overlap, recompute=rc, **options)
-    fits = bool(chosen.fits)
-    cap = chosen.capacity_bytes
-    lacks = 0.0 if fits or cap is None else float(chosen.memory.total_bytes) - cap
-    return LayoutChoice(method, gpus, chosen, rc, fits, lacks, n)
+    return LayoutChoice(method, gpus, chosen, rc, "fastest_fitting" if chosen.fits else "least_memory", n)
 
 
 def device_counts(gpus_per_node: int, limit: int) -> list[int]:

@@ -14,7 +14,7 @@ parameter, mixed-precision AdamW holds 2 + 2 + 12 = 16 bytes at stage 0, 2 + 2 +
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from types import MappingProxyType
 
 import numpy as np
@@ -22,6 +22,7 @@ import numpy as np
 from costmodel.graph import Cost, Graph
 from costmodel.hardware import HardwareProfile, dtype_bytes
 from costmodel.layers import record
+from costmodel.memory import MemoryParts
 from costmodel.optimizer import OPTIMIZER_STATES
 from costmodel.parallel.layouts import Layout
 from costmodel.presets_models import ModelShape, linear_shapes, norm_params
@@ -196,7 +197,7 @@ def only_phase(parts: Mapping[str, Cost], phase: str) -> dict[str, Cost]:
 
 
 @dataclass(frozen=True)
-class DeviceMemory:
+class DeviceMemory(MemoryParts):
     """Bytes on one device (the fuller of the first and last stage), arrays over layouts.
 
     weights: held parameters in the compute dtype (/dp under ZeRO-3); gradients: trainable
@@ -207,21 +208,8 @@ class DeviceMemory:
     and the one prefetched).
     """
 
-    weights_bytes: np.ndarray
-    gradients_bytes: np.ndarray
-    optimizer_bytes: np.ndarray
-    activations_bytes: np.ndarray
-    transient_bytes: np.ndarray
     params: np.ndarray
     trainable_params: np.ndarray
-
-    @property
-    def model_state_bytes(self) -> np.ndarray:
-        return self.weights_bytes + self.gradients_bytes + self.optimizer_bytes
-
-    @property
-    def total_bytes(self) -> np.ndarray:
-        return self.model_state_bytes + self.activations_bytes + self.transient_bytes
 
     def as_dict(self, index=None) -> dict[str, float]:
         pick = (lambda a: float(np.asarray(a)[index])) if index is not None else (lambda a: float(np.asarray(a)))
@@ -248,20 +236,19 @@ def device_memory(spec: StepSpec, layout: Layout, st: StageCosts, p_first, p_las
     dlogits = spec.tokens * spec.model.vocab * a / tp
     one = pp == 1
     gathered = np.where((zero >= 3) & (dp > 1), 2 * block_params_per_device(spec.model, tp) * a, 0.0)
-    rows = {}
+    rows: dict[str, DeviceMemory] = {}
     for stage, params, trainable, cost, flight, logits in (
             ("first", p_first, t_first, st.first, in_flight, np.where(one, dlogits, 0.0)),
             ("last", p_last, t_last, st.last, 1, dlogits)):
         held = params + (trainable if lora else 0)
-        rows[stage] = {
-            "weights_bytes": held * a / w_shard,
-            "gradients_bytes": trainable * a / g_shard,
-            "optimizer_bytes": trainable * (master + states) / o_shard,
-            "activations_bytes": flight * cost.saved_bytes,
-            "transient_bytes": np.maximum(logits, st.recompute_transient_bytes) + gathered,
-            "params": held, "trainable_params": trainable + np.zeros_like(held),
-        }
-    total = {s: sum(rows[s][k] for k in ("weights_bytes", "gradients_bytes", "optimizer_bytes",
-                                         "activations_bytes", "transient_bytes")) for s in rows}
-    first = total["first"] >= total["last"]
-    return DeviceMemory(**{k: np.where(first, rows["first"][k], rows["last"][k]) for k in rows["first"]})
+        rows[stage] = DeviceMemory(
+            weights_bytes=held * a / w_shard,
+            gradients_bytes=trainable * a / g_shard,
+            optimizer_bytes=trainable * (master + states) / o_shard,
+            activations_bytes=flight * cost.saved_bytes,
+            transient_bytes=np.maximum(logits, st.recompute_transient_bytes) + gathered,
+            params=held, trainable_params=trainable + np.zeros_like(held),
+        )
+    first = rows["first"].total_bytes >= rows["last"].total_bytes
+    return DeviceMemory(**{f.name: np.where(first, getattr(rows["first"], f.name), getattr(rows["last"], f.name))
+                           for f in fields(DeviceMemory)})

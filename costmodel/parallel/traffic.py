@@ -22,7 +22,6 @@ from costmodel.step import StepSpec
 #: The parallel cross-entropy all-reduces three fp32 numbers per token (the row max, the
 #: sum of exponentials and the target logit; Shoeybi et al. 2019, sec. 3).
 CROSS_ENTROPY_ALLREDUCES = 3
-FP32_BYTES = 4
 
 
 def _links(layout: Layout, cluster_gpus_per_node: int) -> dict[str, np.ndarray]:
@@ -80,6 +79,7 @@ def step_collectives(spec: StepSpec, layout: Layout, gpus_per_node: int,
                  stages: StageCosts | None) -> tuple[Collective, ...]:
     m = spec.model
     a = dtype_bytes(spec.prec.compute_dtype)
+    fp32 = dtype_bytes("float32")  # the cross-entropy's statistics and the gradient norm
     n = spec.tokens
     d = m.d_model
     tp, dp, pp, zero = layout.tp, layout.dp, layout.pp, layout.zero
@@ -104,7 +104,7 @@ def step_collectives(spec: StepSpec, layout: Layout, gpus_per_node: int,
         if spec.recompute:
             add("tp_block_recompute", "all-reduce", act, "tp", 2 * bps * w, "micro-batch", "backward", stage)
     add("tp_embedding_forward", "all-reduce", act, "tp", 1, "micro-batch", "forward", "first")
-    add("tp_cross_entropy", "all-reduce", n * FP32_BYTES, "tp", CROSS_ENTROPY_ALLREDUCES,
+    add("tp_cross_entropy", "all-reduce", n * fp32, "tp", CROSS_ENTROPY_ALLREDUCES,
         "micro-batch", "forward", "last")
     add("tp_head_input_grad", "all-reduce", act, "tp", 1, "micro-batch", "backward", "last")
     if lora:
@@ -143,6 +143,6 @@ def step_collectives(spec: StepSpec, layout: Layout, gpus_per_node: int,
             add("embedding_grad_allreduce", "all-reduce", m.vocab * d / tp * a, "embedding", multi,
                 "step", "backward", stage)
         if spec.clip_grad:
-            add("grad_norm_allreduce", "all-reduce", FP32_BYTES, "world", 1.0 if stage == "first" else multi,
+            add("grad_norm_allreduce", "all-reduce", fp32, "world", 1.0 if stage == "first" else multi,
                 "step", "optimizer", stage)
     return tuple(out)

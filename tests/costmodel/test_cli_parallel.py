@@ -25,13 +25,15 @@ def test_search_on_eight_devices(capsys):
         lay = rec["layout"]
         assert lay["dp"] * lay["tp"] * lay["pp"] == 8
         assert lay["dp"] * lay["micro_batch"] * lay["n_micro"] == 8
-        assert rec["fits"] and rec["lacks_bytes"] == 0 and rec["layout_choice"] == "fastest that fits"
+        assert rec["fits"] and rec["lacks_bytes"] == 0 and rec["layout_choice"] == "fastest_fitting"
         assert rec["tokens_per_s"] == pytest.approx(8 * 512 / rec["step_time_s"])
         assert rec["tokens_per_s_per_device"] == pytest.approx(rec["tokens_per_s"] / 8)
         assert rec["fewest_gpus"] == 1  # 124M parameters fit one 80 GB device
         assert 0 <= rec["comm_share"] < 1
     assert out["speedup"] == pytest.approx(
         out["methods"]["full"]["step_time_s"] / out["methods"]["lora"]["step_time_s"])
+    assert out["does_not_fit"] == [] and out["capacity_bytes"] == 80e9  # A100 80 GB
+    assert out["parallel_config"]["fewest_gpus_limit"] == 8192
 
 
 def test_explicit_layout_lists_its_collectives(capsys):
@@ -60,6 +62,9 @@ def test_a_method_that_fits_nowhere_gets_no_speedup(capsys):
     assert full["memory"]["total_bytes"] >= 16 * param_count(MODELS["gpt3-175b"]) / 8
     assert full["lacks_bytes"] == pytest.approx(full["memory"]["total_bytes"] - 32e9)
     assert out["speedup"] is None and "does not fit" in out["speedup_note"]
+    assert out["does_not_fit"] == ["full", "lora"] and out["capacity_bytes"] == 32e9
+    assert full["layout_choice"] == lora["layout_choice"] == "least_memory"
+    assert out["parallel_config"]["fewest_gpus_limit"] is None  # --no-fewest
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "no speedup" in text and "speedup (full" not in text and "lacks" in text
@@ -94,6 +99,13 @@ def test_fitted_alpha_beta_replace_the_preset(tmp_path, capsys):
     (["--gpus", "8", "--overlap", "1.5"], "--overlap"),
     (["--gpus", "8", "--layout", "dp=8,zero=4"], "ZeRO stage"),
     (["--gpus", "8", "--layout", "dp=x"], "whole number"),
+    (["--gpus", "8", "--layout", "dp=2,tp=2,dp=4"], "dp given twice"),
+    (["--gpus", "8", "--layout", ""], "empty layout"),
+    (["--gpus", "8", "--layout", "dp=-8"], ">= 1"),
+    (["--gpus", "-8"], "--gpus"),
+    (["--gpus", "8", "--gpus-per-node", "0"], "--gpus-per-node"),
+    (["--gpus", "8", "--interconnect", ""], "--interconnect"),
+    (["--gpus", "8", "--global-batch", "7", "--layout", "dp=2,tp=4"], "not a multiple"),
     (["--gpus", "8", "--interconnect", "nvlink3,ib-hdr,pcie4"], "INTRA,INTER"),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, argv, needle):

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from costmodel.comm import Cluster, Interconnect, collective_time
 from costmodel.layers import LayerConfig, build
-from costmodel.parallel.layouts import Layout, parse_layout
+from costmodel.parallel.layouts import Layout, divisors, parse_layout
 from costmodel.parallel.stages import block_params_per_device, stage_costs, stage_params_per_device
 from costmodel.parallel.step import parallel_step
 from costmodel.parallel.traffic import collectives
@@ -162,6 +162,16 @@ def test_parse_layout():
     for bad in ("dp=x", "foo=1", "", "dp=3"):
         with pytest.raises(ValueError):
             parse_layout(bad, global_batch=32)
+    with pytest.raises(ValueError, match="dp given twice"):  # not the last one silently
+        parse_layout("dp=2,tp=2,dp=4")
+
+
+def test_divisors():
+    assert divisors(1) == [1]
+    assert divisors(96) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 96]  # 96 = 2^5·3: 6·2 divisors
+    assert divisors(49) == [1, 7, 49]  # a square root counted once
+    assert divisors(2**40) == [2**k for k in range(41)]  # √n steps: 2^20, not 2^40
+    assert all(divisors(n) == [k for k in range(1, n + 1) if n % k == 0] for n in range(1, 200))
 
 
 def test_tp_memory_per_device_is_a_hand_count():

@@ -35,6 +35,9 @@ from costmodel.parallel.step import DEFAULT_OVERLAP, parallel_step
 from costmodel.presets_interconnect import INTERCONNECTS, resolve_interconnect
 from costmodel.presets_models import ModelShape, param_count
 
+#: A DGX A100 node: 8 A100s on NVLink 3 (NVSwitch), 8 single-port 200 Gb/s HDR InfiniBand
+#: ConnectX-6 adapters for the cluster network, one per GPU (NVIDIA DGX A100 datasheet,
+#: https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/nvidia-dgx-a100-datasheet.pdf).
 DEFAULT_GPUS_PER_NODE = 8
 DEFAULT_INTERCONNECT = ("nvlink3", "ib-hdr")
 #: `fewest_gpus` tries device counts up to this many.

@@ -30,7 +30,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from costmodel.primitives import Size
+from costmodel.primitives import Size, whole
 
 #: Collective kinds, as `Collective.kind` spells them.
 KINDS = ("all-reduce", "all-gather", "reduce-scatter", "p2p")
@@ -89,12 +89,9 @@ class Cluster:
     nics_per_node: int | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.gpus_per_node, bool) or not isinstance(self.gpus_per_node, int) \
-                or self.gpus_per_node < 1:
-            raise ValueError(f"gpus per node must be a whole number >= 1, got {self.gpus_per_node!r}")
-        nics = self.nics_per_node
-        if nics is not None and (isinstance(nics, bool) or not isinstance(nics, int) or nics < 1):
-            raise ValueError(f"nics per node must be a whole number >= 1, got {nics!r}")
+        object.__setattr__(self, "gpus_per_node", int(whole("gpus_per_node", self.gpus_per_node)))
+        if self.nics_per_node is not None:
+            object.__setattr__(self, "nics_per_node", int(whole("nics_per_node", self.nics_per_node)))
 
     def link(self, name: str) -> Interconnect:
         """The `Interconnect` a collective on link `name` sees, per device."""

@@ -5,10 +5,12 @@ same time). NVIDIA datasheets quote NVLink and PCIe as the sum of both direction
 are halved here; network ports are quoted per direction (200 Gb/s = 25 GB/s).
 
 Latency α is NCCL's own per-step estimate for ring collectives with its Simple protocol
-(the one large messages use): `hwLat` in NVIDIA NCCL's src/graph/tuning.cc
-(https://github.com/NVIDIA/nccl/blob/master/src/graph/tuning.cc, table "hwLat", row Ring,
-column Simple): NVLink 3.4 µs, PCI 5.7 µs, network 9.6 µs per step. It is NCCL's tuning
-model, not a measurement; `python -m measure.collectives` and `analysis` fit α and B on the
+(the one large messages use): `hwLat` in NVIDIA NCCL's src/graph/tuning.cc at commit
+01afd20a77b5804e0ecf1042509dd9d20ebf9e93 (2020; table "hwLat", row Ring, column
+Simple): NVLink 3.4 µs, PCI 5.7 µs, network 9.6 µs per step. Later releases keep NVLink
+and PCI and raise the network figure to 14.0 µs (e.g. commit
+b6475625fbcaa2c3c0e50eed2fa1255d7514d4a2), so α_net here is the older, lower one. It is
+NCCL's tuning model, not a measurement; `python -m measure.collectives` and `analysis` fit α and B on the
 machine at hand, and a fitted profile replaces these (`costmodel.comm.Cluster.with_fitted`).
 """
 
@@ -21,7 +23,7 @@ from costmodel.comm import Interconnect
 
 _GB = 1e9  # datasheet GB/s are decimal
 _NCCL = ("α: NCCL src/graph/tuning.cc hwLat (Ring, Simple), "
-         "https://github.com/NVIDIA/nccl/blob/master/src/graph/tuning.cc")
+         "https://github.com/NVIDIA/nccl/blob/01afd20a77b5804e0ecf1042509dd9d20ebf9e93/src/graph/tuning.cc")
 #: NCCL's per-step ring latencies (Simple protocol), seconds; see the module docstring.
 ALPHA_NVLINK_S = 3.4e-6
 ALPHA_PCI_S = 5.7e-6

@@ -42,6 +42,16 @@ def positive(name: str, value: Size) -> np.ndarray:
     return arr
 
 
+def whole(name: str, value, low: int = 1) -> np.ndarray:
+    """`value` (a count: devices, micro-batches, a ZeRO stage) as int64, each element a whole
+    number >= `low`; ValueError naming `name` otherwise (bools, floats and strings too). The
+    one validator of counts; `positive` is that of sizes."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iu" or np.any(arr < low):
+        raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
+    return arr.astype(np.int64)
+
+
 def first_where(arr: np.ndarray, mask: np.ndarray) -> float:
     """The first element of `arr` (broadcast to `mask`'s shape) where `mask` holds."""
     return float(np.broadcast_to(arr, np.shape(mask))[mask].flat[0])

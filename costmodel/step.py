@@ -61,6 +61,7 @@ from costmodel.primitives import (
     Size,
     elementwise_flops,
     positive,
+    whole,
 )
 from costmodel.step_ends import embeddings_cost, head_cost, largest_trainable
 from costmodel.vocab import ATTENTIONS, HEADS, METHODS
@@ -145,9 +146,7 @@ class StepSpec:
         if head in ("lm", "lm-tied") and self.model.tied_embeddings != (head == "lm-tied"):
             set_("model", replace(self.model, tied_embeddings=head == "lm-tied"))
         for name in ("n_classes", "grad_accum"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
+            whole(name, getattr(self, name))
         if self.optimizer_in_backward and self.clip_grad:
             raise ValueError("an update inside the backward cannot clip by the global norm (it needs "
                              "every gradient first); turn clipping off (--no-clip)")

@@ -17,16 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from costmodel.presets_models import ModelShape
+from costmodel.primitives import whole
 
 ZERO_STAGES = (0, 1, 2, 3)
-
-
-def _whole(name: str, value, low: int = 1) -> np.ndarray:
-    arr = np.asarray(value)
-    if arr.dtype == bool or not np.all(np.isfinite(arr.astype(float))) \
-            or np.any(arr.astype(float) != np.round(arr.astype(float))) or np.any(arr < low):
-        raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
-    return arr.astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -47,8 +40,8 @@ class Layout:
 
     def __post_init__(self) -> None:
         for name in ("dp", "tp", "pp", "micro_batch", "n_micro"):
-            object.__setattr__(self, name, _whole(name, getattr(self, name)))
-        zero = _whole("zero", self.zero, low=0)
+            object.__setattr__(self, name, whole(name, getattr(self, name)))
+        zero = whole("zero", self.zero, low=0)
         if np.any(zero > 3):
             raise ValueError(f"zero must be a ZeRO stage in 0..3, got {self.zero!r}")
         object.__setattr__(self, "zero", zero)
@@ -142,10 +135,7 @@ def candidate_layouts(model: ModelShape, gpus: int, global_batch: int,
     (0 only otherwise); micro-batches of powers of two up to `max_micro_batch` sequences
     that divide the replica's share. ValueError when none exists.
     """
-    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
-        raise ValueError(f"the device count must be a whole number >= 1, got {gpus!r}")
-    if isinstance(global_batch, bool) or not isinstance(global_batch, int) or global_batch < 1:
-        raise ValueError(f"the global batch must be a whole number >= 1, got {global_batch!r}")
+    gpus, global_batch = int(whole("gpus", gpus)), int(whole("global_batch", global_batch))
     rows = []
     for tp in divisors(gpus):
         if model.heads % tp or model.ffn % tp or (model.kv_heads % tp and tp % model.kv_heads):

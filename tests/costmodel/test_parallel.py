@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from costmodel.comm import Cluster, Interconnect, collective_time
 from costmodel.layers import LayerConfig, build
-from costmodel.parallel.layouts import Layout, divisors, parse_layout
+from costmodel.parallel.layouts import Layout, candidate_layouts, divisors, parse_layout
 from costmodel.parallel.stages import block_params_per_device, stage_costs, stage_params_per_device
 from costmodel.parallel.step import parallel_step
 from costmodel.parallel.traffic import collectives
@@ -275,3 +275,18 @@ def test_interconnect_presets_cite_sources():
     # per direction: NVLink 4 (900 GB/s both ways) is 3x NVLink 2 (300 GB/s), NDR twice HDR
     assert INTERCONNECTS["nvlink4"].bandwidth_bytes_per_s == 3 * INTERCONNECTS["nvlink2"].bandwidth_bytes_per_s
     assert INTERCONNECTS["ib-ndr"].bandwidth_bytes_per_s == 2 * INTERCONNECTS["ib-hdr"].bandwidth_bytes_per_s
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Cluster(0, INTERCONNECTS["nvlink3"], INTERCONNECTS["ib-hdr"]),
+    lambda: Cluster(True, INTERCONNECTS["nvlink3"], INTERCONNECTS["ib-hdr"]),
+    lambda: Cluster(8, INTERCONNECTS["nvlink3"], INTERCONNECTS["ib-hdr"], nics_per_node=0),
+    lambda: Layout(dp=2.5, tp=1, pp=1),
+    lambda: Layout(dp="2", tp=1, pp=1),
+    lambda: Layout(dp=2, tp=1, pp=1, zero=-1),
+    lambda: candidate_layouts(GPT2, 8.0, 8),
+    lambda: candidate_layouts(GPT2, 8, 0),
+])
+def test_counts_are_whole_numbers(make):
+    with pytest.raises(ValueError, match="must be a whole number >= "):
+        make()

@@ -68,7 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"INTRA,INTER links, from {', '.join(INTERCONNECTS)} "
                         f"(default {','.join(DEFAULT_INTERCONNECT)})")
     g.add_argument("--layout", default=None,
-                   help="cost this layout instead of searching: dp=…,tp=…,pp=…,zero=…[,micro_batch=…]")
+                   help="cost this layout instead of searching: dp=…,tp=…,pp=…,zero=…[,micro_batch=…] "
+                        "(a missing dimension is 1, zero 0; --gpus defaults to dp·tp·pp)")
     g.add_argument("--global-batch", type=positive_int, default=None,
                    help="sequences per optimizer step (default --batch × --gpus)")
     g.add_argument("--overlap", type=_fraction, default=DEFAULT_OVERLAP,

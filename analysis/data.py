@@ -191,6 +191,7 @@ def from_blog(raw: pd.DataFrame, source: str = "blog") -> pd.DataFrame:
             trainable_params=0, xla_flops=np.nan, xla_bytes=np.nan,
             error=np.where(ok, "", "no time recorded"), timestamp="",
             **schema.ADDED_IN_2,  # not paired, not refined
+            **schema.ADDED_IN_3,  # layer rows
         )
         rows.append(part)
     out = pd.concat(rows, ignore_index=True)

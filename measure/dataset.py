@@ -42,7 +42,7 @@ from costmodel.errors import UserError, one_line
 from costmodel.fileio import atomic_write_text
 from measure.fingerprint import fingerprint_differences
 from measure.lock import FolderLock
-from measure.schema import ADDED_IN_2, COLUMNS, KEY, SCHEMA_VERSION, SchemaError, validate
+from measure.schema import COLUMNS, KEY, SCHEMA_VERSION, SchemaError, upgrade_record, validate
 
 RUN_FORMAT = "lora-crossover-run"
 #: run.json format history: 1 -- first version (fingerprint, sessions, status).
@@ -81,8 +81,7 @@ def record_key(rec: Mapping[str, Any]) -> tuple:
 def _check_record(rec: Any, where: str) -> dict[str, Any]:
     if not isinstance(rec, dict):
         raise UserError(f"{where}: not a JSON object; not a measurements file of this tool")
-    if rec.get("schema_version") == 1:  # an older log: read with the version-1 meaning
-        rec = {**rec, **ADDED_IN_2, "schema_version": SCHEMA_VERSION}
+    rec = upgrade_record(rec)  # an older log: read with its version's meaning
     missing = [c for c in COLUMNS if c not in rec]
     if missing:
         raise UserError(f"{where}: lacks column {missing[0]!r}; not a measurements file of this tool")

@@ -18,6 +18,15 @@ Named grids (all at float32 unless ``--dtype``):
 ``square``
     e = h = d over powers of two 64 .. 4096, batch {8, 128, 1024}, rank {1, 8, 64}
     (rank <= d): the crossover-fitting grid.
+``models``
+    whole training steps (`measure.wholemodel`) of published shapes scaled down
+    (`MODELS_GRID_SHAPES`): GPT-2-like (LM head tied), LLaMA-like (grouped-query attention,
+    SwiGLU, RMSNorm, untied LM head) and BERT-like (token types, embedding norm, a new
+    classifier head), widths 64-1024, 2-8 layers, batch 1-32, seq 64-256, AdamW with
+    clipping at float32, LoRA rank 8 on q,v; and at one GPT-2-like shape each option once
+    (`MODELS_GRID_OPTIONS`): SGD, no clipping, bf16-mixed, recomputation, 2 micro-batches,
+    fused attention. 29 configs x 3 methods; see benchmarks/bench_models_grid.py for its
+    wall time.
 """
 
 from __future__ import annotations
@@ -40,7 +49,31 @@ from measure.vocab import (  # noqa: F401 -- re-exported for measure.sweep
 )
 
 #: Per-config timing budget (seconds of the timing loop) each named grid is tuned for.
-DEFAULT_BUDGET_S: dict[str, float] = {"quick": 0.3, "seed": 1.5, "square": 2.0, "custom": 2.0}
+DEFAULT_BUDGET_S: dict[str, float] = {
+    "quick": 0.3, "seed": 1.5, "square": 2.0, "custom": 2.0, "models": 0.3, "custom-model": 1.0,
+}
+
+#: The `models` grid's shapes: (preset, d_model, layers, vocab, head, [(batch, seq), ...]).
+#: Vocabularies are scaled down with the widths (a 50k-row table would dominate every step
+#: of a 64-wide model); the (batch, seq) pairs keep each step below ~0.5 s on a 2-core CPU.
+MODELS_GRID_SHAPES: tuple[tuple[str, int, int, int, str, tuple[tuple[int, int], ...]], ...] = (
+    ("gpt2-small", 64, 2, 2048, "lm-tied", ((1, 64), (1, 256), (8, 128), (32, 128))),
+    ("gpt2-small", 128, 4, 4096, "lm-tied", ((1, 128), (8, 64), (16, 64))),
+    ("gpt2-small", 256, 4, 8192, "lm-tied", ((1, 64), (4, 64))),
+    ("gpt2-small", 512, 4, 8192, "lm-tied", ((1, 64),)),
+    ("gpt2-small", 1024, 2, 4096, "lm-tied", ((1, 64),)),
+    ("llama2-7b", 128, 2, 4096, "lm", ((1, 128), (8, 64), (16, 64))),
+    ("llama2-70b", 256, 8, 4096, "lm", ((1, 64), (2, 64))),
+    ("llama2-7b", 512, 2, 8192, "lm", ((1, 64), (2, 64))),
+    ("bert-base", 128, 2, 4096, "classifier", ((1, 128), (8, 128), (32, 64))),
+    ("bert-base", 256, 4, 8192, "classifier", ((1, 128), (8, 64))),
+)
+#: Each option once, at the GPT-2-like shape d_model 128, 4 layers, batch 8, seq 64.
+MODELS_GRID_OPTIONS: tuple[dict, ...] = (
+    dict(optimizer="sgd"), dict(clip=False), dict(precision="bf16-mixed"), dict(recompute=True),
+    dict(grad_accum=2), dict(attention="fused"),
+)
+MODELS_GRID_RANK = 8
 
 
 @dataclass(frozen=True)
@@ -101,7 +134,7 @@ class Config:
 @dataclass(frozen=True)
 class Grid:
     name: str
-    configs: tuple[Config, ...]
+    configs: tuple[Config, ...]  # or ModelConfigs (layer "model"), which the sweep tells apart
     methods: tuple[str, ...]
 
     def identity(self) -> str:
@@ -117,6 +150,11 @@ class Grid:
     def describe(self) -> dict:
         return {"name": self.name, "n_configs": len(self.configs), "methods": list(self.methods),
                 "identity": self.identity(), "n_pairs": len(self.configs) * len(self.methods)}
+
+    @property
+    def whole_model(self) -> bool:
+        """Its configs are whole-model steps (`measure.modelconfig.ModelConfig`)."""
+        return bool(self.configs) and self.configs[0].layer == "model"
 
 
 def default_methods(variant: str) -> tuple[str, ...]:
@@ -230,3 +268,48 @@ def custom_grid(
         configs = product_configs(batch=batch, embed=embed, hidden=hidden, rank=rank,
                                   square=hidden is None, **common)
     return _grid("custom", configs, methods, common["variant"])
+
+
+def models_grid(methods: Sequence[str] | None = None) -> Grid:
+    """The named grid ``models`` (see the module docstring)."""
+    from measure.modelconfig import ModelConfig, scaled_model
+
+    configs = []
+    for preset, d, layers, vocab, head, sizes in MODELS_GRID_SHAPES:
+        longest = max(s for _, s in sizes)
+        shape = scaled_model(preset, d_model=d, layers=layers, vocab=vocab, seq=longest)
+        for batch, seq in sizes:
+            configs.append(ModelConfig(shape, batch=batch, seq=seq, rank=MODELS_GRID_RANK, head=head))
+    shape = scaled_model("gpt2-small", d_model=128, layers=4, vocab=4096, seq=128)
+    for option in MODELS_GRID_OPTIONS:
+        configs.append(ModelConfig(shape, batch=8, seq=64, rank=MODELS_GRID_RANK, head="lm-tied", **option))
+    return _grid("models", tuple(configs), methods, "clean")  # type: ignore[arg-type]
+
+
+def custom_model_grid(
+    *,
+    model: str,
+    batch: Sequence[int],
+    seq: int,
+    rank: Sequence[int],
+    d_model: Sequence[int | None] = (None,),
+    layers: Sequence[int | None] = (None,),
+    heads: int | None = None,
+    kv_heads: int | None = None,
+    ffn: int | None = None,
+    vocab: int | None = None,
+    methods: Sequence[str] | None = None,
+    **options,
+) -> Grid:
+    """Whole-model steps of the preset `model` scaled to each d_model x layers, over batch x
+    rank; `options` are `ModelConfig`'s (head, optimizer, clip, precision, ...).
+    ValueError (one line) on a bad preset, size or option."""
+    from measure.modelconfig import ModelConfig, scaled_model
+
+    configs = []
+    for d, n_layers in itertools.product(d_model, layers):
+        shape = scaled_model(model, d_model=d, layers=n_layers, heads=heads, kv_heads=kv_heads,
+                             ffn=ffn, vocab=vocab, seq=seq)
+        for b, r in itertools.product(batch, rank):
+            configs.append(ModelConfig(shape, batch=int(b), seq=seq, rank=int(r), **options))
+    return _grid("custom-model", tuple(configs), methods, "clean")  # type: ignore[arg-type]

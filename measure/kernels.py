@@ -144,15 +144,18 @@ silu.defvjp(_silu_fwd, _silu_bwd)
 
 
 # ------------------------------------------------------------------------------ layers
-def project(x, p: dict, name: str, cfg: LayerConfig, target: bool):
-    """y = xW (+ b), LoRA-factored or merged when `target`; mirrors costmodel.layers.project."""
+def project(x, p: dict, name: str, cfg: LayerConfig, target: bool, alpha: float = LORA_ALPHA):
+    """y = xW (+ b), LoRA-factored or merged when `target`; mirrors costmodel.layers.project.
+
+    alpha: LoRA's α; the adapter's product is scaled by s = α / r (factored form only: merged
+    LoRA's W' = W + AB absorbs s into B)."""
     W = p[f"W{name}"]
     method = cfg.method if target else "frozen"
     if method == "lora_merged":
         W = W + p[f"A{name}"] @ p[f"B{name}"]
     y = x @ W
     if method == "lora":
-        s = LORA_ALPHA / p[f"A{name}"].shape[1]
+        s = alpha / p[f"A{name}"].shape[1]
         y = y + s * ((x @ p[f"A{name}"]) @ p[f"B{name}"])
     if f"b{name}" in p:
         y = y + p[f"b{name}"]
@@ -171,7 +174,34 @@ def _attention(x, p, cfg):
     return softmax(s) @ v
 
 
-def _block(x, p, cfg):
+from costmodel.vocab import ATTENTIONS  # noqa: E402 -- one home for the vocabulary
+
+
+def fused_attention(q, k, v, causal: bool):
+    """softmax(qkᵀ/√d)v by `jax.nn.dot_product_attention` on (batch, seq, heads, head_dim).
+
+    Keys and values may have fewer heads (grouped-query attention). On a GPU, JAX picks
+    cuDNN's fused kernel (FlashAttention's algorithm: Dao et al. 2022, "FlashAttention",
+    arXiv:2205.14135), which keeps no seq×seq tensor for the backward and recomputes the
+    scores and their softmax there. On other backends JAX lowers it to plain XLA ops; we wrap
+    that in `jax.checkpoint`, so the backward likewise keeps only q, k, v and recomputes
+    scores and probabilities (the output product PV is not needed by its own VJP and is not
+    recomputed): the same arithmetic FlashAttention performs, without its tiling.
+    """
+    if jax.default_backend() == "gpu":
+        return jax.nn.dot_product_attention(q, k, v, is_causal=causal)
+    return jax.checkpoint(
+        lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="xla")
+    )(q, k, v)
+
+
+def _block(x, p, cfg, *, alpha: float = LORA_ALPHA, attention: str = "naive"):
+    """A pre-norm transformer block on x: (batch·seq, embed); see costmodel.layers.
+
+    attention: "naive" materialises the (seq × seq) scores with the project's own softmax;
+    "fused" is `fused_attention`."""
+    if attention not in ATTENTIONS:
+        raise ValueError(f"unknown attention {attention!r}; choose one of {', '.join(ATTENTIONS)}")
     b, t, d = int(cfg.batch), int(cfg.seq), int(cfg.embed)
     nh, nkv = int(cfg.heads), int(cfg.kv_heads)
     hd = d // nh
@@ -184,25 +214,31 @@ def _block(x, p, cfg):
     def heads(a, n):
         return a.reshape(b, t, n, hd).transpose(0, 2, 1, 3)
 
+    def proj(a, name, target):
+        return project(a, p, name, cfg, target, alpha)
+
     h1 = norm("ln1", x)
-    q = heads(project(h1, p, "q", cfg, "q" in cfg.targets), nh)
-    k = heads(project(h1, p, "k", cfg, "k" in cfg.targets), nkv)
-    v = heads(project(h1, p, "v", cfg, "v" in cfg.targets), nkv)
-    if nkv != nh:
-        k = jnp.repeat(k, nh // nkv, axis=1)
-        v = jnp.repeat(v, nh // nkv, axis=1)
-    s = jnp.einsum("bhqd,bhkd->bhqk", q, k) * (1.0 / math.sqrt(hd))
-    if cfg.causal:
-        s = jnp.where(jnp.tril(jnp.ones((t, t), bool)), s, -jnp.inf)
-    o = jnp.einsum("bhqk,bhkd->bhqd", softmax(s), v).transpose(0, 2, 1, 3).reshape(b * t, d)
-    x2 = x + project(o, p, "o", cfg, "o" in cfg.targets)
+    q, k, v = (proj(h1, n, n in cfg.targets) for n in ("q", "k", "v"))
+    if attention == "fused":
+        o = fused_attention(q.reshape(b, t, nh, hd), k.reshape(b, t, nkv, hd),
+                            v.reshape(b, t, nkv, hd), bool(cfg.causal)).reshape(b * t, d)
+    else:
+        q, k, v = heads(q, nh), heads(k, nkv), heads(v, nkv)
+        if nkv != nh:
+            k = jnp.repeat(k, nh // nkv, axis=1)
+            v = jnp.repeat(v, nh // nkv, axis=1)
+        s = jnp.einsum("bhqd,bhkd->bhqk", q, k) * (1.0 / math.sqrt(hd))
+        if cfg.causal:
+            s = jnp.where(jnp.tril(jnp.ones((t, t), bool)), s, -jnp.inf)
+        o = jnp.einsum("bhqk,bhkd->bhqd", softmax(s), v).transpose(0, 2, 1, 3).reshape(b * t, d)
+    x2 = x + proj(o, "o", "o" in cfg.targets)
     h2 = norm("ln2", x2)
     adapt = "mlp" in cfg.targets
     if cfg.mlp == "gelu":
-        u = gelu(project(h2, p, "fc", cfg, adapt))
+        u = gelu(proj(h2, "fc", adapt))
     else:
-        u = silu(project(h2, p, "gate", cfg, adapt)) * project(h2, p, "up", cfg, adapt)
-    return x2 + project(u, p, "proj", cfg, adapt)
+        u = silu(proj(h2, "gate", adapt)) * proj(h2, "up", adapt)
+    return x2 + proj(u, "proj", adapt)
 
 
 LAYER_FNS: dict[str, Callable] = {"linear": _linear, "attention": _attention, "block": _block}
@@ -220,7 +256,7 @@ class Kernel:
     loss_fn: Callable  # loss_fn(x, frozen, trainable) -> scalar
 
 
-def _param_shapes(cfg: LayerConfig) -> dict[str, tuple[tuple[int, ...], bool]]:
+def param_shapes(cfg: LayerConfig) -> dict[str, tuple[tuple[int, ...], bool]]:
     """name -> (shape, trainable) for every parameter of `cfg`, as costmodel.layers declares."""
     e, h, r = int(cfg.embed), int(cfg.hidden), int(cfg.rank)
     full = cfg.method == "full"
@@ -266,7 +302,7 @@ def init_params(cfg: LayerConfig, seed: int = 0) -> tuple[jax.Array, dict, dict]
     kx, key = jax.random.split(key)
     x = jax.random.normal(kx, (int(cfg.batch) * int(cfg.seq), int(cfg.embed)), dt)
     frozen, trainable = {}, {}
-    for name, (shape, is_trainable) in _param_shapes(cfg).items():
+    for name, (shape, is_trainable) in param_shapes(cfg).items():
         key, sub = jax.random.split(key)
         if name.startswith("γ"):
             value = jnp.ones(shape, dt)

@@ -1,6 +1,9 @@
 """The one tidy schema shared by `measure` (which writes it) and `analysis` (which reads it).
 
-Long form: one row per (config, method) summary of repeated timings.
+Long form: one row per (config, method) summary of repeated timings. A row times either one
+layer's forward+backward (``layer`` linear, attention or block) or a whole model's training
+step (``layer`` = "model": embeddings, blocks, head, loss, clipping and the optimizer
+update; `measure.wholemodel`), described by the version-3 columns.
 
 Format history (bump SCHEMA_VERSION on any change of names, meaning or dtype):
   1 -- first version.
@@ -8,6 +11,12 @@ Format history (bump SCHEMA_VERSION on any change of names, meaning or dtype):
        (`measure.refine`); ``paired_ratio`` with ``paired_ratio_ci_low/high``: the median over
        interleaved rounds of t_method / t_full and its 95% bootstrap interval. Version-1
        tables are read as grid rows without paired ratios (`upgrade`).
+  3 -- whole-model steps: ``model`` (the preset scaled down), ``layers``, ``kv_heads``,
+       ``vocab``, ``mlp``, ``norm``, ``head``, ``n_classes``, ``attention``, ``optimizer``,
+       ``clip``, ``precision``, ``recompute``, ``grad_accum``, ``model_params``; for a
+       whole-model row embed is d_model, hidden the MLP width, batch the sequences per
+       micro-batch, dtype the compute dtype. Layer rows (and older tables) hold
+       `ADDED_IN_3`: "" or 0 where a field does not apply to a layer.
 """
 
 from __future__ import annotations
@@ -17,12 +26,22 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Columns added since version 1 and the value a version-1 row takes for them.
 ADDED_IN_2: Mapping[str, object] = {
     "refinement": False, "paired_ratio": float("nan"), "paired_ratio_ci_low": float("nan"),
     "paired_ratio_ci_high": float("nan"),
 }
+#: Columns added in version 3 and the value a layer row (and a version-2 row) holds:
+#: not a whole model ("" / 0), no optimizer update, no clipping, no recomputation, one
+#: micro-batch.
+ADDED_IN_3: Mapping[str, object] = {
+    "model": "", "layers": 0, "kv_heads": 0, "vocab": 0, "mlp": "", "norm": "", "head": "",
+    "n_classes": 0, "attention": "", "optimizer": "", "clip": False, "precision": "",
+    "recompute": False, "grad_accum": 1, "model_params": 0,
+}
+#: The columns each version added, and their value in rows of the versions before.
+ADDED: Mapping[int, Mapping[str, object]] = {2: ADDED_IN_2, 3: ADDED_IN_3}
 
 #: column name -> pandas dtype. Units are in the names (``_s`` seconds).
 COLUMNS: Mapping[str, str] = {
@@ -43,7 +62,23 @@ COLUMNS: Mapping[str, str] = {
     "heads": "int64",  # 1 for linear/attention
     "targets": "string",  # comma-joined sorted adapted matrices, "" for full
     "input_requires_grad": "bool",
-    "dtype": "string",  # float32 | bfloat16
+    "dtype": "string",  # float32 | bfloat16 (a whole-model step: its compute dtype)
+    # --- whole-model steps (layer == "model", v3); layer rows hold ADDED_IN_3
+    "model": "string",  # the preset the shape was scaled from (costmodel.presets_models)
+    "layers": "int64",  # blocks
+    "kv_heads": "int64",  # key/value heads (== heads without grouped-query attention)
+    "vocab": "int64",  # vocabulary rows
+    "mlp": "string",  # gelu | swiglu
+    "norm": "string",  # layernorm | rmsnorm
+    "head": "string",  # lm | lm-tied | classifier
+    "n_classes": "int64",  # classifier outputs (0 for an LM head)
+    "attention": "string",  # naive | fused
+    "optimizer": "string",  # sgd | adamw
+    "clip": "bool",  # global-norm gradient clipping
+    "precision": "string",  # fp32 | bf16 | bf16-mixed
+    "recompute": "bool",  # activation recomputation per block
+    "grad_accum": "int64",  # micro-batches of `batch` sequences per optimizer update
+    "model_params": "int64",  # the base model's parameters (adapters aside)
     # --- timing summary of one forward+backward call
     "n_repeats": "int64",
     "calls_per_repeat": "int64",  # k back-to-back calls per timed repeat (sub-ms kernels)
@@ -77,13 +112,16 @@ COLUMNS: Mapping[str, str] = {
 KEY: tuple[str, ...] = (
     "layer", "method", "variant", "timing_mode", "batch", "embed", "hidden", "rank",
     "seq", "heads", "targets", "input_requires_grad", "dtype",
+    "model", "layers", "kv_heads", "vocab", "mlp", "norm", "head", "n_classes", "attention",
+    "optimizer", "clip", "precision", "recompute", "grad_accum",
 )
 #: The sizes of a config: the axes the sweeps and the fits vary.
 SIZE_COLUMNS: tuple[str, ...] = ("batch", "embed", "hidden", "rank")
-#: The columns that, with the sizes, identify a config: every KEY column but method and
-#: targets (the adapted matrices differ between the methods of one config).
+#: The columns that, with the sizes, identify a layer config: every KEY column but method
+#: and targets (the adapted matrices differ between the methods of one config) and the
+#: whole-model columns (constant on layer rows; `analysis.wholemodel` reads those).
 CONTEXT_COLUMNS: tuple[str, ...] = tuple(
-    c for c in KEY if c not in ("method", "targets") and c not in SIZE_COLUMNS
+    c for c in KEY if c not in ("method", "targets") and c not in SIZE_COLUMNS and c not in ADDED_IN_3
 )
 #: The columns that identify a config across its methods: context and sizes.
 CONFIG_COLUMNS: tuple[str, ...] = tuple(c for c in KEY if c not in ("method", "targets"))
@@ -150,6 +188,10 @@ def _row_checks(df: pd.DataFrame) -> list[tuple[str, np.ndarray, str]]:
     """(column, bad-row mask, what a bad value breaks), in column order."""
     from costmodel.layers import MAX_BATCH, MAX_SEQ, MAX_WIDTH, TARGETS
     from measure.grids import DTYPES, LAYERS, METHODS, TIMING_MODES, VARIANTS
+    from measure.modelconfig import ATTENTIONS, HEADS, OPTIMIZERS, PRECISIONS
+
+    whole = (df["layer"] == "model").to_numpy()
+    attention_like = whole | (df["layer"] == "block").to_numpy()
 
     def outside(name: str, low: int, high: int | None = None) -> np.ndarray:
         v = df[name].to_numpy()
@@ -167,7 +209,7 @@ def _row_checks(df: pd.DataFrame) -> list[tuple[str, np.ndarray, str]]:
             if method == "full":
                 wrong = bool(names)
             else:
-                valid = TARGETS.get(layer, ())
+                valid = TARGETS.get("block" if layer == "model" else layer, ())
                 wrong = not names or any(t not in valid for t in names) or len(set(names)) != len(names)
             if wrong:
                 bad.add((layer, method, targets))
@@ -175,7 +217,8 @@ def _row_checks(df: pd.DataFrame) -> list[tuple[str, np.ndarray, str]]:
         return np.array([k in bad for k in keys], dtype=bool)
 
     checks = [
-        ("layer", ~df["layer"].isin(LAYERS).to_numpy(), f"not a layer ({', '.join(LAYERS)})"),
+        ("layer", ~df["layer"].isin((*LAYERS, "model")).to_numpy(),
+         f"not a layer ({', '.join(LAYERS)}) or a whole model (model)"),
         ("method", ~df["method"].isin(METHODS).to_numpy(), f"not a method ({', '.join(METHODS)})"),
         ("variant", ~df["variant"].isin(VARIANTS).to_numpy(), "not a variant"),
         ("timing_mode", ~df["timing_mode"].isin(TIMING_MODES).to_numpy(), "not a timing mode"),
@@ -185,12 +228,25 @@ def _row_checks(df: pd.DataFrame) -> list[tuple[str, np.ndarray, str]]:
         ("rank", (df["rank"].to_numpy() < 1) | (df["rank"].to_numpy() > rank_limit),
          "must be 1 to min(embed, hidden)"),
         ("seq", outside("seq", 1, MAX_SEQ), f"must be 1 to {MAX_SEQ:.0e}"),
-        ("heads", outside("heads", 1) | ((df["layer"] == "block").to_numpy()
+        ("heads", outside("heads", 1) | (attention_like
                                           & (df["embed"].to_numpy() % np.maximum(df["heads"].to_numpy(), 1) != 0))
-         | ((df["layer"] != "block").to_numpy() & ((df["heads"] != 1) | (df["seq"] != 1)).to_numpy()),
-         "must divide embed (block layer), be 1 with seq 1 otherwise"),
+         | (~attention_like & ((df["heads"] != 1) | (df["seq"] != 1)).to_numpy()),
+         "must divide embed (block layer, whole model), be 1 with seq 1 otherwise"),
         ("targets", bad_targets(), "not valid for the layer and method"),
         ("dtype", ~df["dtype"].isin(DTYPES).to_numpy(), f"not a dtype ({', '.join(DTYPES)})"),
+        # whole-model rows (v3): sizes >= 1 and options the step knows
+        ("layers", whole & (df["layers"].to_numpy() < 1), "must be >= 1 for a whole model"),
+        ("kv_heads", whole & ((df["kv_heads"].to_numpy() < 1)
+                              | (df["heads"].to_numpy() % np.maximum(df["kv_heads"].to_numpy(), 1) != 0)),
+         "must divide heads (a whole model)"),
+        ("vocab", whole & (df["vocab"].to_numpy() < 1), "must be >= 1 for a whole model"),
+        ("head", whole & ~df["head"].isin(HEADS).to_numpy(), f"not a head ({', '.join(HEADS)})"),
+        ("attention", whole & ~df["attention"].isin(ATTENTIONS).to_numpy(), "not an attention"),
+        ("optimizer", whole & ~df["optimizer"].isin(OPTIMIZERS).to_numpy(),
+         f"not an optimizer ({', '.join(OPTIMIZERS)})"),
+        ("precision", whole & ~df["precision"].isin(PRECISIONS).to_numpy(),
+         f"not a precision ({', '.join(PRECISIONS)})"),
+        ("grad_accum", df["grad_accum"].to_numpy() < 1, "must be >= 1"),
         ("n_repeats", ok_run & (df["n_repeats"].to_numpy() < 1), "must be >= 1 for a row that ran"),
         ("time_median_s", ok_run & ~(np.isfinite(median) & (median > 0)),
          "must be a finite time > 0 for a row that ran"),
@@ -226,24 +282,39 @@ def check_rows(df: pd.DataFrame, row_names=None) -> None:
 
 
 def upgrade(df: pd.DataFrame) -> pd.DataFrame:
-    """A version-1 table as version 2: the added columns at their version-1 meaning (grid rows,
-    no paired ratio). Other versions pass through for `validate` to name."""
+    """Rows of older versions as the current one: each column a version added takes its value
+    for the rows before it (`ADDED`: grid rows, no paired ratio, layer rows). Other versions
+    pass through for `validate` to name."""
     if "schema_version" not in df.columns or len(df) == 0:
         return df
     try:
-        v1 = pd.to_numeric(df["schema_version"], errors="coerce") == 1
+        version = pd.to_numeric(df["schema_version"], errors="coerce")
     except (TypeError, ValueError):
         return df
-    if not v1.any():
+    old = version.isin(list(range(1, SCHEMA_VERSION)))
+    if not old.any():
         return df
     df = df.copy()
-    for name, value in ADDED_IN_2.items():
-        if name not in df.columns:
-            df[name] = value
-        else:
-            df.loc[v1, name] = value
-    df.loc[v1, "schema_version"] = SCHEMA_VERSION
+    for added_in, columns in ADDED.items():
+        rows = old & (version < added_in)
+        for name, value in columns.items():
+            if name not in df.columns:
+                df[name] = value
+            df.loc[rows, name] = value
+    df.loc[old, "schema_version"] = SCHEMA_VERSION
     return df
+
+
+def upgrade_record(rec: Mapping[str, object]) -> dict:
+    """One record (a dict) of an older version as the current one; see `upgrade`."""
+    out = dict(rec)
+    version = rec.get("schema_version")
+    if isinstance(version, int) and not isinstance(version, bool) and 1 <= version < SCHEMA_VERSION:
+        for added_in, columns in ADDED.items():
+            if version < added_in:
+                out.update(columns)
+        out["schema_version"] = SCHEMA_VERSION
+    return out
 
 
 def _as_bool(col: pd.Series) -> pd.Series:

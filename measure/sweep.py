@@ -16,6 +16,7 @@ recorded with its error and the sweep goes on.
 
 from __future__ import annotations
 
+import argparse
 import math
 import random
 import sys
@@ -40,9 +41,9 @@ from costmodel.cliutil import (
     run,
 )
 from costmodel.layers import MAX_BATCH, MAX_SEQ, MAX_WIDTH
-from measure import grids
+from measure import grids, modelconfig
 from measure.grids import Config, Grid
-from measure.schema import COLUMNS, CURVE_COLUMNS, SCHEMA_VERSION
+from measure.schema import ADDED_IN_3, COLUMNS, CURVE_COLUMNS, SCHEMA_VERSION
 
 PROG = "python -m measure.sweep"
 
@@ -67,11 +68,14 @@ def describe(config: Config, method: str) -> dict[str, Any]:
     The cost model validates sizes, ranks and targets (one-line ValueError messages), so the
     sweep does not duplicate those checks.
     """
+    if config.layer == "model":
+        return describe_model(config, method)
     from costmodel.layers import build as cost_of
 
     cfg = _layer_config(config, method)
     cost = cost_of(cfg)
     return {
+        **ADDED_IN_3,
         "layer": config.layer,
         "method": method,
         "variant": config.variant,
@@ -92,6 +96,32 @@ def describe(config: Config, method: str) -> dict[str, Any]:
     }
 
 
+def describe_model(config, method: str) -> dict[str, Any]:
+    """Key and cost-model columns of a whole-model step (`measure.modelconfig.ModelConfig`):
+    the cost model's `step_cost`, and the JAX model's base parameter count."""
+    from measure import wholemodel
+
+    step = config.step(method)
+    m = step.shape
+    counts = wholemodel.param_counts(step)
+    cost = modelconfig.step_cost(step)
+    return {
+        "layer": "model", "method": method, "variant": "clean", "timing_mode": "aot",
+        "batch": step.batch, "embed": m.d_model, "hidden": m.ffn, "rank": config.rank,
+        "seq": step.seq, "heads": m.heads,
+        "targets": "" if method == "full" else ",".join(sorted(step.targets)),
+        "input_requires_grad": False, "dtype": step.compute_dtype,
+        "model": m.name, "layers": m.layers, "kv_heads": m.kv_heads, "vocab": m.vocab,
+        "mlp": m.mlp, "norm": m.norm, "head": step.head,
+        "n_classes": step.n_classes if step.head == "classifier" else 0,
+        "attention": step.attention, "optimizer": step.optimizer, "clip": step.clip,
+        "precision": step.precision, "recompute": step.recompute, "grad_accum": step.grad_accum,
+        "model_params": counts["total"],
+        "model_flops": float(cost.flops), "model_bytes": float(cost.bytes_moved),
+        "model_kernels": float(cost.kernels), "trainable_params": int(cost.trainable_params),
+    }
+
+
 def make_record(
     base: dict[str, Any], *, run_id: str, backend: str, device_kind: str,
     summary=None, prepared=None, error: str = "",
@@ -101,7 +131,7 @@ def make_record(
     nan = float("nan")
     rec: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "run_id": run_id, "backend": backend,
-        "device_kind": device_kind, **base,
+        "device_kind": device_kind, **ADDED_IN_3, **base,
         "n_repeats": 0, "calls_per_repeat": 0, "time_median_s": nan, "time_iqr_s": nan,
         "time_min_s": nan, "time_ci_low_s": nan, "time_ci_high_s": nan, "time_cv": nan,
         "unstable": False, "compile_s": nan, "xla_flops": nan, "xla_bytes": nan,
@@ -139,6 +169,11 @@ def prepare(config: Config, method: str, param_seed: int):
             method, batch=config.batch, embed=config.embed, hidden=config.hidden,
             rank=config.rank, timing_mode=config.timing_mode,
         )
+    if config.layer == "model":
+        from measure import wholemodel
+
+        step = wholemodel.build(config.step(method), seed=param_seed)  # type: ignore[attr-defined]
+        return timing.prepare(f"{step.name} {config.label()}", step.fn, step.args)
     from measure import kernels
 
     kernel = kernels.build(
@@ -228,9 +263,11 @@ def build_parser() -> OneLineArgumentParser:
     p.add_argument("--targets", type=csv_list(what="target"),
                    help="adapted matrices, e.g. q,v (default: the layer's)")
     p.add_argument("--input-grad", action="store_true", help="also differentiate the layer input")
-    p.add_argument("--seq", type=bounded_int(MAX_SEQ, "sequence length"), default=1,
-                   help="block layer: sequence length")
-    p.add_argument("--heads", type=positive_int, default=1, help="block layer: attention heads")
+    p.add_argument("--seq", type=bounded_int(MAX_SEQ, "sequence length"),
+                   help="tokens per sequence: block layer (default 1) or whole model (required)")
+    p.add_argument("--heads", type=positive_int,
+                   help="attention heads: block layer (default 1) or whole model (default: the "
+                        "preset's head width, d_model / head_dim)")
     p.add_argument("--variant", choices=grids.VARIANTS, default="clean",
                    help="clean (ours) or seed (the blog's code, bugs included)")
     p.add_argument("--timing", choices=grids.TIMING_MODES, default="aot",
@@ -257,6 +294,41 @@ def build_parser() -> OneLineArgumentParser:
                    help="measure only share K of N (1 <= K <= N) of the shuffled configs: "
                         "every N-th config of the --order-seed order, from the K-th; merge the "
                         "shards' folders with python -m measure.merge")
+    w = p.add_argument_group(
+        "whole-model steps",
+        "time whole training steps (embeddings, blocks, head, loss, optimizer) of a published "
+        "shape scaled down, e.g. --model gpt2-small --d-model 256 --layers 4 --batch 1,8 "
+        "--seq 128 --methods full,lora --targets q,v --optimizer adamw (see measure.wholemodel); "
+        "--grid models is the named grid of them",
+    )
+    w.add_argument("--model", type=_model_name,
+                   help="preset to scale down (the cost model's names: gpt2-small, llama2-7b, "
+                        "bert-base, ...; python -m costmodel --list-models)")
+    w.add_argument("--d-model", type=bounded_int_list(MAX_WIDTH, "width"),
+                   help="residual widths, e.g. 128,256 (default: the preset's)")
+    w.add_argument("--layers", type=bounded_int_list(MAX_BATCH, "layers"), help="numbers of blocks, e.g. 2,4")
+    w.add_argument("--kv-heads", type=positive_int,
+                   help="key/value heads (grouped-query attention; must divide --heads; "
+                        "default: the preset's grouping)")
+    w.add_argument("--ffn", type=positive_int, help="MLP width (default: the preset's ratio to d_model)")
+    w.add_argument("--vocab", type=positive_int, help="vocabulary rows (default: the preset's)")
+    w.add_argument("--head", choices=modelconfig.HEADS, default="lm",
+                   help="lm (untied vocabulary projection), lm-tied, or classifier (first token "
+                        "-> --classes logits, trained under every method); default lm")
+    w.add_argument("--classes", type=positive_int, default=2, help="classifier outputs (default 2)")
+    w.add_argument("--optimizer", choices=modelconfig.OPTIMIZERS, default="adamw",
+                   help="optax sgd or adamw (default adamw)")
+    w.add_argument("--no-clip", dest="clip", action="store_false",
+                   help="no global-norm gradient clipping (default: clip at 1.0)")
+    w.add_argument("--precision", choices=modelconfig.PRECISIONS, default="fp32",
+                   help="fp32, bf16 or bf16-mixed (fp32 master weights); default fp32")
+    w.add_argument("--recompute", action="store_true",
+                   help="recompute each block's activations in the backward (jax.checkpoint)")
+    w.add_argument("--grad-accum", type=positive_int, default=1,
+                   help="micro-batches of --batch sequences per optimizer update (default 1)")
+    w.add_argument("--attention", choices=modelconfig.ATTENTIONS, default="naive",
+                   help="naive (materialised seq x seq scores) or fused "
+                        "(jax.nn.dot_product_attention); default naive")
     p.add_argument("--time-limit-s", type=non_negative_float,
                    help="start no new config after this many seconds; the run is marked "
                         "interrupted (exit 0) and the same command resumes it")
@@ -284,16 +356,66 @@ def shard_of(order: list[int], shard: tuple[int, int] | None) -> list[int]:
         return order
     k, n = shard
     return order[k - 1 :: n]
+def _model_name(value: str) -> str:
+    from costmodel.presets_models import resolve_model
+
+    try:
+        return resolve_model(value).name
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(one_line(exc)) from None
+
+
+#: Flags that only a whole-model sweep takes, and their defaults.
+_MODEL_FLAGS = {"d_model": None, "layers": None, "kv_heads": None, "ffn": None, "vocab": None,
+                "head": "lm", "classes": 2, "optimizer": "adamw", "clip": True,
+                "precision": "fp32", "recompute": False, "grad_accum": 1, "attention": "naive"}
+
+
+def _model_grid_from_args(args) -> Grid:
+    """--grid models, or a custom whole-model grid from --model and its flags."""
+    if args.layer is not None or args.embed is not None or args.hidden is not None:
+        raise UserError("--layer, --embed and --hidden are for layer sweeps; a whole model takes "
+                        "--d-model (and --ffn)")
+    if args.variant != "clean" or args.timing != "aot":
+        raise UserError("whole-model steps exist in the clean variant, timed aot, only")
+    if args.grid == "models":
+        given = [f"--{k.replace('_', '-')}" for k, v in _MODEL_FLAGS.items() if getattr(args, k) != v]
+        given += ["--model"] * (args.model is not None)
+        given += [f"--{k}" for k in ("batch", "rank", "targets") if getattr(args, k) is not None]
+        if given:
+            raise UserError(f"--grid models fixes its own shapes and options; drop {given[0]}")
+        return grids.models_grid(methods=args.methods)
+    if args.batch is None:
+        raise UserError("a whole-model sweep needs --batch, e.g. --model gpt2-small --batch 1,8 --seq 128")
+    if args.seq is None:
+        raise UserError("a whole-model sweep needs --seq (tokens per sequence), e.g. --seq 128")
+    return grids.custom_model_grid(
+        model=args.model, batch=args.batch, seq=args.seq, rank=args.rank or (8,),
+        d_model=args.d_model or (None,), layers=args.layers or (None,),
+        heads=args.heads,
+        kv_heads=args.kv_heads, ffn=args.ffn, vocab=args.vocab, methods=args.methods,
+        targets=args.targets or ("q", "v"), head=args.head, n_classes=args.classes,
+        optimizer=args.optimizer, clip=args.clip, precision=args.precision,
+        recompute=args.recompute, grad_accum=args.grad_accum, attention=args.attention,
+    )
 
 
 def grid_from_args(args) -> Grid:
+    if args.grid == "models" or args.model is not None:
+        try:
+            return _model_grid_from_args(args)
+        except ValueError as exc:
+            raise UserError(one_line(exc)) from None
+    model_only = [f"--{k.replace('_', '-')}" for k, v in _MODEL_FLAGS.items() if getattr(args, k) != v]
+    if model_only:
+        raise UserError(f"{model_only[0]} describes a whole model: give --model PRESET or --grid models")
     sizes = (args.batch, args.embed, args.hidden, args.rank)
     if len(args.dtypes) != 1:
         raise UserError(f"give one dtype per sweep, not {','.join(args.dtypes)}: the analysis fits one "
                         "time per FLOP and per byte to a dataset, so measure each dtype into its own --out")
     common = dict(
         layer=args.layer, methods=args.methods, variant=args.variant, timing_mode=args.timing,
-        dtype=args.dtypes[0], input_requires_grad=args.input_grad, seq=args.seq, heads=args.heads,
+        dtype=args.dtypes[0], input_requires_grad=args.input_grad, seq=args.seq or 1, heads=args.heads or 1,
         targets=args.targets,
     )
     try:
@@ -428,6 +550,7 @@ def _sweep(args, grid: Grid, todo_pairs, order, out, fp, policy, budget) -> int:
     # the refinement bisects our kernels' crossover once the whole grid is in (one shard
     # holds only part of it: run the refinement on the merged folder)
     refine_on = args.refine and args.variant == "clean" and grid_left_after == 0 and not args.shard
+    refine_on = refine_on and not grid.whole_model
     try:
         stopped = _measure(out, work, fp, policy, args, bar, clock, refinement=False)
         bar.close()
@@ -447,7 +570,7 @@ def _sweep(args, grid: Grid, todo_pairs, order, out, fp, policy, budget) -> int:
         _log(None, f"interrupted: {len(out.records)} records kept in {args.out}; "
                    "rerun the same command to resume")
         return exit_status(exc)
-    if grid_left_after and args.refine and args.variant == "clean":
+    if grid_left_after and args.refine and args.variant == "clean" and not grid.whole_model:
         _log(None, "--limit left configs of the grid: the crossover refinement waits for them")
     df = out.finish("complete")  # "partial" unless every pair of the grid is there
     n_err = int((df["error"] != "").sum())

@@ -19,7 +19,7 @@ VARIANTS: tuple[str, ...] = ("clean", "seed")
 #: every call); see `measure.seed`.
 TIMING_MODES: tuple[str, ...] = ("aot", "as_written")
 #: The named grids of `measure.grids.named_grid`.
-GRIDS: tuple[str, ...] = ("quick", "seed", "square")
+GRIDS: tuple[str, ...] = ("quick", "seed", "square", "models")
 
 __all__ = ["DTYPES", "GRIDS", "LAYERS", "LORA_METHODS", "METHODS", "SEED_METHODS", "TIMING_MODES",
            "VARIANTS"]

@@ -10,7 +10,7 @@ import pytest
 
 from costmodel.errors import UserError
 from measure import dataset, fingerprint
-from measure.schema import COLUMNS, KEY, SCHEMA_VERSION, SchemaError, validate
+from measure.schema import ADDED_IN_3, COLUMNS, KEY, SCHEMA_VERSION, SchemaError, validate
 
 
 def _record(**over):
@@ -24,7 +24,7 @@ def _record(**over):
         "model_flops": 1e6, "model_bytes": 1e4, "model_kernels": 10.0, "trainable_params": 192,
         "xla_flops": float("nan"), "xla_bytes": float("nan"), "error": "",
         "paired_ratio": 1.0, "paired_ratio_ci_low": 1.0, "paired_ratio_ci_high": 1.0,
-        "refinement": False, "timestamp": "2026-01-01T00:00:00+00:00",
+        "refinement": False, "timestamp": "2026-01-01T00:00:00+00:00", **ADDED_IN_3,
     }
     rec.update(over)
     return rec

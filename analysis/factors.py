@@ -22,7 +22,8 @@ from statsmodels.stats.anova import anova_lm
 from costmodel.vocab import LORA_METHODS
 from measure import schema
 
-FACTORS = ("batch", "embed", "hidden", "rank")
+#: The blog's four factors: the sizes of a config.
+FACTORS = schema.SIZE_COLUMNS
 FORMULA_ENGINE = "patsy"
 
 

@@ -102,7 +102,7 @@ def op_breakdown(result: fitmod.FitResult, rows: pd.DataFrame,
                            ascending=[False, False, False, True])
     key = big.iloc[0]
     same = np.ones(len(rows), dtype=bool)
-    for c in list(data.CONTEXT_COLUMNS) + ["batch", "embed", "hidden", "rank"]:
+    for c in list(data.CONTEXT_COLUMNS) + list(data.SIZE_COLUMNS):
         same &= (rows[c] == key[c]).to_numpy()
     params = bootmod.full_params(result)
     _, _, cols = fitmod.design_matrix(result.form, rows.iloc[:1])
@@ -131,6 +131,6 @@ def op_breakdown(result: fitmod.FitResult, rows: pd.DataFrame,
                 "time_s": ms / 1e3} for op, nbytes, ms in per_call])], ignore_index=True)
         out.append(part)
     table = pd.concat(out, ignore_index=True) if out else pd.DataFrame()
-    for c in ("batch", "embed", "hidden", "rank"):
+    for c in data.SIZE_COLUMNS:
         table[c] = int(key[c])
     return table

@@ -343,3 +343,21 @@ def test_every_table_carries_the_stratum_and_no_two_crossover_rows_look_alike(
         assert set(t["dtype"]) == {"bfloat16"} and set(t["seq"]) == {1}, name
     xo = pd.read_csv(out / "crossover.csv")
     assert not xo.duplicated([c for c in ("layer", "batch", "rank", "method") if c in xo]).any()
+
+
+def test_a_second_analysis_into_one_folder_is_refused(tmp_path, fixture_csv, capsys):
+    """Defect 1, the main job's side: two analyses writing one report folder."""
+    import os
+
+    from measure.dataset import REPORT_LOCK_NAME
+    from measure.lock import FolderLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with FolderLock(out, REPORT_LOCK_NAME, "another analysis"):
+        assert crossover.main(["--data", fixture_csv, "--out", str(out), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"python -m analysis.crossover: error: {out} is in use by another analysis "
+                   f"(PID {os.getpid()}, started {err.split('started ')[1].split(')')[0]}); "
+                   "wait for it to finish or choose another folder\n")
+    assert sorted(os.listdir(out)) == [REPORT_LOCK_NAME]

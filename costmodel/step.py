@@ -304,11 +304,7 @@ def build_step(spec: StepSpec) -> StepCost:
     params = emb.trainable_params + head.trainable_params + first.cost.trainable_params \
         + n_middle * middle.cost.trainable_params
     largest = np.maximum.reduce([np.asarray(x, float) for x in (emb_big, head_big, first.largest, middle.largest)])
-    first_c, middle_c = first.cost, middle.cost
-    transient = np.zeros(())
-    if spec.recompute:
-        transient = np.maximum(first_c.saved_bytes, middle_c.saved_bytes)
-        first_c, middle_c = _recomputed(first_c, spec), _recomputed(middle_c, spec)
+    first_c, middle_c, transient = recomputed_blocks(first.cost, middle.cost, spec)
     micro = {
         "embeddings": emb,
         "frozen_blocks": frozen.scaled(k, "frozen: "),
@@ -368,6 +364,16 @@ def _forward_only(cost: Cost) -> Cost:
     """A frozen block: its forward ops; no backward, nothing saved, nothing trainable."""
     ops = tuple(op for op in cost.ops if op.phase == "forward")
     return Cost(ops, np.asarray(0), np.asarray(0), cost.dtype)
+
+
+def recomputed_blocks(first: Cost, middle: Cost, spec: StepSpec) -> tuple[Cost, Cost, np.ndarray]:
+    """The first and a middle block under `spec.recompute` (`_recomputed`; unchanged without
+    it), and the transient bytes recomputation adds: the larger block's saved activations,
+    re-materialised while its backward runs (0 without recomputation)."""
+    if not spec.recompute:
+        return first, middle, np.zeros(())
+    return (_recomputed(first, spec), _recomputed(middle, spec),
+            np.maximum(first.saved_bytes, middle.saved_bytes))
 
 
 def _recomputed(cost: Cost, spec: StepSpec) -> Cost:

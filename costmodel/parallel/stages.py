@@ -26,7 +26,7 @@ from costmodel.memory import MemoryParts
 from costmodel.optimizer import OPTIMIZER_STATES
 from costmodel.parallel.layouts import Layout
 from costmodel.presets_models import ModelShape, linear_shapes, norm_params
-from costmodel.step import StepCost, StepSpec, _recomputed, build_step
+from costmodel.step import StepCost, StepSpec, build_step, recomputed_blocks
 from costmodel.steptime import StepTime, step_time
 
 #: Matrices split by columns under tensor parallelism; the others (o, down) by rows.
@@ -158,10 +158,7 @@ def stage_costs(spec: StepSpec, layout: Layout) -> StageCosts:
     base = build_step(replace(spec, recompute=False))
     first_b, first_n = tp_block(spec, tp, spec.tables_train)
     mid_b, mid_n = tp_block(spec, tp, True)
-    transient = np.zeros(())
-    if spec.recompute:
-        transient = np.maximum(first_b.saved_bytes, mid_b.saved_bytes)
-        first_b, mid_b = _recomputed(first_b, spec), _recomputed(mid_b, spec)
+    first_b, mid_b, transient = recomputed_blocks(first_b, mid_b, spec)
     head = _tp_head(base.parts["head"], spec, tp)
     emb = base.parts["embeddings"]
     bps = np.ceil(spec.model.layers / pp)

@@ -127,7 +127,7 @@ def _record(choice: LayoutChoice, fewest: int | None, skip_fewest: bool) -> dict
         "memory": s.memory.as_dict(),
         "capacity_bytes": s.capacity_bytes,
         "flops_per_device": _f(s.flops),
-        "bytes_per_device": _f(s.bytes_moved),
+        "bytes_moved_per_device": _f(s.bytes_moved),
         "kernels_per_device": _f(s.kernels),
         "collectives": [c.as_dict() for c in s.collectives
                         if _f(c.count) > 0 and _f(c.group_size) > 1],

@@ -36,6 +36,19 @@ def test_search_on_eight_devices(capsys):
     assert out["parallel_config"]["fewest_gpus_limit"] == 8192
 
 
+def test_pure_data_parallel_work_per_device_is_the_one_device_step(capsys):
+    """dp = 8, one sequence per replica, ZeRO 0: each device runs the one-device step of batch
+    1 (forward, backward, the whole optimizer), so its FLOPs, bytes and kernels are those
+    `python -m costmodel --batch 1` prints."""
+    common = ["--model", "gpt2-small", "--seq", "512", "--method", "full,lora"]
+    par = run_json(capsys, *common, "--layout", "dp=8", "--global-batch", "8", "--no-fewest")
+    one = run_json(capsys, *common, "--batch", "1")
+    for m in ("full", "lora"):
+        p, o = par["methods"][m], one["methods"][m]
+        assert (p["flops_per_device"], p["bytes_moved_per_device"], p["kernels_per_device"]) == \
+            (o["flops"], o["bytes"], o["kernels"])
+
+
 def test_explicit_layout_lists_its_collectives(capsys):
     out = run_json(capsys, "--model", "gpt2-small", "--layout", "dp=2,tp=2,pp=2,zero=1", "--seq", "256",
                    "--global-batch", "8", "--method", "full", "--no-fewest")

@@ -246,3 +246,27 @@ def test_a_lora_multiplier_below_zero_is_held_at_its_bound():
     res = fitmod.fit("ols_additive", terms, np.arange(8))
     lam = {f.key: f for f in res.factors}["lora_multiplier_lora"]
     assert (lam.estimate, lam.status) == (0.0, "at_bound") and res.tied == ("lora",)
+
+
+def test_the_bootstrap_shows_progress_on_a_terminal_past_its_delay(synthetic_rows, monkeypatch):
+    """Defect 9: --bootstrap ran for minutes with nothing shown. On a terminal a bar appears
+    once the refits have taken PROGRESS_AFTER_S (0 here), out of the refits asked for."""
+    import io
+    import sys
+
+    from analysis import bootstrap
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    res = fitmod.fit("wls_additive", synthetic_rows, synthetic_rows["config_id"].to_numpy(), PRIORS)
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    monkeypatch.setattr(bootstrap, "PROGRESS_AFTER_S", 0.0)
+    bootstrap.bootstrap(res, synthetic_rows, n_boot=20, seed=0)
+    assert "bootstrap refits" in term.getvalue() and "/20 " in term.getvalue()
+    quiet = io.StringIO()  # not a terminal (a log file, a pipe): nothing
+    monkeypatch.setattr(sys, "stderr", quiet)
+    bootstrap.bootstrap(res, synthetic_rows, n_boot=20, seed=0)
+    assert quiet.getvalue() == ""

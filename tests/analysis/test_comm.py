@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import comm
+from analysis import comm, comm_fit, comm_predict
 from measure.comm_schema import (
     COLLECTIVE_COLUMNS,
     COLLECTIVES,
@@ -35,20 +35,20 @@ def synthetic_collectives(noise: float = 0.0, seed: int = 0) -> pd.DataFrame:
     for c in COLLECTIVES:
         for p in (2, 4, 8):
             for v in SIZES:
-                t = 10e-6 * float(comm.latency_steps(c, p)) + float(comm.bandwidth_factor(c, p)) * v / BUS
+                t = 10e-6 * float(comm_fit.latency_steps(c, p)) + float(comm_fit.bandwidth_factor(c, p)) * v / BUS
                 rows.append(_coll_row(c, p, v, t * (1 + noise * rng.standard_normal())))
     return pd.DataFrame(rows)
 
 
 def test_factors_by_hand():
-    assert comm.bandwidth_factor("all_reduce", 4) == pytest.approx(1.5)  # 2(p-1)/p
-    assert comm.bandwidth_factor("all_gather", 8) == pytest.approx(7 / 8)
-    assert comm.latency_steps("all_reduce", 8) == 14
-    assert comm.latency_steps("reduce_scatter", 4) == 3
+    assert comm_fit.bandwidth_factor("all_reduce", 4) == pytest.approx(1.5)  # 2(p-1)/p
+    assert comm_fit.bandwidth_factor("all_gather", 8) == pytest.approx(7 / 8)
+    assert comm_fit.latency_steps("all_reduce", 8) == 14
+    assert comm_fit.latency_steps("reduce_scatter", 4) == 3
 
 
 def test_fit_recovers_alpha_and_bus_bandwidth_exactly_without_noise():
-    fit = comm.fit_collectives(synthetic_collectives())
+    fit = comm_fit.fit_collectives(synthetic_collectives())
     ab = fit.per_group["all_reduce", 4]
     assert ab.alpha_s == pytest.approx(10e-6 * 6, rel=1e-6)  # 2(p-1) steps
     assert ab.bus_bandwidth_bytes_per_s == pytest.approx(BUS, rel=1e-6)
@@ -58,17 +58,17 @@ def test_fit_recovers_alpha_and_bus_bandwidth_exactly_without_noise():
 
 
 def test_one_link_fit_is_costmodels_form():
-    link = comm.fit_link(synthetic_collectives())
+    link = comm_fit.fit_link(synthetic_collectives())
     assert link.alpha_s == pytest.approx(10e-6, rel=1e-6)
     assert link.bandwidth_bytes_per_s == pytest.approx(BUS, rel=1e-6)
     assert link.median_rel_error < 1e-9
 
 
 def test_confidence_intervals_cover_the_truth_under_noise():
-    fit = comm.fit_collectives(synthetic_collectives(noise=0.03, seed=1))
+    fit = comm_fit.fit_collectives(synthetic_collectives(noise=0.03, seed=1))
     covered = 0
     for (c, p), ab in fit.per_group.items():
-        beta_true = float(comm.bandwidth_factor(c, p)) / BUS
+        beta_true = float(comm_fit.bandwidth_factor(c, p)) / BUS
         lo, hi = ab.beta_ci
         covered += lo <= beta_true <= hi
         assert lo < ab.beta_s_per_byte < hi
@@ -76,11 +76,11 @@ def test_confidence_intervals_cover_the_truth_under_noise():
 
 
 def test_held_out_validation_is_exact_on_exact_data_and_predicts_unseen_group_sizes():
-    val = comm.validate_collectives(synthetic_collectives())
+    val = comm_predict.validate_collectives(synthetic_collectives())
     assert set(val["scheme"]) == {"size", "devices"}
     assert val["rel_error"].max() < 1e-6
     # the cross-group model predicts p = 8 from p = 2, 4 alone
-    cg = comm.fit_cross_group(synthetic_collectives().query("devices < 8"), "all_reduce")
+    cg = comm_fit.fit_cross_group(synthetic_collectives().query("devices < 8"), "all_reduce")
     t8 = 10e-6 * 14 + 1.75 * SIZES[-1] / BUS
     assert cg.predict_s(8, SIZES[-1]) == pytest.approx(t8, rel=1e-6)
 
@@ -100,7 +100,7 @@ def _step_row(method, program, dp, tp, t, detail="", processes=1) -> dict:
 
 
 def test_sharded_prediction_adds_shared_compute_and_fitted_collectives():
-    fit = comm.fit_collectives(synthetic_collectives())
+    fit = comm_fit.fit_collectives(synthetic_collectives())
     v = 4 * 1024 * 1024
     t_ar = 10e-6 * 2 + 1.0 * v / BUS  # all-reduce on 2 devices: 2(p-1) = 2 steps, f = 1
     rows = [
@@ -108,30 +108,31 @@ def test_sharded_prediction_adds_shared_compute_and_fitted_collectives():
         _step_row("full", "step", 2, 1, 2 * 0.010 + t_ar, f"all_reduce:{v}:2"),
         _step_row("lora", "step", 2, 1, 2 * 0.006 + 2 * t_ar, f"all_reduce:{v}:2;all_reduce:{v}:2"),
     ]
-    pred = comm.predict_sharded(pd.DataFrame(rows), fit)
+    pred = comm_predict.predict_sharded(pd.DataFrame(rows), fit)
     assert len(pred) == 2
     assert pred["rel_error"].max() == pytest.approx(0.0, abs=1e-9)
     full = pred.set_index("method").loc["full"]
     assert full["compute_sharing"] == 2 and full["compute_only_s"] == pytest.approx(0.020)
     assert full["comm_predicted_s"] == pytest.approx(t_ar, rel=1e-9)
-    ratios = comm.ratio_table(pred)
+    ratios = comm_predict.ratio_table(pred)
     assert ratios["rel_error"].iloc[0] == pytest.approx(0.0, abs=1e-9)
     assert ratios["compute_only_rel_error"].iloc[0] > 0
-    a = comm.analyse(synthetic_collectives(), pd.DataFrame(rows))
+    a = comm_predict.analyse(synthetic_collectives(), pd.DataFrame(rows))
     assert a.summary["sharded_step_median_rel_error"] == pytest.approx(0.0, abs=1e-9)
     assert a.summary["meets_target"] is True
     assert "dp=2,tp=1" in comm.text_report(a)
 
 
 def test_reduce_scatter_message_is_the_input_size():
-    assert comm.message_bytes_of("reduce_scatter", 256, 4) == 1024
-    assert comm.message_bytes_of("all_gather", 1024, 4) == 1024
-    assert comm.parse_hlo_detail("all_reduce:8:2;all_gather:16:4") == [("all_reduce", 8, 2), ("all_gather", 16, 4)]
+    assert comm_predict.message_bytes_of("reduce_scatter", 256, 4) == 1024
+    assert comm_predict.message_bytes_of("all_gather", 1024, 4) == 1024
+    assert comm_predict.parse_hlo_detail("all_reduce:8:2;all_gather:16:4") == [
+        ("all_reduce", 8, 2), ("all_gather", 16, 4)]
 
 
 def test_compute_sharing_cpu_vs_gpu():
-    assert comm.compute_sharing("cpu", 4, 1) == 4
-    assert comm.compute_sharing("gpu", 4, 1) == 1
+    assert comm_predict.compute_sharing("cpu", 4, 1) == 4
+    assert comm_predict.compute_sharing("gpu", 4, 1) == 1
 
 
 def test_cli_bad_input(tmp_path, capsys):
@@ -191,12 +192,12 @@ def test_crossover_adds_a_communication_section(tmp_path, capsys, fixture_csv, f
 
 
 def test_concurrent_diagnostic_adds_comm_to_the_measured_concurrent_compute():
-    fit = comm.fit_collectives(synthetic_collectives())
+    fit = comm_fit.fit_collectives(synthetic_collectives())
     v = 1 << 20
     t_ar = 10e-6 * 2 + v / BUS
     rows = [_step_row("full", "local", 2, 1, 0.010), _step_row("full", "concurrent", 2, 1, 0.030),
             _step_row("full", "step", 2, 1, 0.030 + t_ar, f"all_reduce:{v}:2")]
-    pred = comm.predict_sharded(pd.DataFrame(rows), fit).iloc[0]
+    pred = comm_predict.predict_sharded(pd.DataFrame(rows), fit).iloc[0]
     assert pred["concurrent_rel_error"] == pytest.approx(0.0, abs=1e-9)
     assert pred["compute_only_s"] == pytest.approx(0.020)  # k = 2 devices × the one-device share
     assert pred["rel_error"] == pytest.approx(abs(0.020 + t_ar - 0.030 - t_ar) / (0.030 + t_ar))

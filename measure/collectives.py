@@ -7,8 +7,9 @@
 Each collective is a `jax.shard_map` over a one-axis `jax.sharding.Mesh` of p devices
 (``jax.lax.psum``, ``all_gather``, ``psum_scatter``, ``ppermute`` to the next device), compiled
 ahead of time, run once and compared with its known answer (small integers, exact in float32
-and bfloat16), then timed by `measure.timing` with the collectives of one (p, size) config
-interleaved. A result that does not match is recorded with its error, never timed.
+and bfloat16; `measure.collective_ops`), then timed by `measure.timing` with the collectives of
+one (p, size) config interleaved. A result that does not match is recorded with its error,
+never timed.
 
 Where it runs:
 
@@ -19,7 +20,7 @@ Where it runs:
   through gloo (``jax_cpu_collectives_implementation``), on GPUs through NCCL. This is the
   code path of a multi-host cluster. Every process runs the same configs in the same order
   with a fixed number of repeats (an adaptive stop would let one process leave a collective
-  the others still wait in); process 0's timings are recorded.
+  the others still wait in); process 0's timings are recorded (`measure.launch` starts them).
 
 ``message_bytes`` is nccl-tests' "size" (see `measure.comm_schema`). Results go to
 ``<out>/collectives.{jsonl,csv,run.json}`` (`measure.comm_store`): rerunning resumes.
@@ -29,16 +30,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from costmodel.cliutil import (
     OneLineArgumentParser,
@@ -52,7 +49,17 @@ from costmodel.cliutil import (
     run,
 )
 from costmodel.vocab import KERNEL_DTYPES as DTYPES
+from measure.collective_ops import Built, build, check, elements
 from measure.comm_schema import COLLECTIVE_COLUMNS, COLLECTIVES, TABLE_VERSION
+from measure.launch import (
+    RECORD_PREFIX,
+    comm_fingerprint,
+    ensure_devices,
+    free_port,
+    init_distributed,
+    run_workers,
+    spread_devices,
+)
 
 TABLE = "collectives"
 KIB = 1024
@@ -90,114 +97,6 @@ def _bytes_list(text: str) -> tuple[int, ...]:
     if not items:
         raise argparse.ArgumentTypeError("empty list of sizes")
     return items
-
-
-# ----------------------------------------------------------------------------- one collective
-
-def elements(message_bytes: int, devices: int, itemsize: int) -> int:
-    """Elements of the message, rounded up to a multiple of the group size (≥ one per device)."""
-    n = max(1, -(-message_bytes // itemsize))
-    return -(-n // devices) * devices
-
-
-def known_input(collective: str, n: int, p: int) -> np.ndarray:
-    """The global input: device i's block is (i + 1)·c with c = 1, 2, 3, 1, 2, 3, ...
-
-    Block length: n for all_reduce, reduce_scatter and ppermute; n/p for all_gather (whose
-    output, the message, has n elements). Sums stay below 3·p(p+1)/2, exact in bfloat16 for
-    p ≤ 8.
-    """
-    block = n // p if collective == "all_gather" else n
-    c = (np.arange(block) % 3 + 1).astype(np.float64)
-    return np.concatenate([(i + 1) * c for i in range(p)])
-
-
-def known_answer(collective: str, x: np.ndarray, p: int) -> np.ndarray:
-    """The global output the collective must produce from `known_input` (numpy, by hand)."""
-    blocks = x.reshape(p, -1)
-    if collective == "all_reduce":  # every device holds the sum
-        return np.tile(blocks.sum(axis=0), p)
-    if collective == "all_gather":  # every device holds the whole input
-        return np.tile(x, p)
-    if collective == "reduce_scatter":  # device i holds block i of the sum
-        return blocks.sum(axis=0)
-    if collective == "ppermute":  # device i receives from device i - 1
-        return np.roll(blocks, 1, axis=0).reshape(-1)
-    raise ValueError(f"unknown collective {collective!r}")
-
-
-def collective_fn(collective: str, mesh, p: int) -> Callable:
-    """The jitted shard_map of `collective` over mesh axis "x" (global array in, global out)."""
-    import jax
-    from jax.sharding import PartitionSpec as P
-
-    def body(a):
-        if collective == "all_reduce":
-            return jax.lax.psum(a, "x")
-        if collective == "all_gather":
-            return jax.lax.all_gather(a, "x", tiled=True)
-        if collective == "reduce_scatter":
-            return jax.lax.psum_scatter(a, "x", tiled=True)
-        if collective == "ppermute":
-            return jax.lax.ppermute(a, "x", [(i, (i + 1) % p) for i in range(p)])
-        raise ValueError(f"unknown collective {collective!r}")
-
-    # outputs stay per device (P("x")): an all-reduced or gathered buffer on every device
-    return jax.shard_map(body, mesh=mesh, in_specs=P("x"), out_specs=P("x"), check_vma=False)
-
-
-@dataclass(frozen=True)
-class Built:
-    name: str
-    prepared: Any  # measure.timing.Prepared
-    expected: np.ndarray
-    message_bytes: int
-
-
-def build(collective: str, devices: list, message_bytes: int, dtype: str = "float32") -> Built:
-    """Place the known input on `devices`, compile the collective, ready to check and time."""
-    import jax
-    import jax.numpy as jnp
-    from jax.sharding import Mesh, NamedSharding
-    from jax.sharding import PartitionSpec as P
-
-    from measure.timing import Prepared, xla_cost
-
-    p = len(devices)
-    dt = jnp.dtype(dtype)
-    n = elements(message_bytes, p, dt.itemsize)
-    mesh = Mesh(np.array(devices, dtype=object), ("x",))
-    host = known_input(collective, n, p).astype(dt)
-    x = jax.make_array_from_callback(host.shape, NamedSharding(mesh, P("x")), lambda idx: host[idx])
-    t0 = time.perf_counter()
-    compiled = jax.jit(collective_fn(collective, mesh, p)).lower(x).compile()
-    compile_s = time.perf_counter() - t0
-    cost = xla_cost(compiled)
-    prepared = Prepared(collective, compiled, (x,), compile_s, cost["flops"], cost["bytes_accessed"])
-    expected = known_answer(collective, host.astype(np.float64), p)
-    return Built(collective, prepared, expected, n * dt.itemsize)
-
-
-def check(built: Built) -> str:
-    """Run the collective once and compare every local shard with the known answer.
-
-    Returns "" if all match exactly, else a one-line description of the first mismatch.
-    """
-    import jax
-
-    out = jax.block_until_ready(built.prepared.call(*built.prepared.args))
-    if out.shape != built.expected.shape:
-        return f"{built.name}: output shape {out.shape}, expected {built.expected.shape}"
-    for shard in out.addressable_shards:
-        got = np.asarray(shard.data, dtype=np.float64)
-        want = built.expected[shard.index]
-        if got.shape != want.shape or not np.array_equal(got, want):
-            bad = np.flatnonzero(got.reshape(-1) != want.reshape(-1))
-            where = int(bad[0]) if bad.size else -1
-            return (f"{built.name}: wrong result on device {shard.device.id} "
-                    f"(element {where}: {got.reshape(-1)[where] if where >= 0 else got.shape} "
-                    f"!= {want.reshape(-1)[where] if where >= 0 else want.shape})")
-    return ""
 
 
 # ----------------------------------------------------------------------------- configs
@@ -267,53 +166,6 @@ def run_config(config: Config, collectives: Sequence[str], policy, *, run_id: st
     return [out[n] for n in collectives]
 
 
-# ----------------------------------------------------------------------------- starting JAX
-
-def ensure_devices(n: int) -> None:
-    """Make at least `n` devices visible: N host devices on the CPU, set before JAX starts.
-
-    UserError if JAX's backends already started with fewer devices (then run in a fresh
-    process) or if the accelerator has fewer.
-    """
-    import jax
-
-    try:
-        jax.config.update("jax_num_cpu_devices", n)
-    except RuntimeError:  # backends already initialised
-        pass
-    have = len(jax.devices())
-    if have < n:
-        raise UserError(f"{n} devices needed, {have} visible (JAX started before it could add "
-                        "host devices: run in a fresh process)")
-
-
-def init_distributed(coordinator: str, processes: int, process_id: int, local_devices: int) -> None:
-    """Join `processes` processes through JAX's coordinator; gloo collectives on the CPU."""
-    import jax
-
-    if os.environ.get("JAX_PLATFORMS", "cpu").split(",")[0] in ("", "cpu"):
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.config.update("jax_num_cpu_devices", local_devices)
-    jax.distributed.initialize(
-        coordinator_address=coordinator, num_processes=processes, process_id=process_id,
-        initialization_timeout=60,
-    )
-
-
-def free_port() -> int:
-    """A TCP port free on localhost now (the coordinator binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def comm_fingerprint() -> dict[str, Any]:
-    """`measure.fingerprint.fingerprint`, with the device count left to the rows (devices, processes)."""
-    from measure.fingerprint import fingerprint
-
-    return {**fingerprint(), "device_count": "per row"}
-
-
 # ----------------------------------------------------------------------------- CLI
 
 def build_parser() -> OneLineArgumentParser:
@@ -334,7 +186,10 @@ def build_parser() -> OneLineArgumentParser:
     p.add_argument("--processes", type=positive_int, default=1,
                    help="N processes on this machine joined by jax.distributed over localhost "
                         "(default 1: one process with N devices)")
-    p.add_argument("--dtype", choices=DTYPES, default="float32", help="element type")
+    p.add_argument("--dtypes", "--dtype", dest="dtypes", type=csv_list(DTYPES, "dtype"),
+                   default=("float32",),
+                   help="element types, comma-separated subset of " + ",".join(DTYPES)
+                        + " (default float32)")
     p.add_argument("--budget-s", type=non_negative_float, default=DEFAULT_BUDGET_S,
                    help="timing-loop seconds per (p, size) config (default %(default)s)")
     p.add_argument("--min-repeats", type=positive_int, default=5, help="timed repeats at least")
@@ -375,7 +230,8 @@ def _configs(args) -> list[Config]:
         odd = [d for d in args.devices if d % args.processes]
         if odd:
             raise UserError(f"--devices {odd[0]} is not a multiple of --processes {args.processes}")
-    return [Config(d, s, args.dtype, args.processes) for d in sorted(set(args.devices)) for s in sizes]
+    return [Config(d, s, dt, args.processes) for d in sorted(set(args.devices)) for s in sizes
+            for dt in dict.fromkeys(args.dtypes)]
 
 
 def _policy(args, multiprocess: bool):
@@ -469,50 +325,6 @@ def _run_processes(args, todo, table, run_id: str) -> None:
                   file=sys.stderr, flush=True)
 
 
-RECORD_PREFIX = "RECORD "
-
-
-def run_workers(module_argv: list[str], processes: int, timeout_s: float = 600.0):
-    """Run `processes` copies of ``python <module_argv> --process-id i``; yield process 0's records.
-
-    Process 0 prints each finished record as one ``RECORD {json}`` line on stdout. If any
-    worker fails, the others are stopped (a collective would wait for it for ever) and a
-    UserError names the first failure.
-    """
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
-        + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
-    procs = []
-    for i in range(processes):
-        procs.append(subprocess.Popen(
-            [sys.executable, *module_argv, "--process-id", str(i)], env=env,
-            stdout=subprocess.PIPE if i == 0 else subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True,
-        ))
-    deadline = time.monotonic() + timeout_s
-    try:
-        assert procs[0].stdout is not None
-        for line in procs[0].stdout:
-            if line.startswith(RECORD_PREFIX):
-                yield json.loads(line[len(RECORD_PREFIX):])
-        for p in procs:
-            p.wait(timeout=max(1.0, deadline - time.monotonic()))
-        failed = [(i, p) for i, p in enumerate(procs) if p.returncode != 0]
-        if failed:
-            i, p = failed[0]
-            err = (p.stderr.read() if p.stderr else "").strip().splitlines()
-            err = [e for e in err if not e.startswith(("W", "I", "[Gloo]"))] or err
-            raise UserError(f"worker {i} of {processes} exited {p.returncode}: "
-                            f"{one_line(err[-1] if err else '')}")
-    except subprocess.TimeoutExpired:
-        raise UserError(f"workers did not finish within {timeout_s:g} s") from None
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-
-
 def _worker(args) -> int:
     """One process of a --processes run: join, run the plan, process 0 prints records."""
     with open(args.worker, encoding="utf-8") as fh:
@@ -526,7 +338,7 @@ def _worker(args) -> int:
     try:
         for item in plan:
             config = Config(item["devices"], item["message_bytes"], item["dtype"], item["processes"])
-            devices = _spread(jax.devices(), config.devices, processes)
+            devices = spread_devices(jax.devices(), config.devices, processes)
             recs = run_config(config, item["collectives"], policy, run_id=run_id, devices=devices)
             if args.process_id == 0:
                 for rec in recs:
@@ -534,15 +346,6 @@ def _worker(args) -> int:
     finally:
         jax.distributed.shutdown()
     return 0
-
-
-def _spread(devices: list, p: int, processes: int) -> list:
-    """p devices taken evenly from every process (so the group really spans processes)."""
-    by_proc: dict[int, list] = {}
-    for d in devices:
-        by_proc.setdefault(d.process_index, []).append(d)
-    per = p // processes
-    return [d for i in sorted(by_proc) for d in by_proc[i][:per]]
 
 
 if __name__ == "__main__":

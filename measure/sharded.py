@@ -331,12 +331,12 @@ def _main(argv: list[str]) -> int:
                             f"--processes {args.processes}")
     need = max(lay.devices for lay in layouts)
     if args.processes == 1:
-        from measure.collectives import ensure_devices
+        from measure.launch import ensure_devices
 
         ensure_devices(need)
     from measure import comm_store
-    from measure.collectives import comm_fingerprint
     from measure.dataset import new_session_id
+    from measure.launch import comm_fingerprint
 
     fp = comm_fingerprint()
     session = {"session_id": new_session_id(), "argv": argv, "processes": args.processes}
@@ -381,7 +381,7 @@ def _line(lay: Layout, recs: list[dict[str, Any]]) -> str:
 
 
 def _run_processes(args, todo: list[Layout], table, run_id: str, need: int) -> None:
-    from measure.collectives import free_port, run_workers
+    from measure.launch import free_port, run_workers
 
     if not todo:
         return
@@ -403,7 +403,7 @@ def _run_processes(args, todo: list[Layout], table, run_id: str, need: int) -> N
 
 
 def _worker(args, shape: BlockShape) -> int:
-    from measure.collectives import RECORD_PREFIX, _spread, init_distributed
+    from measure.launch import RECORD_PREFIX, init_distributed, spread_devices
 
     with open(args.worker, encoding="utf-8") as fh:
         job = json.load(fh)
@@ -415,7 +415,7 @@ def _worker(args, shape: BlockShape) -> int:
     try:
         for dp, tp in job["layouts"]:
             lay = Layout(dp, tp)
-            devices = _spread(jax.devices(), lay.devices, processes) if lay.devices > 1 else jax.devices()
+            devices = spread_devices(jax.devices(), lay.devices, processes) if lay.devices > 1 else jax.devices()
             if lay.devices == 1:  # the one-device step: every process runs its own copy
                 devices = [d for d in jax.devices() if d.process_index == jax.process_index()]
             recs = run_layout(shape, lay, args.methods, policy, run_id=job["run_id"],

@@ -12,6 +12,7 @@ import sys
 import jax
 import numpy as np
 
+from measure import collective_ops as ops
 from measure import collectives as mc
 from measure import parallel_steps as ps
 from measure import sharded as msh
@@ -23,13 +24,13 @@ def collective_results() -> dict:
     out = {}
     for p in (2, 4):
         for name in mc.COLLECTIVES:
-            built = mc.build(name, jax.devices()[:p], 64)  # 16 floats
+            built = ops.build(name, jax.devices()[:p], 64)  # 16 floats
             got = np.asarray(jax.device_get(built.prepared.call(*built.prepared.args)))
-            out[f"{name}/{p}"] = {"output": got.tolist(), "check": mc.check(built)}
+            out[f"{name}/{p}"] = {"output": got.tolist(), "check": ops.check(built)}
     # the check must catch a wrong answer
-    built = mc.build("all_reduce", jax.devices()[:2], 64)
-    wrong = mc.Built(built.name, built.prepared, built.expected + 1.0, built.message_bytes)
-    out["wrong_answer_check"] = mc.check(wrong)
+    built = ops.build("all_reduce", jax.devices()[:2], 64)
+    wrong = ops.Built(built.name, built.prepared, built.expected + 1.0, built.message_bytes)
+    out["wrong_answer_check"] = ops.check(wrong)
     return out
 
 

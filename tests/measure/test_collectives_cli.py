@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from measure import collectives, comm_store, sharded
+from measure import collective_ops, collectives, comm_store, sharded
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,20 +24,30 @@ def test_parse_bytes(text, expected):
 
 
 def test_known_answers_by_hand():
-    x = collectives.known_input("all_reduce", 3, 2)  # blocks c = 1, 2, 3 and 2c
+    x = collective_ops.known_input("all_reduce", 3, 2)  # blocks c = 1, 2, 3 and 2c
     assert x.tolist() == [1, 2, 3, 2, 4, 6]
-    assert collectives.known_answer("all_reduce", x, 2).tolist() == [3, 6, 9, 3, 6, 9]
-    assert collectives.known_answer("reduce_scatter", x, 2).tolist() == [3, 6, 9]
-    assert collectives.known_answer("ppermute", x, 2).tolist() == [2, 4, 6, 1, 2, 3]
-    g = collectives.known_input("all_gather", 4, 2)  # message of 4: blocks of 2
+    assert collective_ops.known_answer("all_reduce", x, 2).tolist() == [3, 6, 9, 3, 6, 9]
+    assert collective_ops.known_answer("reduce_scatter", x, 2).tolist() == [3, 6, 9]
+    assert collective_ops.known_answer("ppermute", x, 2).tolist() == [2, 4, 6, 1, 2, 3]
+    g = collective_ops.known_input("all_gather", 4, 2)  # message of 4: blocks of 2
     assert g.tolist() == [1, 2, 2, 4]
-    assert collectives.known_answer("all_gather", g, 2).tolist() == [1, 2, 2, 4] * 2
+    assert collective_ops.known_answer("all_gather", g, 2).tolist() == [1, 2, 2, 4] * 2
 
 
 def test_message_rounded_to_whole_elements_per_device():
-    assert collectives.elements(1024, 8, 4) == 256
-    assert collectives.elements(100, 8, 4) == 32  # 25 floats -> 32, a multiple of 8
-    assert collectives.elements(1, 2, 4) == 2
+    assert collective_ops.elements(1024, 8, 4) == 256
+    assert collective_ops.elements(100, 8, 4) == 32  # 25 floats -> 32, a multiple of 8
+    assert collective_ops.elements(1, 2, 4) == 2
+
+
+def test_dtype_is_an_alias_of_dtypes_and_each_dtype_is_a_config():
+    for flag in ("--dtypes", "--dtype"):
+        args = collectives.build_parser().parse_args(["--out", "o", flag, "bfloat16"])
+        assert tuple(args.dtypes) == ("bfloat16",)
+    args = collectives.build_parser().parse_args(
+        ["--out", "o", "--devices", "2", "--bytes", "1K", "--dtypes", "float32,bfloat16"])
+    assert [c.dtype for c in collectives._configs(args)] == ["float32", "bfloat16"]
+    assert collectives.build_parser().parse_args(["--out", "o"]).dtypes == ("float32",)
 
 
 @pytest.mark.parametrize("argv, match", [
@@ -47,6 +57,7 @@ def test_message_rounded_to_whole_elements_per_device():
     (["--collectives", "broadcast"], "unknown collective 'broadcast'"),
     (["--full", "--bytes", "1K"], "not both"),
     (["--processes", "2", "--devices", "3"], "not a multiple of --processes"),
+    (["--dtype", "float16"], "unknown dtype 'float16'"),
 ])
 def test_collectives_bad_input(tmp_path, capsys, argv, match):
     out = tmp_path / "out"

@@ -170,9 +170,27 @@ class OutDir:
         self._session["records_written"] += 1
 
     def write_csv(self) -> pd.DataFrame:
+        """The consolidated CSV of the journal as it is on disk, written atomically.
+
+        Rebuilt from ``measurements.jsonl``, not from memory: a signal raises between any two
+        bytecodes, so it can land after a record's line is written but before `append` has
+        noted it, and the CSV must still hold every record of the journal. We hold the lock:
+        no one else appends meanwhile."""
+        self._resync()
         df = consolidate(self.records)
         atomic_write_text(self.path / CSV_NAME, df.to_csv(index=False))
         return df
+
+    def _resync(self) -> None:
+        """Records, keys and this session's counters re-read from the journal on disk."""
+        records, _cut = _read_jsonl(self.path)  # a torn tail (a failed write) was never a record
+        self.records = records
+        last = {record_key(r): r for r in records}  # the last record of a key wins
+        self.done = set(last)
+        self.errored = {k for k, r in last.items() if r.get("error")}
+        mine = [r for r in records if r.get("run_id") == self.session_id]
+        self._session["records_written"] = len(mine)
+        self._session["errors"] = sum(1 for r in mine if r.get("error"))
 
     def finish(self, status: str, reason: str = "") -> pd.DataFrame:
         """Write the consolidated CSV, mark the session and folder `status` (and why), release

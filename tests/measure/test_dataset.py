@@ -105,6 +105,35 @@ def test_torn_last_line_is_cut_and_finished_records_kept(tmp_path):
     assert (tmp_path / "measurements.jsonl").read_text().count("\n") == 1
 
 
+def test_a_signal_just_after_a_record_is_written_still_leaves_it_in_the_csv(tmp_path, monkeypatch):
+    """The race behind a flaky SIGTERM test: the handler raises between the journal's write and
+    `append`'s bookkeeping (here: in fsync, after the line is on disk). The interrupted
+    session's CSV, counts and run.json must still hold every record of the journal."""
+    import signal
+
+    from costmodel.errors import Interrupted
+
+    out = dataset.open_out_dir(tmp_path, fp=FP, session=_session())
+    out.append(_record(run_id="s1"))
+    real_fsync = dataset.os.fsync
+
+    def fsync_then_signal(fd):
+        real_fsync(fd)
+        raise Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(dataset.os, "fsync", fsync_then_signal)
+    with pytest.raises(KeyboardInterrupt):
+        out.append(_record(run_id="s1", embed=16, hidden=16))
+    monkeypatch.undo()
+    assert len(dataset.read_jsonl(tmp_path / "measurements.jsonl")[0]) == 2  # the journal has it
+    df = out.finish("interrupted", reason="SIGTERM")
+    csv = dataset.read_csv(tmp_path / "measurements.csv")
+    assert len(df) == len(csv) == 2 and sorted(csv["embed"]) == [8, 16]
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["n_records"] == 2 and run["sessions"][-1]["records_written"] == 2
+    assert out.is_done(dataset.record_key(_record(embed=16, hidden=16)))
+
+
 @pytest.mark.parametrize(
     "name, content, match",
     [

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -17,20 +16,24 @@ from costmodel.errors import Interrupted, UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-#: a command that says "ready", waits for a signal, and on the stop cleans up for `cleanup_s`
-#: (printing "cleaned"), as a sweep does when it marks its run interrupted.
+#: a command that says "ready", waits for a signal, and on the stop says "stopping" and cleans
+#: up (printing "cleaned"), as a sweep does when it marks its run interrupted; with "wait" the
+#: cleanup lasts until a line arrives on stdin, so a test can signal it again mid-cleanup
+#: without guessing how long the machine takes to get there.
 PROGRAM = textwrap.dedent("""
     import sys, time
     from costmodel.cliutil import exit_status, run
 
     def body(argv):
-        cleanup_s, handle = float(argv[0]), argv[1] == "handle"
+        wait, handle = argv[0] == "wait", argv[1] == "handle"
         try:
             print("ready", flush=True)
             time.sleep(30)
             return 0
         except KeyboardInterrupt as exc:
-            time.sleep(cleanup_s)
+            print("stopping", flush=True)
+            if wait:
+                sys.stdin.readline()
             print("cleaned", flush=True)
             if handle:
                 return exit_status(exc)
@@ -40,11 +43,12 @@ PROGRAM = textwrap.dedent("""
 """)
 
 
-def _start(cleanup_s: float, handle: bool) -> subprocess.Popen:
+def _start(wait: bool, handle: bool) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": ROOT}
-    argv = [sys.executable, "-c", PROGRAM, str(cleanup_s), "handle" if handle else "raise"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
+    argv = [sys.executable, "-c", PROGRAM, "wait" if wait else "go", "handle" if handle else "raise"]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
+    # "ready" is printed inside the runner's handler: a signal from now on is the runner's
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     return proc
 
@@ -52,21 +56,23 @@ def _start(cleanup_s: float, handle: bool) -> subprocess.Popen:
 @pytest.mark.parametrize("handle", [True, False], ids=["body-returns", "runner-reports"])
 @pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_stop_signal_ends_cleanly_with_128_plus_its_number(sig, status, handle):
-    proc = _start(cleanup_s=0.0, handle=handle)
+    proc = _start(wait=False, handle=handle)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == status
-    assert out.strip() == "cleaned"
+    assert out.split() == ["stopping", "cleaned"]
     # a body that handles the stop says what it kept itself; otherwise the runner says one line
     assert err.strip() == ("" if handle else f"prog: interrupted ({signal.Signals(sig).name})")
 
 
 def test_a_second_signal_during_the_cleanup_is_ignored_no_traceback():
-    proc = _start(cleanup_s=1.5, handle=False)
+    proc = _start(wait=True, handle=False)
     proc.send_signal(signal.SIGTERM)
-    time.sleep(0.5)  # inside the cleanup now
+    # inside the cleanup now (a fixed sleep here raced on a loaded machine: both signals could
+    # be pending at once, and Python runs the lower-numbered SIGINT's handler first)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "stopping"
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    out, err = proc.communicate("\n", timeout=30)  # the signal is sent before the line: it lands mid-cleanup
     assert proc.returncode == 143  # the first signal decides
     assert out.strip() == "cleaned"
     assert "Traceback" not in err and err.strip() == "prog: interrupted (SIGTERM)"

@@ -58,14 +58,17 @@ def test_foreign_out_is_not_overwritten(tmp_path, capsys):
     assert device.main([*TINY, "--out", str(tmp_path / "missing" / "p.json")]) == 2
 
 
-def test_matmul_search_stops_once_a_call_reaches_the_target():
+def test_matmul_search_stops_once_a_call_reaches_the_target(monkeypatch):
     # any call takes >= 1 ns: saturated at the first size, timed one call per sample
     hit = device.matmul_flops_per_s("float32", max_n=4096, target_call_s=1e-9, repeats=1)
     assert hit.saturated and hit.n == 256 and hit.calls_per_sample == 1 and hit.flops_per_s > 0
-    # stopped by max_n instead: the flag says so, and k batches the fast calls (a 128² matmul
-    # is ~0.1 ms of 4 MFLOP; 0.2 s leaves room for any load on the machine)
-    capped = device.matmul_flops_per_s("float32", max_n=128, target_call_s=0.2, repeats=1)
-    assert not capped.saturated and capped.n == 128 and capped.calls_per_sample > 1
+    # stopped by max_n instead: the flag says so, and k batches the fast calls. The probe call
+    # is faked at 1 ms (a real one is a timing: a loaded machine can stall it past any target),
+    # so k = ceil(50 ms / 1 ms) = 50 exactly
+    monkeypatch.setattr(device, "_blocked_call_s", lambda call, args: 1e-3)
+    capped = device.matmul_flops_per_s("float32", max_n=128, target_call_s=0.05, repeats=1)
+    assert not capped.saturated and capped.n == 128 and capped.calls_per_sample == 50
+    assert capped.flops_per_s > 0
 
 
 def test_calls_per_sample_reaches_the_target_within_the_cap():

@@ -73,10 +73,12 @@ def exit_status(exc: BaseException) -> int:
 
 
 @contextmanager
-def stop_signals() -> Iterator[Callable[[], None]]:
+def stop_signals(ignore_after: bool = False) -> Iterator[Callable[[], None]]:
     """SIGINT and SIGTERM raise `Interrupted(signum)` inside the block; yields `shutting_down`,
     which makes any later signal a no-op (noted, not raised) until the block ends. Outside the
-    main thread, or where a signal is already ignored (a background job), nothing changes."""
+    main thread, or where a signal is already ignored (a background job), nothing changes.
+    On leaving, the previous handlers come back, or with `ignore_after` both signals are
+    ignored from then on (a program about to exit: no window with the default handlers)."""
     state = {"stopping": False}
 
     def handle(signum: int, frame: object) -> None:
@@ -97,27 +99,29 @@ def stop_signals() -> Iterator[Callable[[], None]]:
         yield shutting_down
     finally:
         for sig, old in previous.items():
-            signal.signal(sig, old)
+            signal.signal(sig, signal.SIG_IGN if ignore_after else old)
 
 
 def run(prog: str, body: Callable[[list[str]], int], argv: Sequence[str] | None = None) -> int:
     """Run `body(argv)` (argv defaults to sys.argv[1:]) and map what it raises to one line on
     stderr and an exit status: 2 for bad input (ValueError, UserError), 130/143 for
     SIGINT/SIGTERM, 1 for anything else; the traceback too only with ``--debug``."""
+    exiting = argv is None and threading.current_thread() is threading.main_thread()
     try:
-        return _run(prog, body, argv)
+        return _run(prog, body, argv, exiting)
     finally:
-        if argv is None and threading.current_thread() is threading.main_thread():
+        if exiting:
             # the program itself, which only exits from here: a signal now would interrupt
             # the interpreter's exit (JAX's atexit clean-up) with a traceback
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_IGN)
 
 
-def _run(prog: str, body: Callable[[list[str]], int], argv: Sequence[str] | None) -> int:
+def _run(prog: str, body: Callable[[list[str]], int], argv: Sequence[str] | None,
+         exiting: bool) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in (args[: args.index("--")] if "--" in args else args)
-    with stop_signals() as shutting_down:
+    with stop_signals(ignore_after=exiting) as shutting_down:
         try:
             status = body(args)
             shutting_down()

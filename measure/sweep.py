@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 import random
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -566,6 +567,8 @@ def _sweep(args, grid: Grid, todo_pairs, order, out, fp, policy, budget) -> int:
         raise UserError(f"cannot write to --out {args.out}: {one_line(exc)}") from None
     except KeyboardInterrupt as exc:  # SIGINT or SIGTERM (the runner's `Interrupted`)
         bar.close()
+        name = signal.Signals(exc.signum).name if isinstance(exc, Interrupted) else "SIGINT"
+        _log(None, f"{name}: stopping; writing what is finished (a second signal is ignored)")
         out.finish("interrupted", reason=str(exc) if isinstance(exc, Interrupted) else "SIGINT")
         _log(None, f"interrupted: {len(out.records)} records kept in {args.out}; "
                    "rerun the same command to resume")

@@ -431,9 +431,16 @@ def test_sigterm_then_a_second_signal_exits_143_keeps_records_no_traceback(tmp_p
     proc = _spawn(out)
     _wait_for_records(proc, out, 2)
     proc.send_signal(signal.SIGTERM)
-    time.sleep(0.3)  # (two signals pending at once are handled in number order: SIGINT first)
+    # wait until the sweep is in its shutdown: a fixed sleep raced on a loaded machine (two
+    # signals pending at once are handled in number order, SIGINT first)
+    assert proc.stderr is not None
+    head = []
+    while not head or not head[-1].startswith("SIGTERM: stopping"):
+        head.append(proc.stderr.readline())
+        assert head[-1], "".join(head)  # EOF: the sweep ended without saying it stops
     proc.send_signal(signal.SIGINT)  # during the first one's shutdown: held back
     _, err = proc.communicate(timeout=60)
+    err = "".join(head) + err
     assert proc.returncode == 143, err
     assert "Traceback" not in err and "interrupted before measuring anything" not in err
     assert err.splitlines()[-1].startswith("interrupted: ")

@@ -269,7 +269,7 @@ def _spawn(out: Path, *extra: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for_records(proc: subprocess.Popen, out: Path, n: int, timeout_s: float = 60) -> None:
+def _wait_for_records(proc: subprocess.Popen, out: Path, n: int, timeout_s: float = 180) -> None:
     deadline = time.monotonic() + timeout_s
     jsonl = out / "measurements.jsonl"
     while time.monotonic() < deadline:
@@ -344,7 +344,9 @@ def test_kill_9_mid_sweep_loses_nothing_finished(tmp_path):
 @pytest.mark.slow
 def test_two_sweeps_into_one_folder_one_runs_the_other_exits_2(tmp_path):
     out = tmp_path / "out"
-    first = _spawn(out)
+    # 2 s per config (the later flag wins): the first is still measuring while the second
+    # starts up and is refused, however fast the machine (it is stopped by SIGINT below)
+    first = _spawn(out, "--budget-s", "2")
     _wait_for_records(first, out, 2)
     second = _spawn(out)
     _, err2 = second.communicate(timeout=120)

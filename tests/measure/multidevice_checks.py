@@ -15,7 +15,7 @@ import numpy as np
 from measure import collective_ops as ops
 from measure import collectives as mc
 from measure import parallel_steps as ps
-from measure import sharded as msh
+from measure import sharded_programs as shp
 
 jax.config.update("jax_num_cpu_devices", 4)  # before the first use starts JAX's backend
 
@@ -64,8 +64,8 @@ def sharded_results() -> dict:
     mesh = ps.make_mesh(lay)
     compiled = jax.jit(ps.concurrent_fn(SHAPE, "lora", mesh)).lower(*ps.place(SHAPE, "lora", mesh)).compile()
     _loss, grads = compiled(*ps.place(SHAPE, "lora", mesh))
-    shape_local = msh.local_shape(SHAPE, lay)
-    _ref_loss, ref = ps.reference_step(SHAPE, "lora", *msh.local_params(SHAPE, "lora", lay))
+    shape_local = shp.local_shape(SHAPE, lay)
+    _ref_loss, ref = ps.reference_step(SHAPE, "lora", *shp.local_params(SHAPE, "lora", lay))
     out["concurrent"] = {
         "collectives": len(ps.hlo_collectives(compiled.as_text())),
         "rows": int(grads["Bq"].shape[0]),
@@ -74,7 +74,7 @@ def sharded_results() -> dict:
         "local_heads": shape_local.heads,
     }
     # the one-device share: its x rows and weight slices
-    x1, _f1, t1 = msh.local_params(SHAPE, "lora", ps.Layout(2, 2))
+    x1, _f1, t1 = shp.local_params(SHAPE, "lora", ps.Layout(2, 2))
     out["local_shapes"] = {"x": list(x1.shape), **{k: list(v.shape) for k, v in t1.items()}}
     return out
 

@@ -67,6 +67,9 @@ def text_report(a: CommAnalysis) -> str:
     lines = ["Communication (analysis.comm)"]
     if a.fit is not None:
         t = a.fit.table()
+        if a.fit.dtype is not None:
+            left = f"; left out, never pooled: {', '.join(a.fit.dtypes_left_out)}" if a.fit.dtypes_left_out else ""
+            lines.append(f"  collectives fitted on {a.fit.dtype}{left}")
         for _, r in t.sort_values(["collective", "devices"]).iterrows():
             lines.append(
                 f"  {r['collective']:<15} p={r['devices']}: α = {r['alpha_s'] * 1e6:.1f} µs "

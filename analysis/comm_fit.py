@@ -155,11 +155,38 @@ def usable(df: pd.DataFrame) -> pd.DataFrame:
     return df[(df["error"] == "") & (df["time_median_s"] > 0)].copy()
 
 
+#: The dtype a fit prefers when a table holds several: the harness's default.
+PREFERRED_DTYPE = "float32"
+
+
+def fit_dtype(df: pd.DataFrame) -> str | None:
+    """The one dtype a fit uses: float32 when present, else the dtype with the most rows.
+
+    Strata are not pooled (issue 12): a reduction's arithmetic and its wire bytes per element
+    differ by dtype, so one α, β per (collective, devices) is fitted to one dtype only."""
+    if not len(df):
+        return None
+    counts = df["dtype"].astype(str).value_counts()
+    return PREFERRED_DTYPE if PREFERRED_DTYPE in counts.index else str(counts.index[0])
+
+
+def one_stratum(df: pd.DataFrame) -> pd.DataFrame:
+    """The usable rows of one transport (the fewest processes) and one dtype (`fit_dtype`)."""
+    d = usable(df)
+    if not len(d):
+        return d
+    d = d[d["processes"] == d["processes"].min()]  # one transport per fit
+    return d[d["dtype"].astype(str) == fit_dtype(d)]
+
+
 @dataclass
 class CollectiveFit:
     per_group: dict[tuple[str, int], AlphaBeta]
     cross: dict[str, CrossGroup]
     link: LinkFit | None = None
+    dtype: str | None = None
+    #: dtypes present in the table but left out of this fit (never pooled)
+    dtypes_left_out: tuple[str, ...] = ()
 
     def predict_s(self, collective: str, devices: int, message_bytes: float) -> float:
         ab = self.per_group.get((collective, int(devices)))
@@ -171,7 +198,7 @@ class CollectiveFit:
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame([
-            {"collective": ab.collective, "devices": ab.devices, "n_sizes": ab.n,
+            {"collective": ab.collective, "devices": ab.devices, "dtype": self.dtype, "n_sizes": ab.n,
              "alpha_s": ab.alpha_s, "alpha_ci_low_s": ab.alpha_ci_s[0], "alpha_ci_high_s": ab.alpha_ci_s[1],
              "beta_s_per_byte": ab.beta_s_per_byte, "beta_ci_low": ab.beta_ci[0], "beta_ci_high": ab.beta_ci[1],
              "bus_bandwidth_gb_per_s": ab.bus_bandwidth_bytes_per_s / 1e9}
@@ -180,8 +207,7 @@ class CollectiveFit:
 
 
 def fit_collectives(df: pd.DataFrame) -> CollectiveFit:
-    d = usable(df)
-    d = d[d["processes"] == d["processes"].min()] if len(d) else d  # one transport per fit
+    d = one_stratum(df)
     per, cross = {}, {}
     for (c, p), _g in d.groupby(["collective", "devices"]):
         try:
@@ -192,7 +218,9 @@ def fit_collectives(df: pd.DataFrame) -> CollectiveFit:
         if d.loc[d["collective"] == c, "message_bytes"].nunique() >= 2:
             cross[str(c)] = fit_cross_group(d, str(c))
     link = fit_link(d) if d["message_bytes"].nunique() >= 2 else None
-    return CollectiveFit(per, cross, link)
+    dtype = fit_dtype(d)
+    left_out = tuple(sorted(set(usable(df)["dtype"].astype(str)) - {dtype})) if dtype else ()
+    return CollectiveFit(per, cross, link, dtype, left_out)
 
 
 def relative_error(pred: np.ndarray, obs: np.ndarray) -> np.ndarray:

@@ -30,8 +30,8 @@ from analysis.comm_fit import (
     fit_alpha_beta,
     fit_collectives,
     fit_cross_group,
+    one_stratum,
     relative_error,
-    usable,
 )
 from costmodel.cliutil import one_line
 
@@ -44,8 +44,7 @@ TARGET_REL_ERROR = 0.15
 
 def validate_collectives(df: pd.DataFrame) -> pd.DataFrame:
     """Held-out predictions: one row per measured point and scheme ('size' or 'devices')."""
-    d = usable(df)
-    d = d[d["processes"] == d["processes"].min()] if len(d) else d
+    d = one_stratum(df)
     rows = []
     for (c, p), g in d.groupby(["collective", "devices"]):
         sizes = sorted(g["message_bytes"].unique())

@@ -57,6 +57,26 @@ def test_fit_recovers_alpha_and_bus_bandwidth_exactly_without_noise():
     assert 1 / cg.b_s_per_byte == pytest.approx(BUS, rel=1e-6)
 
 
+def test_dtypes_are_not_pooled_float32_is_fitted_and_the_rest_named():
+    """A bfloat16 table at half the bus bandwidth beside the float32 one: the fit is float32's
+    exactly (pooled, the bandwidth would fall between 1 and 2 GB/s) and names what it left out."""
+    f32 = synthetic_collectives()
+    bf16 = f32.copy()
+    bf16["dtype"] = "bfloat16"
+    bf16["time_median_s"] = [
+        10e-6 * float(comm_fit.latency_steps(c, p)) + float(comm_fit.bandwidth_factor(c, p)) * v / (BUS / 2)
+        for c, p, v in zip(bf16["collective"], bf16["devices"], bf16["message_bytes"])]
+    fit = comm_fit.fit_collectives(pd.concat([bf16, f32], ignore_index=True))
+    assert fit.dtype == "float32" and fit.dtypes_left_out == ("bfloat16",)
+    assert fit.per_group["all_reduce", 4].bus_bandwidth_bytes_per_s == pytest.approx(BUS, rel=1e-6)
+    assert set(fit.table()["dtype"]) == {"float32"}
+    only_bf16 = comm_fit.fit_collectives(bf16)
+    assert only_bf16.dtype == "bfloat16"
+    assert only_bf16.per_group["all_reduce", 4].bus_bandwidth_bytes_per_s == pytest.approx(BUS / 2, rel=1e-6)
+    held_out = comm_predict.validate_collectives(pd.concat([bf16, f32], ignore_index=True))
+    assert held_out["predicted_s"].to_numpy() == pytest.approx(held_out["time_s"].to_numpy(), rel=1e-6)
+
+
 def test_one_link_fit_is_costmodels_form():
     link = comm_fit.fit_link(synthetic_collectives())
     assert link.alpha_s == pytest.approx(10e-6, rel=1e-6)

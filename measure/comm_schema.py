@@ -26,7 +26,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from measure.schema import SchemaError, _as_bool
+from measure.schema import SchemaError, coerce_columns
 
 TABLE_VERSION = 1
 
@@ -108,22 +108,7 @@ TABLES: dict[str, tuple[Mapping[str, str], tuple[str, ...]]] = {
 def validate_table(df: pd.DataFrame, table: str) -> pd.DataFrame:
     """Check `df` against table `table`'s columns; SchemaError naming the first bad column."""
     columns, key = TABLES[table]
-    for name in columns:
-        if name not in df.columns:
-            raise SchemaError(f"{table}: missing column {name!r}")
-    out = pd.DataFrame(index=df.index)
-    for name, dtype in columns.items():
-        col = df[name]
-        try:
-            if dtype == "bool":
-                col = _as_bool(col)
-            elif dtype == "string":
-                col = col.astype("string").fillna("")
-            else:
-                col = col.astype(dtype)
-        except (TypeError, ValueError) as exc:
-            raise SchemaError(f"{table}: column {name!r} is not {dtype}: {exc}") from None
-        out[name] = col
+    out = coerce_columns(df, columns, table)
     versions = set(out["table_version"].unique().tolist())
     if versions - {TABLE_VERSION}:
         raise SchemaError(f"{table}: table_version {sorted(versions)}, this tool reads {TABLE_VERSION}")

@@ -141,24 +141,7 @@ def validate(df: pd.DataFrame, row_names=None, unique: bool = True) -> pd.DataFr
     (`check_rows`), or (when `unique`) a (config, method) key repeated on one device.
     Version-1 tables are upgraded first (`upgrade`).
     """
-    df = upgrade(df)
-    for name in COLUMNS:
-        if name not in df.columns:
-            raise SchemaError(f"missing column {name!r}")
-    out = pd.DataFrame(index=df.index)
-    for name, dtype in COLUMNS.items():
-        col = df[name]
-        try:
-            if dtype == "bool":
-                col = _as_bool(col)
-            elif dtype == "string":
-                # astype first: an all-empty column read from CSV arrives as float NaN
-                col = col.astype("string").fillna("")
-            else:
-                col = col.astype(dtype)
-        except (TypeError, ValueError) as exc:
-            raise SchemaError(f"column {name!r} is not {dtype}: {exc}") from None
-        out[name] = col
+    out = coerce_columns(upgrade(df), COLUMNS)
     versions = set(out["schema_version"].unique().tolist())
     if versions - {SCHEMA_VERSION}:
         raise SchemaError(
@@ -314,6 +297,30 @@ def upgrade_record(rec: Mapping[str, object]) -> dict:
             if version < added_in:
                 out.update(columns)
         out["schema_version"] = SCHEMA_VERSION
+    return out
+
+
+def coerce_columns(df: pd.DataFrame, columns: Mapping[str, str], where: str = "") -> pd.DataFrame:
+    """`df`'s `columns` (name -> dtype) in that dtype, in that order; SchemaError naming the first
+    missing or unconvertible column (prefixed by `where`, the table's name, when given)."""
+    prefix = f"{where}: " if where else ""
+    for name in columns:
+        if name not in df.columns:
+            raise SchemaError(f"{prefix}missing column {name!r}")
+    out = pd.DataFrame(index=df.index)
+    for name, dtype in columns.items():
+        col = df[name]
+        try:
+            if dtype == "bool":
+                col = _as_bool(col)
+            elif dtype == "string":
+                # astype first: an all-empty column read from CSV arrives as float NaN
+                col = col.astype("string").fillna("")
+            else:
+                col = col.astype(dtype)
+        except (TypeError, ValueError) as exc:
+            raise SchemaError(f"{prefix}column {name!r} is not {dtype}: {exc}") from None
+        out[name] = col
     return out
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from measure import dataset, sweep
+from measure import dataset, sweep, sweep_config
 
 REPO = Path(__file__).resolve().parents[2]
 #: tiny, fast sweeps: the blog's code at toy sizes, two methods, minimal repeats
@@ -219,14 +219,14 @@ def test_clean_kernels_sweep(tmp_path):
 
 
 def test_a_failing_config_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
-    real = sweep.prepare
+    real = sweep_config.prepare
 
     def flaky(config, method, param_seed):
         if config.embed == 12 and method == "lora_merged":
             raise MemoryError("RESOURCE_EXHAUSTED: out of memory\nsecond line")
         return real(config, method, param_seed)
 
-    monkeypatch.setattr(sweep, "prepare", flaky)
+    monkeypatch.setattr(sweep_config, "prepare", flaky)
     out = tmp_path / "out"
     assert sweep.main([*TINY, "--embed", "8,12", "--out", str(out)]) == 0
     df = dataset.read_csv(out / "measurements.csv")
@@ -234,7 +234,7 @@ def test_a_failing_config_is_recorded_and_the_sweep_goes_on(tmp_path, monkeypatc
     assert len(df) == 4 and len(bad) == 1
     assert bad.iloc[0]["error"] == "MemoryError: RESOURCE_EXHAUSTED: out of memory"
     assert bad.iloc[0]["embed"] == 12 and bad.iloc[0]["method"] == "lora_merged"
-    monkeypatch.setattr(sweep, "prepare", real)
+    monkeypatch.setattr(sweep_config, "prepare", real)
     assert sweep.main([*TINY, "--embed", "8,12", "--out", str(out)]) == 0
     assert len(_keys(out)) == 4  # errors count as done ...
     assert sweep.main([*TINY, "--embed", "8,12", "--retry-errors", "--out", str(out)]) == 0

@@ -25,6 +25,7 @@ import pandas as pd
 from costmodel.cliutil import UserError, one_line
 from costmodel.fileio import atomic_write_text
 from measure.comm_schema import TABLE_VERSION, TABLES, empty_table, validate_table
+from measure.dataset_files import append_lines, parse_journal
 from measure.schema import SchemaError
 
 RUN_FORMAT = "lora-crossover-comm-run"
@@ -86,24 +87,11 @@ def read_run(out: str | os.PathLike, table: str) -> dict[str, Any] | None:
 def _read_jsonl(file: Path, table: str) -> tuple[list[dict[str, Any]], int | None]:
     if not file.exists():
         return [], None
-    raw = file.read_bytes()
-    records, cut, offset = [], None, 0
-    lines = raw.split(b"\n")
-    for i, line in enumerate(lines):
-        start = offset
-        offset += len(line) + 1
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            if i == len(lines) - 1:  # a torn last line: never a finished record
-                cut = start
-                break
-            raise UserError(f"{file} line {i + 1} is corrupt; move it away or choose another --out") from None
+    lines, cut = parse_journal(file, file.read_bytes())
+    for n, rec in lines:
         if not isinstance(rec, dict) or rec.get("table_version") != TABLE_VERSION:
-            raise UserError(f"{file} line {i + 1} is not a {table} record of this tool")
-        records.append(rec)
+            raise UserError(f"{file} line {n} is not a {table} record of this tool")
+    records = [rec for _, rec in lines]
     try:
         consolidate(records, table)
     except (SchemaError, KeyError) as exc:
@@ -113,14 +101,7 @@ def _read_jsonl(file: Path, table: str) -> tuple[list[dict[str, Any]], int | Non
 
 def append_line(file: Path, rec: Mapping[str, Any]) -> None:
     """Append one record as one line in one write, fsynced before returning."""
-    data = (json.dumps(dict(rec), allow_nan=True, separators=(",", ":")) + "\n").encode("utf-8")
-    fd = os.open(file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        if os.write(fd, data) != len(data):
-            raise OSError(f"short write to {file.name}")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    append_lines(file, [rec])
 
 
 class Table:

@@ -79,7 +79,7 @@ def consolidate(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return validate(df)
 
 
-def _append_lines(file: Path, records: Iterable[Mapping[str, Any]]) -> None:
+def append_lines(file: Path, records: Iterable[Mapping[str, Any]]) -> None:
     """Append `records` as JSON lines in one ``os.write``, fsynced before returning."""
     data = "".join(
         json.dumps(dict(rec), allow_nan=True, separators=(",", ":")) + "\n" for rec in records
@@ -94,6 +94,9 @@ def _append_lines(file: Path, records: Iterable[Mapping[str, Any]]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_append_lines = append_lines  # the name measure.dataset imports
 
 
 def write_run(path: Path, run: Mapping[str, Any]) -> None:
@@ -116,6 +119,27 @@ def _read_run(path: Path) -> dict[str, Any] | None:
     return run
 
 
+def parse_journal(file: Path, raw: bytes) -> tuple[list[tuple[int, Any]], int | None]:
+    """(line number, parsed JSON) of every non-empty line of a JSON-lines journal's bytes, and
+    the byte offset of a torn last line (no newline after it and does not parse: a crash
+    mid-append, never a finished record), or None. UserError for a corrupt line elsewhere."""
+    parsed: list[tuple[int, Any]] = []
+    offset = 0
+    lines = raw.split(b"\n")
+    for i, line in enumerate(lines):
+        start = offset
+        offset += len(line) + 1
+        if not line.strip():
+            continue
+        try:
+            parsed.append((i + 1, json.loads(line.decode("utf-8"))))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            if i == len(lines) - 1:
+                return parsed, start
+            raise UserError(f"{file} line {i + 1} is corrupt; move the file away or choose another --out") from None
+    return parsed, None
+
+
 def read_jsonl(file: str | os.PathLike) -> tuple[list[dict[str, Any]], int | None]:
     """Records of a measurements.jsonl, each checked by the schema (the first bad line and
     column named), and the byte offset of a torn last line (a crash mid-append: it has no
@@ -129,26 +153,9 @@ def read_jsonl(file: str | os.PathLike) -> tuple[list[dict[str, Any]], int | Non
         raw = file.read_bytes()
     except OSError as exc:
         raise UserError(f"cannot read {file}: {one_line(exc.strerror or exc)}") from None
-    records: list[dict[str, Any]] = []
-    where: list[str] = []
-    cut: int | None = None
-    offset = 0
-    lines = raw.split(b"\n")
-    for i, line in enumerate(lines):
-        start = offset
-        offset += len(line) + 1
-        if not line.strip():
-            continue
-        last = i == len(lines) - 1  # no newline after it: possibly torn by a crash
-        try:
-            rec = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            if last:
-                cut = start
-                break
-            raise UserError(f"{file} line {i + 1} is corrupt; move the file away or choose another --out")
-        records.append(_check_record(rec, f"{file} line {i + 1}"))
-        where.append(f"line {i + 1}")
+    lines, cut = parse_journal(file, raw)
+    records = [_check_record(rec, f"{file} line {n}") for n, rec in lines]
+    where = [f"line {n}" for n, _ in lines]
     if records:
         try:
             validate(pd.DataFrame(records, columns=list(COLUMNS)), row_names=where, unique=False)

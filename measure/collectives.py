@@ -28,10 +28,7 @@ Where it runs:
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,13 +49,12 @@ from costmodel.vocab import KERNEL_DTYPES as DTYPES
 from measure.collective_ops import Built, build, check, elements
 from measure.comm_schema import COLLECTIVE_COLUMNS, COLLECTIVES, TABLE_VERSION
 from measure.launch import (
-    RECORD_PREFIX,
     comm_fingerprint,
+    emit,
     ensure_devices,
-    free_port,
-    init_distributed,
-    run_workers,
+    run_job,
     spread_devices,
+    worker_job,
 )
 
 TABLE = "collectives"
@@ -309,42 +305,26 @@ def _run_processes(args, todo, table, run_id: str) -> None:
              "processes": c.processes, "collectives": names} for c, names in todo]
     if not plan:
         return
-    local = max(c.devices for c, _ in todo) // args.processes
-    with tempfile.TemporaryDirectory(prefix="collectives-") as tmp:
-        plan_file = os.path.join(tmp, "plan.json")
-        with open(plan_file, "w", encoding="utf-8") as fh:
-            json.dump({"plan": plan, "run_id": run_id, "local_devices": local}, fh)
-        coordinator = f"127.0.0.1:{free_port()}"
-        for rec in run_workers(
-            ["-m", "measure.collectives", "--out", args.out, "--worker", plan_file,
-             "--coordinator", coordinator], args.processes,
-        ):
-            table.append(rec)
-            print(f"{rec['collective']} p={rec['devices']} {rec['message_bytes']} B: "
-                  + (f"FAILED {rec['error']}" if rec["error"] else f"{rec['time_median_s'] * 1e6:.1f} µs"),
-                  file=sys.stderr, flush=True)
+    job = {"plan": plan, "run_id": run_id, "processes": args.processes,
+           "local_devices": max(c.devices for c, _ in todo) // args.processes}
+    for rec in run_job("measure.collectives", job, ["--out", args.out], args.processes):
+        table.append(rec)
+        print(f"{rec['collective']} p={rec['devices']} {rec['message_bytes']} B: "
+              + (f"FAILED {rec['error']}" if rec["error"] else f"{rec['time_median_s'] * 1e6:.1f} µs"),
+              file=sys.stderr, flush=True)
 
 
 def _worker(args) -> int:
     """One process of a --processes run: join, run the plan, process 0 prints records."""
-    with open(args.worker, encoding="utf-8") as fh:
-        job = json.load(fh)
-    plan, run_id = job["plan"], job["run_id"]
-    processes = plan[0]["processes"]
-    init_distributed(args.coordinator, processes, args.process_id, job["local_devices"])
-    import jax
+    with worker_job(args.worker, args.coordinator, args.process_id) as job:
+        import jax
 
-    policy = _policy(args, True)
-    try:
-        for item in plan:
+        policy = _policy(args, True)
+        for item in job["plan"]:
             config = Config(item["devices"], item["message_bytes"], item["dtype"], item["processes"])
-            devices = spread_devices(jax.devices(), config.devices, processes)
-            recs = run_config(config, item["collectives"], policy, run_id=run_id, devices=devices)
-            if args.process_id == 0:
-                for rec in recs:
-                    print(RECORD_PREFIX + json.dumps(rec, allow_nan=True), flush=True)
-    finally:
-        jax.distributed.shutdown()
+            devices = spread_devices(jax.devices(), config.devices, job["processes"])
+            emit(run_config(config, item["collectives"], policy, run_id=job["run_id"], devices=devices),
+                 args.process_id)
     return 0
 
 

@@ -4,7 +4,8 @@
 Shared by `measure.collectives` and `measure.sharded`: `ensure_devices` before JAX starts its
 backends; `run_workers` spawns the processes of a ``--processes N`` run, each of which calls
 `init_distributed`, takes its devices with `spread_devices`, and (process 0) prints one
-``RECORD {json}`` line per finished record.
+``RECORD {json}`` line per finished record. `run_job` (the parent) and `worker_job` / `emit`
+(each worker) are that protocol, used by both programs.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from costmodel.cliutil import UserError, one_line
@@ -106,6 +110,40 @@ def run_workers(module_argv: list[str], processes: int, timeout_s: float = 600.0
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def run_job(module: str, job: Mapping[str, Any], argv: list[str], processes: int) -> Iterator[dict[str, Any]]:
+    """Hand `job` to `processes` workers of ``python -m module --worker PLAN --coordinator
+    127.0.0.1:PORT argv…`` (PLAN: `job` as JSON in a temporary file) and yield process 0's records.
+    `job` carries ``processes`` and ``local_devices`` for `worker_job`."""
+    with tempfile.TemporaryDirectory(prefix=f"{module.rsplit('.', 1)[-1]}-") as tmp:
+        plan_file = os.path.join(tmp, "plan.json")
+        with open(plan_file, "w", encoding="utf-8") as fh:
+            json.dump(dict(job), fh)
+        yield from run_workers(["-m", module, "--worker", plan_file,
+                                "--coordinator", f"127.0.0.1:{free_port()}", *argv], processes)
+
+
+@contextmanager
+def worker_job(plan_file: str, coordinator: str, process_id: int) -> Iterator[dict[str, Any]]:
+    """In one worker of `run_job`: read the job, join the others (`init_distributed`), yield the
+    job, and leave `jax.distributed` however the body ends."""
+    with open(plan_file, encoding="utf-8") as fh:
+        job = json.load(fh)
+    init_distributed(coordinator, job["processes"], process_id, job["local_devices"])
+    import jax
+
+    try:
+        yield job
+    finally:
+        jax.distributed.shutdown()
+
+
+def emit(records: Iterable[Mapping[str, Any]], process_id: int) -> None:
+    """Process 0 prints each record as one ``RECORD {json}`` line for `run_workers` to read."""
+    if process_id == 0:
+        for rec in records:
+            print(RECORD_PREFIX + json.dumps(dict(rec), allow_nan=True), flush=True)
 
 
 def spread_devices(devices: list, p: int, processes: int) -> list:

@@ -24,10 +24,7 @@ localhost (gloo on the CPU), like `measure.collectives`.
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -270,50 +267,37 @@ def _line(lay: Layout, recs: list[dict[str, Any]]) -> str:
 
 
 def _run_processes(args, todo: list[Layout], table, run_id: str, need: int) -> None:
-    from measure.launch import free_port, run_workers
+    from measure.launch import run_job
 
     if not todo:
         return
-    with tempfile.TemporaryDirectory(prefix="sharded-") as tmp:
-        plan_file = os.path.join(tmp, "plan.json")
-        with open(plan_file, "w", encoding="utf-8") as fh:
-            json.dump({"layouts": [[lay.dp, lay.tp] for lay in todo], "run_id": run_id,
-                       "processes": args.processes, "local_devices": max(1, need // args.processes)}, fh)
-        argv = ["-m", "measure.sharded", "--out", args.out, "--worker", plan_file,
-                "--coordinator", f"127.0.0.1:{free_port()}", "--methods", ",".join(args.methods),
-                "--targets", ",".join(args.targets)]
-        for name in ("batch", "seq", "embed", "heads", "hidden", "rank"):
-            argv += [f"--{name}", str(getattr(args, name))]
-        for rec in run_workers(argv, args.processes):
-            table.append(rec)
-            print(f"{rec['method']}/{rec['program']} dp={rec['dp']},tp={rec['tp']}: "
-                  + (f"FAILED {rec['error']}" if rec["error"] else f"{rec['time_median_s'] * 1e3:.2f} ms"),
-                  file=sys.stderr, flush=True)
+    job = {"layouts": [[lay.dp, lay.tp] for lay in todo], "run_id": run_id,
+           "processes": args.processes, "local_devices": max(1, need // args.processes)}
+    argv = ["--out", args.out, "--methods", ",".join(args.methods), "--targets", ",".join(args.targets)]
+    for name in ("batch", "seq", "embed", "heads", "hidden", "rank"):
+        argv += [f"--{name}", str(getattr(args, name))]
+    for rec in run_job("measure.sharded", job, argv, args.processes):
+        table.append(rec)
+        print(f"{rec['method']}/{rec['program']} dp={rec['dp']},tp={rec['tp']}: "
+              + (f"FAILED {rec['error']}" if rec["error"] else f"{rec['time_median_s'] * 1e3:.2f} ms"),
+              file=sys.stderr, flush=True)
 
 
 def _worker(args, shape: BlockShape) -> int:
-    from measure.launch import RECORD_PREFIX, init_distributed, spread_devices
+    from measure.launch import emit, spread_devices, worker_job
 
-    with open(args.worker, encoding="utf-8") as fh:
-        job = json.load(fh)
-    processes = job["processes"]
-    init_distributed(args.coordinator, processes, args.process_id, job["local_devices"])
-    import jax
+    with worker_job(args.worker, args.coordinator, args.process_id) as job:
+        import jax
 
-    policy = _policy(args, True)
-    try:
+        processes = job["processes"]
+        policy = _policy(args, True)
         for dp, tp in job["layouts"]:
             lay = Layout(dp, tp)
             devices = spread_devices(jax.devices(), lay.devices, processes) if lay.devices > 1 else jax.devices()
             if lay.devices == 1:  # the one-device step: every process runs its own copy
                 devices = [d for d in jax.devices() if d.process_index == jax.process_index()]
-            recs = run_layout(shape, lay, args.methods, policy, run_id=job["run_id"],
-                              processes=processes, devices=devices)
-            if args.process_id == 0:
-                for rec in recs:
-                    print(RECORD_PREFIX + json.dumps(rec, allow_nan=True), flush=True)
-    finally:
-        jax.distributed.shutdown()
+            emit(run_layout(shape, lay, args.methods, policy, run_id=job["run_id"],
+                            processes=processes, devices=devices), args.process_id)
     return 0
 
 

@@ -240,8 +240,9 @@ class FolderData:
             state = "stopped without finishing (its process died)"
         else:
             state = self.status
-        counts = ("" if self.pairs_expected is None else
-                  f", {self.pairs_present} of {self.pairs_expected} (config, method) pairs")
+        counts = (f", {self.pairs_present} of {self.pairs_expected} (config, method) pairs"
+                  if self.pairs_expected is not None else
+                  f", {len(self.frame)} rows; its {RUN_NAME} records no grid size, so completeness is unknown")
         return f"sweep {state}: {name} grid{counts}"
 
 

@@ -100,6 +100,21 @@ def test_rows_only_in_the_csv_are_kept(tmp_path, fixture_csv):
     assert ds.status == "sweep complete: quick grid, 72 of 72 (config, method) pairs"
 
 
+def test_a_run_json_without_a_grid_size_says_completeness_is_unknown(tmp_path, fixture_csv):
+    """A run.json from before grid identities says 'complete' but not how big its grid is: the
+    status says that completeness is unknown, instead of 'sweep complete' beside a refusal."""
+    from analysis import data
+    from costmodel.cliutil import UserError
+
+    recs = _fixture_records(fixture_csv)
+    d = _folder(tmp_path / "d", recs, recs, grid={"name": "quick"}, pairs_expected=None, pairs_present=None)
+    unknown = "sweep complete: quick grid, 72 rows; its run.json records no grid size, so completeness is unknown"
+    with pytest.raises(UserError, match=f"not a complete sweep .{unknown}.: rerun"):
+        data.load(d)
+    ds = data.load(d, partial=True)
+    assert ds.status == unknown and not ds.complete
+
+
 def test_a_torn_journal_tail_is_said_and_ignored(tmp_path, fixture_csv):
     """Defect 11: a torn jsonl tail is not 'not a CSV or JSON-lines table'."""
     from analysis import data

@@ -78,3 +78,34 @@ def test_readme_quotes_the_seed_grid_slices_and_anova():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     missing = [q for q in quoted if q not in readme]
     assert not missing, missing
+
+
+def test_readme_quotes_the_whole_model_validation(tmp_path, capsys):
+    """The 'predicted against measured' paragraph, from ``data/models-cpu-validation/`` and the
+    layer rates fitted on ``data/quick-cpu/``, by the two commands the README gives."""
+    import json
+
+    from analysis import crossover
+
+    q = tmp_path / "q"
+    assert crossover.main(["--data", str(REPO / "data" / "quick-cpu"), "--out", str(q), "--no-plots"]) == 0
+    capsys.readouterr()
+    assert crossover.main(["--data", str(REPO / "data" / "models-cpu-validation"), "--partial",
+                           "--layer-fit", str(q / "fitted_profile.json"), "--out", str(tmp_path / "m"),
+                           "--no-plots", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["whole_model_validation"]
+
+    def median(route: str, scheme: str, target: str) -> str:
+        row = next(r for r in rows if (r["route"], r["scheme"], r["target"], r["method"])
+                   == (route, scheme, target, "all"))
+        return f"{row['median_abs_pct']:.1f}%"
+
+    quoted = [f"is {median('layer_fit', 'all', 'ratio')} with\nthe layer-fitted rates",
+              f"(target 10%; unfitted {median('unfitted', 'all', 'ratio')})",
+              f"{median('step_fit', 'out_of_scale', 'ratio')} for step-level rates",
+              f"(target 8%; unfitted {median('unfitted', 'out_of_scale', 'ratio')} on the same rows)",
+              f"out-of-scale step-time error is {median('step_fit', 'out_of_scale', 'step_time')}",
+              f"better than the unfitted {median('unfitted', 'out_of_scale', 'step_time')}"]
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    missing = [q for q in quoted if q not in readme]
+    assert not missing, missing

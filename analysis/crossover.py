@@ -426,9 +426,11 @@ def _analyse(args, dataset: data.Dataset, out: str, t0: float, extras_fn) -> int
         raise UserError(f"cannot write the report into {out}: {exc.strerror or exc}; the "
                         "previous report there is intact") from None
     elapsed = time.perf_counter() - t0
-    _log(f"analysis took {time.perf_counter() - t_fit:.1f} s ({elapsed:.1f} s in all)")
+    analysis_s = time.perf_counter() - t_fit
+    _log(f"analysis took {analysis_s:.1f} s ({elapsed:.1f} s in all)")
     if args.json:
         payload = export.to_json(result)
+        payload["timing"] = {"analysis_s": analysis_s, "total_s": elapsed}
         if comm_result is not None:
             payload["communication"] = comm.to_json(comm_result)
         print(json.dumps(payload, indent=1, allow_nan=False))

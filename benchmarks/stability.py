@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -40,9 +39,8 @@ def one_run(cwd: str) -> dict:
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"run failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1]}")
-    m = re.search(r"analysis took ([\d.]+) s", proc.stderr)
-    return {"wall_s": wall, "analysis_s": float(m.group(1)) if m else float("nan"),
-            "result": json.loads(proc.stdout)}
+    result = json.loads(proc.stdout)
+    return {"wall_s": wall, "analysis_s": result["timing"]["analysis_s"], "result": result}
 
 
 def _fmt(x) -> str:

@@ -229,24 +229,11 @@ def evaluate(args) -> dict:
             basis.update({f.name: getattr(t.fitted, f.name) for f in dataclasses.fields(t.fitted)
                           if f.name != "note"})
         out["time_basis"] = basis
-    notes = []
-    compute = PRECISIONS[args.precision].compute_dtype
-    if compute not in profile.peak_flops_per_s and t.fitted is None:
-        notes.append(f"{profile.name} lists no {compute} peak; {profile.peak(compute) / 1e12:g} TFLOP/s "
-                     f"of its other 16-bit type is used")
-    if notes:
-        out["notes"] = notes
+    if t.fitted is None:
+        cli_parallel.add_peak_note(out, profile, PRECISIONS[args.precision].compute_dtype)
+    cli_parallel.compare_methods(out, profile)
     methods = out["methods"]
-    out["capacity_bytes"] = profile.extra.get("memory_bytes")
-    out["does_not_fit"] = [m for m, r in methods.items() if r["fits"] is False]
     if "full" in methods and "lora" in methods:
-        # a step that does not fit the device does not run: no speedup to compare
-        missing = [m for m in ("full", "lora") if methods[m]["fits"] is False]
-        if missing:
-            out["speedup"] = None
-            out["speedup_note"] = "no speedup: " + ", ".join(f"{m} does not fit" for m in missing)
-        else:
-            out["speedup"] = methods["full"]["step_time_s"] / methods["lora"]["step_time_s"]
         out["memory_ratio"] = methods["full"]["memory"]["total_bytes"] / methods["lora"]["memory"]["total_bytes"]
     return out
 

@@ -183,24 +183,38 @@ def evaluate(args, shape: ModelShape, profile: HardwareProfile, seq: int) -> dic
             fewest = fewest_gpus(shape, method, cluster, profile, global_batch, FEWEST_LIMIT, **opts)
         out["methods"][method] = _record(choice, fewest, args.no_fewest)
         out["time_basis"] = choice.step.time_basis
-    methods = out["methods"]
-    compute = PRECISIONS[args.precision].compute_dtype
-    if compute not in profile.peak_flops_per_s:
-        out.setdefault("notes", []).append(
-            f"{profile.name} lists no {compute} peak; {profile.peak(compute) / 1e12:g} TFLOP/s of its other "
-            f"16-bit type is used")
+    add_peak_note(out, profile, PRECISIONS[args.precision].compute_dtype)
     if "memory_bytes" not in profile.extra:
         out.setdefault("notes", []).append(f"{profile.name} gives no memory capacity: every layout counts as fitting")
-    out["capacity_bytes"] = profile.extra.get("memory_bytes")
-    out["does_not_fit"] = [m for m, r in methods.items() if not r["fits"]]
-    if "full" in methods and "lora" in methods:
-        if methods["full"]["fits"] and methods["lora"]["fits"]:
-            out["speedup"] = methods["full"]["step_time_s"] / methods["lora"]["step_time_s"]
-        else:
-            out["speedup"] = None
-            out["speedup_note"] = "no speedup: " + ", ".join(
-                f"{m} does not fit" for m in ("full", "lora") if not methods[m]["fits"])
+    compare_methods(out, profile)
     return out
+
+
+def add_peak_note(out: dict, profile: HardwareProfile, compute_dtype: str) -> None:
+    """A note in ``out["notes"]`` when the profile lists no peak for `compute_dtype` (its other
+    16-bit type's peak is used)."""
+    if compute_dtype not in profile.peak_flops_per_s:
+        out.setdefault("notes", []).append(
+            f"{profile.name} lists no {compute_dtype} peak; {profile.peak(compute_dtype) / 1e12:g} TFLOP/s of "
+            f"its other 16-bit type is used")
+
+
+def compare_methods(out: dict, profile: HardwareProfile) -> None:
+    """The verdict fields of a whole-model JSON whose ``methods`` carry ``fits`` and
+    ``step_time_s``: ``capacity_bytes``, ``does_not_fit`` (methods whose ``fits`` is False;
+    None, an unknown capacity, counts as fitting), and with full and lora ``speedup`` =
+    t_full / t_lora, or None with a ``speedup_note`` when either does not fit (a step that does
+    not fit the device does not run)."""
+    methods = out["methods"]
+    out["capacity_bytes"] = profile.extra.get("memory_bytes")
+    out["does_not_fit"] = [m for m, r in methods.items() if r["fits"] is False]
+    if "full" in methods and "lora" in methods:
+        missing = [m for m in ("full", "lora") if methods[m]["fits"] is False]
+        if missing:
+            out["speedup"] = None
+            out["speedup_note"] = "no speedup: " + ", ".join(f"{m} does not fit" for m in missing)
+        else:
+            out["speedup"] = methods["full"]["step_time_s"] / methods["lora"]["step_time_s"]
 
 
 #: `LayoutChoice.chosen_as` for people.

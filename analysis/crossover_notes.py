@@ -70,22 +70,28 @@ def measured_note(log_ratio: np.ndarray | None, widths: np.ndarray,
 
 
 def measured_text(assessment) -> str:
-    """A `measure.refine.Assessment` in words: every measured crossing with its interval,
-    "≈ 1 within noise over [a, b]", or where LoRA is faster at every measured width."""
+    """A `measure.refine.Assessment` in words: every measured crossing with its interval (an
+    end written ≤ or ≥ when censored at the measured range's end) and its "≈ 1 within noise"
+    span, or where LoRA is faster at every measured width."""
     pts = assessment.points
     if not pts:
         return "not measured"
     span = f"{assessment.lo:,.0f}-{assessment.hi:,.0f}"
     if not assessment.crossings:
-        side = "faster" if pts[0].faster else "slower"
-        return f"measured: LoRA {side} at every width {span}"
+        if not any(p.certain for p in pts):
+            return f"measured: ≈ 1 within noise at every width {span}"
+        side = "faster" if next(p for p in pts if p.certain).faster else "slower"
+        return f"measured: LoRA {side} at every width {span} whose interval excludes 1"
     parts = []
     for c in assessment.crossings:
-        if c.within_noise:
-            parts.append(f"≈ 1 within noise over [{c.low:,.0f}, {c.high:,.0f}]")
-        else:
-            way = "faster above" if c.direction == "faster_above" else "faster below"
-            parts.append(f"d* ≈ {c.d_star:,.0f} [{c.ci_low:,.0f}, {c.ci_high:,.0f}] ({way})")
+        way = "faster above" if c.direction == "faster_above" else "faster below"
+        lo = ("≤" if c.censored_low else "") + f"{c.ci_low:,.0f}"
+        hi = ("≥" if c.censored_high else "") + f"{c.ci_high:,.0f}"
+        d = "d* ≈ ?" if not np.isfinite(c.d_star) else f"d* ≈ {c.d_star:,.0f}"
+        text = f"{d} [{lo}, {hi}] ({way})"
+        if np.isfinite(c.noise_low):
+            text += f", ≈ 1 within noise over [{c.noise_low:,.0f}, {c.noise_high:,.0f}]"
+        parts.append(text)
     return "measured: " + "; ".join(parts)
 
 

@@ -145,18 +145,29 @@ def lora_faster_label(crossings: np.ndarray, directions: list[bool]) -> str:
     return "alternates"
 
 
-def agreement(w: np.ndarray, gap: np.ndarray, points) -> tuple[bool, list[float]]:
-    """(agrees, widths where it does not): at every measured width whose ratio interval lies
-    wholly on one side of 1, the fitted gap must be on the same side. Points outside the
-    searched range, or within noise, do not vote."""
-    bad = []
+def agreement(w: np.ndarray, gap: np.ndarray, band_lo: np.ndarray, band_hi: np.ndarray,
+              points) -> tuple[bool, list[float], list[float]]:
+    """(agrees, widths where it does not, widths where only the point fit is off).
+
+    Only measured widths whose ratio interval lies wholly on one side of 1 vote, and only
+    inside the searched range. The fitted verdict at a width is the band [band_lo, band_hi]
+    of gap = log t_lora − log t_full: the bootstrap interval widened by the conformal model
+    error, the same band the d* interval is read from. It disagrees where the band lies
+    wholly on the other side of 0 from the measurement; where the point fit is on the other
+    side but the band contains 0, the fit claims nothing there and the width is listed
+    apart (the fit is off by less than its stated error)."""
+    bad, off = [], []
+    lw = np.log(w)
     for p in points:
         if not p.certain or p.width < w[0] or p.width > w[-1]:
             continue
-        g = float(np.interp(np.log(p.width), np.log(w), gap))
-        if (g < 0) != p.faster:
+        x = np.log(p.width)
+        g, lo, hi = (float(np.interp(x, lw, v)) for v in (gap, band_lo, band_hi))
+        if (lo > 0) if p.faster else (hi < 0):
             bad.append(float(p.width))
-    return not bad, bad
+        elif (g < 0) != p.faster:
+            off.append(float(p.width))
+    return not bad, bad, off
 
 
 def _interval_with_model_error(w: np.ndarray, band_lo: np.ndarray, band_hi: np.ndarray,
@@ -248,17 +259,19 @@ def crossover_table(result: fitmod.FitResult, boot: Bootstrap, rows: pd.DataFram
             q = np.quantile(d_b, [ALPHA / 2, 1 - ALPHA / 2], method="inverted_cdf")
             ci_low, ci_high = (float(q[0]), float(q[1])) if single else (np.nan, np.nan)
             boot_ci = (ci_low, ci_high)
+            g_lo, g_hi = np.quantile(gap_b, [ALPHA / 2, 1 - ALPHA / 2], axis=1)
+            qr = np.zeros(n) if bands is None else bands.q_ratio(w)
+            if not np.all(np.isfinite(qr)):
+                qr = np.zeros(n)
+            band_lo, band_hi = g_lo - qr, g_hi + qr
             if single and bands is not None:
-                g_lo, g_hi = np.quantile(gap_b, [ALPHA / 2, 1 - ALPHA / 2], axis=1)
-                qr = bands.q_ratio(w)
-                if np.all(np.isfinite(qr)):
-                    me_lo, me_hi = _interval_with_model_error(w, g_lo - qr, g_hi + qr, d_star)
-                    ci_low, ci_high = min(ci_low, me_lo), max(ci_high, me_hi)
+                me_lo, me_hi = _interval_with_model_error(w, band_lo, band_hi, d_star)
+                ci_low, ci_high = min(ci_low, me_lo), max(ci_high, me_hi)
             points = _measured_points(measured, tmpl, m)
             verdict = refine.assess(points, rank=int(tmpl["rank"]))
             mcross = verdict.crossings
             m_single = mcross[0] if len(mcross) == 1 else None
-            agrees, disagree_at = agreement(w, gap, points)
+            agrees, disagree_at, off_at = agreement(w, gap, band_lo, band_hi, points)
             meas_d = m_single.d_star if m_single else np.nan
             at_max = float(mu[n - 1] / mu[(k + 1) * n - 1])
             at_min = float(mu[0] / mu[k * n])
@@ -269,9 +282,13 @@ def crossover_table(result: fitmod.FitResult, boot: Bootstrap, rows: pd.DataFram
                 flags.append("censored_low")
             if not agrees:
                 flags.append("disagrees_with_measurements")
+            if off_at:
+                flags.append("point_fit_off")
             if any(c.within_noise for c in mcross):
                 flags.append("measured_within_noise")
-            if single and m_single is not None and not (ci_low <= meas_d <= ci_high):
+            if single and m_single is not None and not (
+                    ci_low <= meas_d <= ci_high if np.isfinite(meas_d)
+                    else m_single.ci_low <= ci_high and ci_low <= m_single.ci_high):
                 flags.append("measured_outside_interval")
             Xf, Xm = X[:n], X[k * n:(k + 1) * n]
             method_terms = {c for j, c in enumerate(all_cols) if np.any(Xf[:, j] != Xm[:, j])}
@@ -311,6 +328,8 @@ def crossover_table(result: fitmod.FitResult, boot: Bootstrap, rows: pd.DataFram
                 "measured_ci_low": m_single.ci_low if m_single else np.nan,
                 "measured_ci_high": m_single.ci_high if m_single else np.nan,
                 "measured_within_noise": bool(m_single.within_noise) if m_single else False,
+                "measured_ci_low_censored": bool(m_single.censored_low) if m_single else False,
+                "measured_ci_high_censored": bool(m_single.censored_high) if m_single else False,
                 "measured_crossings": [float(c.d_star) for c in mcross],
                 "measured_sign_changes": len(mcross),
                 "measured_lo": verdict.lo, "measured_hi": verdict.hi,
@@ -319,6 +338,7 @@ def crossover_table(result: fitmod.FitResult, boot: Bootstrap, rows: pd.DataFram
                 "measured_note": crossover_notes.measured_text(verdict),
                 "agrees_with_measurements": bool(agrees),
                 "disagrees_at": disagree_at,
+                "point_fit_off_at": off_at,
                 "flags": flags,
                 "asymptotic_speedup": np.nan if limit is None else float(limit),
                 "asymptotic_speedup_roofline": roof_limit,

@@ -69,11 +69,14 @@ def to_json(a: Analysis) -> dict:
              "asymptotic_speedup_roofline": r["asymptotic_speedup_roofline"], "note": r["note"],
              "measured_ci_low": r["measured_ci_low"], "measured_ci_high": r["measured_ci_high"],
              "measured_within_noise": r["measured_within_noise"],
+             "measured_ci_low_censored": r["measured_ci_low_censored"],
+             "measured_ci_high_censored": r["measured_ci_high_censored"],
              "measured_crossings": list(r["measured_crossings"]),
              "crossings": list(r["crossings"]), "directions": list(r["directions"]),
              "speedup_at_d_min": r["speedup_at_d_min"], "speedup_at_d_max": r["speedup_at_d_max"],
              "agrees_with_measurements": r["agrees_with_measurements"],
-             "disagrees_at": list(r["disagrees_at"]), "flags": list(r["flags"]),
+             "disagrees_at": list(r["disagrees_at"]),
+             "point_fit_off_at": list(r["point_fit_off_at"]), "flags": list(r["flags"]),
              "boot_ci_low": r["boot_ci_low"], "boot_ci_high": r["boot_ci_high"]}
             for _, r in xo.iterrows()],
         "factors": [{"key": f.key, "name": f.name, "estimate": f.estimate, "ci_low": f.ci_low,
@@ -122,7 +125,8 @@ def fitted_profile(a: Analysis) -> dict | None:
 def tables(a: Analysis) -> dict[str, pd.DataFrame]:
     """File name -> table, one CSV per table."""
     xo = a.crossover.table.copy()
-    for c in ("crossings", "directions", "measured_crossings", "disagrees_at", "flags"):
+    for c in ("crossings", "directions", "measured_crossings", "disagrees_at",
+              "point_fit_off_at", "flags"):
         if c in xo:  # lists as ';'-joined cells
             xo[c] = [";".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in x)
                      for x in xo[c]]

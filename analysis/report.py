@@ -116,6 +116,8 @@ FLAGS = {
     "censored_low": ("C", "the interval reaches the search floor (16): its low end is a bound"),
     "disagrees_with_measurements": ("D", "fitted and measured verdicts disagree at some width "
                                          "(crossover.csv: disagrees_at)"),
+    "point_fit_off": ("W", "fit and a measurement on either side of 1, within model error "
+                           "(crossover.csv: point_fit_off_at)"),
     "measured_within_noise": ("N", "measured ratio ≈ 1 within noise over a bracket"),
     "measured_outside_interval": ("O", "the measured d* lies outside the fitted d*'s interval"),
     "constrained_terms": ("P", "set by a term held at its physical bound (see the factors)"),
@@ -133,9 +135,13 @@ def _d_with_ci(d: float, lo: float, hi: float, censored: bool = False) -> str:
 
 def _measured_cell(r) -> str:
     if r["measured_sign_changes"] == 1:
-        if r["measured_within_noise"]:
-            return f"≈1 [{fmt_width(r['measured_ci_low'])}, {fmt_width(r['measured_ci_high'])}]"
-        return _d_with_ci(r["measured_d_star"], r["measured_ci_low"], r["measured_ci_high"])
+        low = fmt_width(r["measured_ci_low"])
+        low = f"≤{low}" if r["measured_ci_low_censored"] else low
+        high = fmt_width(r["measured_ci_high"])
+        high = f"≥{high}" if r["measured_ci_high_censored"] else high
+        if r["measured_within_noise"] or not math.isfinite(r["measured_d_star"]):
+            return f"≈1 [{low}, {high}]"
+        return f"{fmt_width(r['measured_d_star'])} [{low}, {high}]"
     if r["measured_sign_changes"] > 1:
         return f"{r['measured_sign_changes']} crossings"
     if r["measured_faster_everywhere"]:
@@ -350,8 +356,11 @@ def markdown_report(a: Analysis, figures: Sequence[str]) -> str:
         "error of the ratio (out-of-sample residuals); a lower end written '≤d' is censored at "
         "the search floor. Measured d*: bisection of the paired ratio after the grid "
         "(`measure.refine`), with the interval between the nearest widths measured surely on "
-        "either side. 'agrees': the fitted verdict matches every measured width whose ratio "
-        "interval excludes 1. 'd->inf' is the fitted full/LoRA time ratio as d grows without "
+        "either side ('≤d' or '≥d' when the ratio is ≈ 1 within noise up to the measured "
+        "range's end). 'agrees': no measured width whose ratio interval excludes 1 lies on "
+        "the other side of 1 from the fitted ratio's band (bootstrap and model error, as for "
+        "d*); flag W lists where only the point fit is on the other side. 'd->inf' is the "
+        "fitted full/LoRA time ratio as d grows without "
         "bound, '(roofline)' the same from the cost model alone on the device profile.", "",
         md_table(crossover_display(a)), "",
         *[x.strip() + "  " for x in flag_footnotes(a)], ""]

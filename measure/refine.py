@@ -13,10 +13,20 @@ which width to measure next, and what the measured points say about the crossove
   once the ratio's 95% interval contains 1 at every measured width of the bracket: the
   curve is "≈ 1 within noise over [a, b]".
 
-The measured d* of a crossing is the log-linear interpolation of log(ratio) across its
-bracket; its interval runs from the nearest width at or below the bracket whose ratio
-interval lies wholly on that side of 1, to the nearest such width at or above (a bracket end
-whose interval contains 1 does not pin the crossing down). The sweep (`measure.sweep`)
+What the points say is read from their intervals: a width whose ratio interval lies wholly
+on one side of 1 is *certain* (LoRA faster, or slower); one whose interval contains 1 is
+"≈ 1 within noise". A measured crossing is a change of certain side -- between two
+neighbouring certain widths, through any ≈ 1 widths between them -- or a run of ≈ 1 widths at
+an end of the measured range next to a certain width (the ratio cannot be told from 1 there,
+so the crossing may lie anywhere in it: the interval is *censored* at that end). Its interval
+runs from the certain width on one side to the certain width on the other (or the range's
+end); its d* is the geometric mean of the sign changes of the point ratios, in the
+crossing's direction, inside the interval (log-linear interpolation of log(ratio) across
+each), NaN when the point ratios never change sign there. A ≈ 1 run between two certain
+widths of the same side is no crossing (the ratio touches 1 within noise and returns). So a
+curve whose smallest widths are all ≈ 1 gives the same verdict whichever side of 1 their
+point ratios happen to fall on in one run.
+The sweep (`measure.sweep`)
 measures the proposed widths, all methods interleaved as in the grid, marks those rows
 ``refinement`` and asks again until nothing is proposed; since the proposal is a function of
 the recorded rows, a resumed sweep resumes its refinement. `analysis` reads the same
@@ -71,13 +81,16 @@ class Point:
 
 @dataclass(frozen=True)
 class Crossing:
-    """One measured sign change of ratio − 1.
+    """One measured crossing (see the module docstring).
 
-    low, high: the bracketing measured widths; d_star: log-linear interpolation of log(ratio)
-    between them; ci_low, ci_high: the interval (see module docstring); direction: LoRA
-    faster above (`FASTER_ABOVE`) or below it; within_noise: the ratio's interval contains 1
-    at every measured width of the bracket ("≈ 1 within noise over [low, high]");
-    resolved: high / low <= BRACKET_RATIO.
+    low, high: the measured widths bracketing the point ratios' sign change nearest d_star
+    (the interval's ends when there is none); d_star: the geometric mean of the sign changes
+    in the crossing's direction (NaN when the point ratios do not change sign); ci_low,
+    ci_high: the certain widths on either side, or the range's end (censored_low,
+    censored_high); direction: LoRA faster above (`FASTER_ABOVE`) or below it; within_noise:
+    the ratio's interval contains 1 at both ends of [low, high], or the interval is censored
+    ("≈ 1 within noise"); noise_low, noise_high: the span of ≈ 1 widths inside the interval
+    (NaN when none); resolved: high / low <= BRACKET_RATIO.
     """
 
     low: float
@@ -88,6 +101,10 @@ class Crossing:
     direction: str
     within_noise: bool
     resolved: bool
+    censored_low: bool = False
+    censored_high: bool = False
+    noise_low: float = math.nan
+    noise_high: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -107,14 +124,51 @@ class Assessment:
         return self.points[-1].width if self.points else math.nan
 
 
-def _interval(points: Sequence[Point], i: int) -> tuple[float, float]:
-    """The crossing between points i-1 and i: nearest certain widths outward on each side."""
-    lo_side, hi_side = points[i - 1].faster, points[i].faster
-    lo = next((p.width for p in reversed(points[:i]) if p.certain and p.faster == lo_side),
-              points[0].width)
-    hi = next((p.width for p in points[i:] if p.certain and p.faster == hi_side),
-              points[-1].width)
-    return lo, hi
+def _sign_change(a: Point, b: Point) -> float:
+    """Where log(ratio) crosses 0 between a and b (log-linear in log width)."""
+    la, lb = math.log(a.ratio), math.log(b.ratio)
+    frac = la / (la - lb) if la != lb else 0.5
+    return math.exp(math.log(a.width) + frac * (math.log(b.width) - math.log(a.width)))
+
+
+def _crossing(pts: Sequence[Point], i0: int, i1: int, faster_above: bool,
+              censored_low: bool, censored_high: bool) -> Crossing:
+    """The crossing whose interval runs over pts[i0..i1] (both ends included)."""
+    changes = [(k, _sign_change(pts[k - 1], pts[k])) for k in range(i0 + 1, i1 + 1)
+               if pts[k - 1].faster != pts[k].faster and pts[k].faster == faster_above]
+    lo_w, hi_w = pts[i0].width, pts[i1].width
+    if changes:
+        d = math.exp(sum(math.log(c) for _, c in changes) / len(changes))
+        k = min(changes, key=lambda kc: abs(math.log(kc[1] / d)))[0]
+        a, b = pts[k - 1], pts[k]
+    else:
+        d, a, b = math.nan, pts[i0], pts[i1]
+    noisy = [p.width for p in pts[i0:i1 + 1] if not p.certain]
+    noise = (not a.certain and not b.certain) or censored_low or censored_high
+    return Crossing(a.width, b.width, d, lo_w, hi_w,
+                    FASTER_ABOVE if faster_above else FASTER_BELOW, noise,
+                    b.width / a.width <= BRACKET_RATIO, censored_low, censored_high,
+                    min(noisy) if noisy else math.nan, max(noisy) if noisy else math.nan)
+
+
+def _crossings(pts: Sequence[Point]) -> list[Crossing]:
+    """Every measured crossing of the sorted points (see the module docstring)."""
+    certain = [i for i, p in enumerate(pts) if p.certain]
+    last = len(pts) - 1
+    if not certain:  # ≈ 1 everywhere: one crossing, censored both ways, if the ratios cross
+        ks = [k for k in range(1, len(pts)) if pts[k - 1].faster != pts[k].faster]
+        if not ks:
+            return []
+        return [_crossing(pts, 0, last, pts[ks[0]].faster, True, True)]
+    out = []
+    if certain[0] > 0:  # ≈ 1 below the first certain width
+        out.append(_crossing(pts, 0, certain[0], pts[certain[0]].faster, True, False))
+    for i, j in zip(certain[:-1], certain[1:]):
+        if pts[i].faster != pts[j].faster:
+            out.append(_crossing(pts, i, j, pts[j].faster, False, False))
+    if certain[-1] < last:  # ≈ 1 above the last certain width
+        out.append(_crossing(pts, certain[-1], last, not pts[certain[-1]].faster, False, True))
+    return out
 
 
 def _propose(width: float, measured: set[int], rank: int) -> int | None:
@@ -137,23 +191,18 @@ def assess(points: Sequence[Point], *, rank: int = 1, max_width: float | None = 
     if not pts:
         return Assessment((), (), None)
     measured = {int(round(p.width)) for p in pts}
-    crossings = []
+    crossings = _crossings(pts)
     proposals = []
-    for i in range(1, len(pts)):
+    changes = 0
+    for i in range(1, len(pts)):  # bisect every sign change of the point ratios
         a, b = pts[i - 1], pts[i]
         if a.faster == b.faster:
             continue
-        la, lb = math.log(a.ratio), math.log(b.ratio)
-        frac = la / (la - lb) if la != lb else 0.5
-        d = math.exp(math.log(a.width) + frac * (math.log(b.width) - math.log(a.width)))
-        lo, hi = _interval(pts, i)
+        changes += 1
         noise = not a.certain and not b.certain
-        resolved = b.width / a.width <= BRACKET_RATIO
-        crossings.append(Crossing(a.width, b.width, d, lo, hi,
-                                  FASTER_BELOW if a.faster else FASTER_ABOVE, noise, resolved))
-        if not (resolved or noise):
+        if not (b.width / a.width <= BRACKET_RATIO or noise):
             proposals.append(_propose(math.sqrt(a.width * b.width), measured, rank))
-    if not crossings:
+    if not changes:
         if all(p.faster for p in pts):
             proposals.append(_propose(pts[0].width / 2, measured, rank))
         else:

@@ -117,12 +117,20 @@ def test_a_curve_with_two_crossings_gets_one_verdict_true_everywhere():
     assert directions == [True, False, True]  # faster | slower | faster
     assert crossover_table.lora_faster_label(crossings, directions) == "alternates"
     measured = [Point(d, 0.6, 0.55, 0.65) for d in (64, 128, 256, 512, 1024, 1536)]
-    assert crossover_table.agreement(w, gap, measured) == (True, [])
+    tight = (gap - 0.01, gap + 0.01)  # a band that excludes 0 wherever |gap| > 0.01
+    assert crossover_table.agreement(w, gap, *tight, measured) == (True, [], [])
     # a measured width inside the slower stretch that says "faster" is a disagreement
-    agrees, at = crossover_table.agreement(w, gap, measured + [Point(30, 0.8, 0.75, 0.85)])
-    assert not agrees and at == [30.0]
+    # (the fitted gap at 30 is 0.4·log(30/22)·log(40/30) ≈ 0.036, its band [0.026, 0.046])
+    agrees, at, off = crossover_table.agreement(w, gap, *tight,
+                                                measured + [Point(30, 0.8, 0.75, 0.85)])
+    assert not agrees and at == [30.0] and off == []
     # and one whose interval contains 1 does not vote
-    assert crossover_table.agreement(w, gap, [Point(30, 0.99, 0.9, 1.1)])[0]
+    assert crossover_table.agreement(w, gap, *tight, [Point(30, 0.99, 0.9, 1.1)])[0]
+    # a band that contains 0 at 30 (model error ±0.05 in log ratio) claims nothing there: the
+    # point fit is off, listed apart, but the verdict does not contradict the measurement
+    wide = (gap - 0.05, gap + 0.05)
+    assert crossover_table.agreement(w, gap, *wide, [Point(30, 0.8, 0.75, 0.85)]) == (
+        True, [], [30.0])
 
 
 def test_exactly_one_crossing_gives_d_star_and_none_gives_the_side():
@@ -145,3 +153,11 @@ def test_the_fitted_table_carries_structured_verdict_fields(crossover):
     assert row["agrees_with_measurements"] and row["disagrees_at"] == []
     assert row["speedup_at_d_min"] < 1 < row["speedup_at_d_max"]
     assert row["measured_ci_low"] <= row["measured_d_star"] <= row["measured_ci_high"]
+
+
+def test_every_flag_footnote_fits_the_stdout_width():
+    from analysis import report
+
+    for letter, text in report.FLAGS.values():
+        assert len(f"  {letter}: {text}") <= report.WIDTH, letter
+    assert len({letter for letter, _ in report.FLAGS.values()}) == len(report.FLAGS)

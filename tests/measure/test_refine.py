@@ -75,3 +75,41 @@ def test_curve_points_prefer_paired_ratios_and_fall_back_to_medians():
     assert (p64.ratio, p64.ci_low, p64.ci_high) == (0.6, 0.55, 0.65)
     assert p128.ratio == 0.5
     assert p128.ci_low == pytest.approx(0.9 / 2.2) and p128.ci_high == pytest.approx(1.1 / 1.8)
+
+
+def _u(w, r):  # ≈ 1 within noise: the interval contains 1
+    return Point(w, r, 0.95, 1.05)
+
+
+@pytest.mark.parametrize("r23", [1.007, 0.99])
+def test_a_run_of_noise_below_the_first_certain_width_is_one_censored_crossing(r23):
+    # the small widths cannot be told from 1 (whichever side their point ratios fall on);
+    # LoRA is certainly faster from 64: the crossing lies in [<=16, 64]
+    pts = [_u(16, 0.977), _u(19, 0.975), _u(23, r23), _u(32, 0.973), _pt(64, 0.908),
+           _pt(128, 0.55)]
+    (c,) = assess(pts).crossings
+    assert (c.ci_low, c.ci_high) == (16, 64) and c.censored_low and not c.censored_high
+    assert c.direction == refine.FASTER_ABOVE and c.within_noise
+    assert (c.noise_low, c.noise_high) == (16, 32)
+    if r23 > 1:  # the point ratios cross 1 once upward (19->23) and once down (23->32)
+        assert c.d_star == pytest.approx(math.exp(
+            math.log(23) + math.log(1.007) / (math.log(1.007) - math.log(0.973))
+            * math.log(32 / 23)))
+        assert (c.low, c.high) == (23, 32)
+    else:
+        assert math.isnan(c.d_star)
+
+
+def test_noise_between_two_certain_widths_of_one_side_is_no_crossing():
+    pts = [_pt(64, 0.8), _u(128, 1.02), _pt(256, 0.7)]
+    assert assess(pts).crossings == ()
+
+
+def test_a_crossing_through_noise_takes_the_sign_changes_in_its_direction():
+    # slower at 32, faster at 512; between, the point ratios go 0.98, 1.01, 0.97: two
+    # downward sign changes (32->64 and 128->256), one upward; d* is their geometric mean
+    pts = [_pt(32, 1.2), _u(64, 0.98), _u(128, 1.01), _u(256, 0.97), _pt(512, 0.8)]
+    (c,) = assess(pts).crossings
+    assert (c.ci_low, c.ci_high) == (32, 512) and not (c.censored_low or c.censored_high)
+    down = [refine._sign_change(pts[0], pts[1]), refine._sign_change(pts[2], pts[3])]
+    assert c.d_star == pytest.approx(math.sqrt(down[0] * down[1]))

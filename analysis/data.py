@@ -192,6 +192,7 @@ def from_blog(raw: pd.DataFrame, source: str = "blog") -> pd.DataFrame:
             error=np.where(ok, "", "no time recorded"), timestamp="",
             **schema.ADDED_IN_2,  # not paired, not refined
             **schema.ADDED_IN_3,  # layer rows
+            paired_blocks=0,  # no paired ratio
         )
         rows.append(part)
     out = pd.concat(rows, ignore_index=True)

@@ -17,6 +17,11 @@ Format history (bump SCHEMA_VERSION on any change of names, meaning or dtype):
        whole-model row embed is d_model, hidden the MLP width, batch the sequences per
        micro-batch, dtype the compute dtype. Layer rows (and older tables) hold
        `ADDED_IN_3`: "" or 0 where a field does not apply to a layer.
+  4 -- ``paired_blocks``: the independent timing blocks behind the paired ratio. With two or
+       more, ``paired_ratio`` is the geometric mean of the blocks' median round ratios and
+       its interval the t interval over the blocks (`timing_stats.block_ratio`): the rounds
+       of one block share the machine's slow drift, so a bootstrap over them alone is too
+       narrow. Older rows hold 1: their interval is that bootstrap over one block's rounds.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: Columns added since version 1 and the value a version-1 row takes for them.
 ADDED_IN_2: Mapping[str, object] = {
     "refinement": False, "paired_ratio": float("nan"), "paired_ratio_ci_low": float("nan"),
@@ -40,8 +45,10 @@ ADDED_IN_3: Mapping[str, object] = {
     "n_classes": 0, "attention": "", "optimizer": "", "clip": False, "precision": "",
     "recompute": False, "grad_accum": 1, "model_params": 0,
 }
+#: Columns added in version 4 and the value an older row holds: one timing block.
+ADDED_IN_4: Mapping[str, object] = {"paired_blocks": 1}
 #: The columns each version added, and their value in rows of the versions before.
-ADDED: Mapping[int, Mapping[str, object]] = {2: ADDED_IN_2, 3: ADDED_IN_3}
+ADDED: Mapping[int, Mapping[str, object]] = {2: ADDED_IN_2, 3: ADDED_IN_3, 4: ADDED_IN_4}
 
 #: column name -> pandas dtype. Units are in the names (``_s`` seconds).
 COLUMNS: Mapping[str, str] = {
@@ -91,9 +98,10 @@ COLUMNS: Mapping[str, str] = {
     "unstable": "bool",
     "compile_s": "float64",
     # --- paired with full fine-tuning in the same interleaved loop (v2)
-    "paired_ratio": "float64",  # median over rounds of t_method / t_full; 1 for full, NaN unpaired
-    "paired_ratio_ci_low": "float64",  # its 95% bootstrap interval
+    "paired_ratio": "float64",  # t_method / t_full, round by round; 1 for full, NaN unpaired
+    "paired_ratio_ci_low": "float64",  # its 95% interval (t over blocks; v4 docstring)
     "paired_ratio_ci_high": "float64",
+    "paired_blocks": "int64",  # independent timing blocks behind that interval (v4)
     "refinement": "bool",  # measured by the crossover refinement after the grid (v2)
     # --- cost model of the same config (costmodel.layer_cost)
     "model_flops": "float64",
@@ -230,6 +238,7 @@ def _row_checks(df: pd.DataFrame) -> list[tuple[str, np.ndarray, str]]:
         ("precision", whole & ~df["precision"].isin(PRECISIONS).to_numpy(),
          f"not a precision ({', '.join(PRECISIONS)})"),
         ("grad_accum", df["grad_accum"].to_numpy() < 1, "must be >= 1"),
+        ("paired_blocks", df["paired_blocks"].to_numpy() < 0, "must be >= 0"),
         ("n_repeats", ok_run & (df["n_repeats"].to_numpy() < 1), "must be >= 1 for a row that ran"),
         ("time_median_s", ok_run & ~(np.isfinite(median) & (median > 0)),
          "must be a finite time > 0 for a row that ran"),

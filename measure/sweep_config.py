@@ -89,7 +89,7 @@ def describe_model(config, method: str) -> dict[str, Any]:
 def make_record(
     base: dict[str, Any], *, run_id: str, backend: str, device_kind: str,
     summary=None, prepared=None, error: str = "",
-    paired: tuple[float, float, float] | None = None, refinement: bool = False,
+    paired: tuple[float, float, float, int] | None = None, refinement: bool = False,
 ) -> dict[str, Any]:
     """A complete schema row for one (config, method): timings NaN when it failed."""
     nan = float("nan")
@@ -100,11 +100,11 @@ def make_record(
         "time_min_s": nan, "time_ci_low_s": nan, "time_ci_high_s": nan, "time_cv": nan,
         "unstable": False, "compile_s": nan, "xla_flops": nan, "xla_bytes": nan,
         "paired_ratio": nan, "paired_ratio_ci_low": nan, "paired_ratio_ci_high": nan,
-        "refinement": bool(refinement), "error": error, "timestamp": _utc_now(),
+        "paired_blocks": 0, "refinement": bool(refinement), "error": error, "timestamp": _utc_now(),
     }
     if paired is not None and summary is not None:
         rec.update(paired_ratio=paired[0], paired_ratio_ci_low=paired[1],
-                   paired_ratio_ci_high=paired[2])
+                   paired_ratio_ci_high=paired[2], paired_blocks=int(paired[3]))
     if summary is not None:
         rec.update(summary.as_record())
     if prepared is not None:
@@ -150,21 +150,31 @@ def prepare(config: Config, method: str, param_seed: int):
 
 class Measured(NamedTuple):
     """One (config, method) as timed: summary and prepared kernel (None if it failed), the
-    error ("" if none) and the paired ratio to full in the same loop (median, low, high)."""
+    error ("" if none) and the paired ratio to full in the same loops (ratio, low, high,
+    independent blocks behind the interval; `_paired`)."""
 
     summary: Any
     prepared: Any
     error: str
-    paired: tuple[float, float, float] = (float("nan"),) * 3
+    paired: tuple[float, float, float, int] = (float("nan"),) * 3 + (0,)
 
 
-def _paired(report, policy) -> dict[str, tuple[float, float, float]]:
+def _paired(report, policy) -> dict[str, tuple[float, float, float, int]]:
+    """Method -> its ratio to full, round by round: with several blocks, the t interval over
+    the blocks' median round ratios (`timing_stats.block_ratio`); with one, the bootstrap
+    over its rounds (`timing_stats.paired_ratio`)."""
     from measure import timing
 
     if "full" not in report.samples_s:
         return {}
+    if len(report.blocks) >= 2:
+        out = {}
+        for m in report.samples_s:
+            per_block = [timing.median_round_ratio(b[m], b["full"]) for b in report.blocks]
+            out[m] = (*timing.block_ratio(per_block, policy.confidence), len(report.blocks))
+        return out
     ref = report.samples_s["full"]
-    return {m: timing.paired_ratio(s, ref, policy) for m, s in report.samples_s.items()}
+    return {m: (*timing.paired_ratio(s, ref, policy), 1) for m, s in report.samples_s.items()}
 
 
 def run_config(
@@ -188,7 +198,7 @@ def run_config(
     if not prepared:
         return results
     try:
-        report = timing.time_interleaved(prepared, policy)
+        report = timing.time_blocks(prepared, policy)
         paired = _paired(report, policy)
         for method, prep in prepared.items():
             results[method] = Measured(report.summaries[method], prep, "",

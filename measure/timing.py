@@ -38,15 +38,17 @@ import gc
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from measure.timing_stats import (  # noqa: F401 -- re-exported: timing.TimingPolicy, timing.summarize, ...
     TimingPolicy,
     TimingSummary,
+    block_ratio,
     ci_half_width_rel,
     converged,
     median_ci,
+    median_round_ratio,
     paired_ratio,
     summarize,
 )
@@ -72,6 +74,7 @@ class TimingReport:
     timed_s: sum of the timed intervals inside it; the rest is harness overhead
         (bookkeeping, bootstrap checks, the clock itself).
     calls: kernel calls made inside the loop.
+    blocks: the samples of each independent block (`time_blocks`), in order; () for one loop.
     """
 
     summaries: Mapping[str, TimingSummary]
@@ -79,6 +82,7 @@ class TimingReport:
     loop_wall_s: float
     timed_s: float
     calls: int
+    blocks: tuple[Mapping[str, tuple[float, ...]], ...] = field(default=(), repr=False)
 
     @property
     def overhead_per_call_s(self) -> float:
@@ -172,6 +176,7 @@ def time_interleaved(
     *,
     clock: Callable[[], float] = time.perf_counter,
     block: Callable[[Any], Any] | None = None,
+    k: int | None = None,
 ) -> TimingReport:
     """Time every kernel of one config, interleaved round-robin, with adaptive repeats.
 
@@ -181,7 +186,8 @@ def time_interleaved(
     then takes one repeat of each still-running kernel per round, the starting kernel
     rotating by one each round, until each has `min_repeats` and either its median's CI
     meets the target or the budget is spent. The garbage collector is off inside the loop.
-    KeyboardInterrupt propagates.
+    KeyboardInterrupt propagates. k: given (kernels already warm, a later block of
+    `time_blocks`), no warm-up and no calibration.
     """
     if not kernels:
         raise ValueError("nothing to time")
@@ -191,15 +197,17 @@ def time_interleaved(
 
         block = jax.block_until_ready
     names = list(kernels)
-    single_s: dict[str, float] = {}
-    for name in names:
-        prep = kernels[name]
-        block(prep.call(*prep.args))  # warm-up: first-call allocations, lazy init
-        t = timed_repeat(prep.call, prep.args, 1, clock, block)
-        if t < policy.min_repeat_s:  # a fast kernel: one preempted call must not set k
-            t = min(t, *(timed_repeat(prep.call, prep.args, 1, clock, block) for _ in range(2)))
-        single_s[name] = t
-    k = calls_per_repeat(min(single_s.values()), policy)
+    if k is None:
+        single_s: dict[str, float] = {}
+        for name in names:
+            prep = kernels[name]
+            block(prep.call(*prep.args))  # warm-up: first-call allocations, lazy init
+            t = timed_repeat(prep.call, prep.args, 1, clock, block)
+            if t < policy.min_repeat_s:  # a fast kernel: one preempted call must not set k
+                t = min(t, *(timed_repeat(prep.call, prep.args, 1, clock, block)
+                             for _ in range(2)))
+            single_s[name] = t
+        k = calls_per_repeat(min(single_s.values()), policy)
 
     samples: dict[str, list[float]] = {n: [] for n in names}
     next_check = {n: policy.min_repeats for n in names}
@@ -247,4 +255,47 @@ def time_interleaved(
         loop_wall_s=loop_wall_s,
         timed_s=timed_s,
         calls=calls,
+    )
+
+
+#: Independent timing blocks per config (`time_blocks`): the paired ratio's interval is a t
+#: interval over them, 2 degrees of freedom with 3.
+BLOCKS = 3
+#: Fewest repeats one block takes (with `BLOCKS` blocks a config keeps >= 9 in all).
+MIN_BLOCK_REPEATS = 3
+
+
+def time_blocks(
+    kernels: Mapping[str, Prepared],
+    policy: TimingPolicy | None = None,
+    blocks: int = BLOCKS,
+    *,
+    clock: Callable[[], float] = time.perf_counter,
+    block: Callable[[Any], Any] | None = None,
+) -> TimingReport:
+    """`time_interleaved` run `blocks` times back to back, the budget and the repeat limits
+    split between them (each block at least `MIN_BLOCK_REPEATS`): the first block warms up
+    and calibrates k, the later ones reuse it. The summaries pool every block's samples;
+    `TimingReport.blocks` keeps each block's, for ratios with an interval over blocks
+    (`timing_stats.block_ratio`)."""
+    policy = policy or TimingPolicy()
+    if blocks < 2:
+        return time_interleaved(kernels, policy, clock=clock, block=block)
+    per = replace(
+        policy, budget_s=policy.budget_s / blocks,
+        min_repeats=max(MIN_BLOCK_REPEATS, math.ceil(policy.min_repeats / blocks)),
+        max_repeats=max(MIN_BLOCK_REPEATS, math.ceil(policy.max_repeats / blocks)))
+    first = time_interleaved(kernels, per, clock=clock, block=block)
+    k = next(iter(first.summaries.values())).calls_per_repeat
+    reports = [first] + [time_interleaved(kernels, per, clock=clock, block=block, k=k)
+                         for _ in range(blocks - 1)]
+    names = list(kernels)
+    pooled = {n: tuple(x for r in reports for x in r.samples_s[n]) for n in names}
+    return TimingReport(
+        summaries={n: summarize(pooled[n], k, policy) for n in names},
+        samples_s=pooled,
+        loop_wall_s=sum(r.loop_wall_s for r in reports),
+        timed_s=sum(r.timed_s for r in reports),
+        calls=sum(r.calls for r in reports),
+        blocks=tuple(r.samples_s for r in reports),
     )

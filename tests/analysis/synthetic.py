@@ -46,7 +46,7 @@ def synthetic_dataset(batches=(2, 256), widths=(64, 128, 256, 512, 1024, 1536), 
         model_kernels=np.nan, trainable_params=0, xla_flops=np.nan, xla_bytes=np.nan,
         error="", timestamp="2026-01-01T00:00:00Z", paired_ratio=np.nan,
         paired_ratio_ci_low=np.nan, paired_ratio_ci_high=np.nan, refinement=False,
-        **schema.ADDED_IN_3,
+        **schema.ADDED_IN_3, **schema.ADDED_IN_4,
     )
     t = true_time_s(df, truth) * np.exp(rng.normal(0, cv, len(df)))
     df["time_median_s"] = t

@@ -25,6 +25,7 @@ def _record(**over):
         "xla_flops": float("nan"), "xla_bytes": float("nan"), "error": "",
         "paired_ratio": 1.0, "paired_ratio_ci_low": 1.0, "paired_ratio_ci_high": 1.0,
         "refinement": False, "timestamp": "2026-01-01T00:00:00+00:00", **ADDED_IN_3,
+        "paired_blocks": 3,
     }
     rec.update(over)
     return rec

@@ -390,7 +390,7 @@ def test_refinement_bisects_the_crossover_marks_its_rows_and_resumes(tmp_path, m
             r = 1.0 if m == "full" else (100.0 / d) ** 0.5
             t = 1e-3 * r
             s = TimingSummary(9, 1, t, 0.0, t, t, t, 0.0, False)
-            out[m] = sweep.Measured(s, None, "", (r, r * 0.99, r * 1.01))
+            out[m] = sweep.Measured(s, None, "", (r, r * 0.99, r * 1.01, 3))
         return out
 
     calls = []

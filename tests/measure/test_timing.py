@@ -203,3 +203,34 @@ def test_paired_ratio_pairs_rounds_and_cancels_shared_drift():
     med, lo, hi = timing.paired_ratio(r, np.ones_like(r))
     assert med == 0.5 and 0.4 <= lo <= 0.5 <= hi <= 0.6
     assert all(math.isnan(x) for x in timing.paired_ratio([], [1.0]))
+
+
+def test_block_ratio_is_the_t_interval_over_the_blocks_logs():
+    # logs 0, log 1.1, log 0.9: mean m, sd s, t(0.975, 2) = 4.302653 (tables)
+    r = [1.0, 1.1, 0.9]
+    logs = np.log(r)
+    m, s = logs.mean(), logs.std(ddof=1)
+    ratio, lo, hi = timing.block_ratio(r)
+    assert ratio == pytest.approx(math.exp(m))
+    assert lo == pytest.approx(math.exp(m - 4.302653 * s / math.sqrt(3)), rel=1e-6)
+    assert hi == pytest.approx(math.exp(m + 4.302653 * s / math.sqrt(3)), rel=1e-6)
+    assert timing.block_ratio([1.0, 1.0, 1.0]) == (1.0, 1.0, 1.0)  # full against itself
+    one = timing.block_ratio([0.8])
+    assert one[0] == pytest.approx(0.8) and math.isnan(one[1]) and math.isnan(one[2])
+
+
+def test_blocks_warm_once_reuse_k_and_pool_their_samples():
+    clock, log, gc_states = FakeClock(), [], []
+    kernels = _fake_kernels(clock, {"A": 2e-3, "B": 1e-4}, log, gc_states)
+    policy = TimingPolicy(min_repeats=6, max_repeats=9, budget_s=1.0, target_rel_ci=1e-9)
+    report = timing.time_blocks(kernels, policy, 3, clock=clock, block=lambda x: x)
+    assert len(report.blocks) == 3
+    # each block: max(3, ceil(6 / 3)) = 3 repeats at least, ceil(9 / 3) = 3 at most
+    assert [len(b["A"]) for b in report.blocks] == [3, 3, 3]
+    assert report.summaries["A"].n_repeats == 9 == len(report.samples_s["A"])
+    assert report.samples_s["A"] == sum((b["A"] for b in report.blocks), ())
+    # warm-up and calibration (1 + 1 calls of A; B is under min_repeat_s: 1 + 3) once only,
+    # then 9 repeats of A at k = 10 (B: 1e-4 s -> 1e-3 / 1e-4 calls) and 9 of B
+    k = report.summaries["B"].calls_per_repeat
+    assert k == 10 and report.summaries["A"].calls_per_repeat == 10
+    assert log.count("A") == 2 + 9 * k and log.count("B") == 4 + 9 * k

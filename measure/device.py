@@ -17,7 +17,8 @@ time the host-device sync, not the kernel (an n = 2048 matmul is ~20 µs on an H
   MiB of float32 (read once, write once: 2 x the array's bytes moved);
   ``extra["copy_calls_per_sample"]`` is its k;
 - ``kernel_overhead_s``: a chain of L tiny (8 x 8) matmuls, each its own kernel (XLA does not
-  fuse dots into each other), timed at L = 1 and L = 65: the slope per added kernel;
+  fuse dots into each other), timed at L = 1 and L = 65 interleaved round by round: the
+  median slope per added kernel (`kernel_overhead`);
 - ``extra["dispatch_overhead_s"]``: a blocked call of a one-element add, end to end: what
   Python + JAX dispatch + one launch + the sync cost per call;
 - ``extra["async_dispatch_s"]``: the same call issued back to back without blocking, per call.
@@ -144,9 +145,25 @@ def copy_bandwidth(copy_mib: float, repeats: int, target_call_s: float = 0.05) -
     return bytes_moved / best, bytes_moved, k
 
 
-def kernel_overhead(repeats: int, long_chain: int = 65) -> float:
-    """Seconds per extra kernel in a chain of dependent tiny matmuls (slope, L=1 -> L=long)."""
+#: Back-to-back calls per timed repeat of the kernel-overhead chains, the same for both: the
+#: regime of the sweep's sub-ms kernels (`measure.timing` sets k so a repeat lasts >= 1 ms).
+CHAIN_CALLS_PER_REPEAT = 50
+#: Seconds of interleaved rounds for the kernel-overhead chains.
+CHAIN_BUDGET_S = 0.6
+
+
+def kernel_overhead(repeats: int, long_chain: int = 65,
+                    budget_s: float = CHAIN_BUDGET_S) -> float:
+    """Seconds per extra kernel in a chain of dependent tiny matmuls: chains of L = 1 and
+    L = long_chain timed interleaved round by round (`measure.timing.time_interleaved`, at
+    least `repeats` rounds, k = `CHAIN_CALLS_PER_REPEAT` for both), the median over rounds of
+    (t_L − t_1) / (L − 1). Pairing the rounds cancels the machine's drift: on the 2-core CI
+    VM the best of five samples of each chain timed apart gave 0.34-0.96 µs in three runs,
+    the paired median 0.72-0.81 µs (`benchmarks/bench_device.py` prints it)."""
     import jax.numpy as jnp
+    import numpy as np
+
+    from measure.timing import Prepared, TimingPolicy, time_interleaved
 
     def chain(length: int):
         def f(x, w):
@@ -158,11 +175,18 @@ def kernel_overhead(repeats: int, long_chain: int = 65) -> float:
 
     x = jnp.ones((8, 8), jnp.float32)
     w = jnp.eye(8, dtype=jnp.float32)
-    times = {}
+    chains = {}
     for length in (1, long_chain):
         call, args = _compiled(chain(length), x, w)
-        times[length] = _best_time(call, args, repeats, k=20)
-    return max(0.0, (times[long_chain] - times[1]) / (long_chain - 1))
+        timed_repeat(call, args, 1)  # warm-up
+        chains[str(length)] = Prepared(str(length), call, args)
+    policy = TimingPolicy(min_repeats=max(repeats, 5), max_repeats=1_000_000,
+                          budget_s=budget_s, target_rel_ci=1e-9)
+    report = time_interleaved(chains, policy, k=CHAIN_CALLS_PER_REPEAT)
+    short = np.asarray(report.samples_s["1"])
+    long_ = np.asarray(report.samples_s[str(long_chain)])
+    n = min(short.size, long_.size)
+    return max(0.0, float(np.median(long_[:n] - short[:n])) / (long_chain - 1))
 
 
 def dispatch_overheads(repeats: int) -> tuple[float, float]:

@@ -23,8 +23,9 @@ place does not pay it, so `costmodel.steptime`'s fitted step time leaves it out.
 
 Candidate forms (`FORMS`), compared by `analysis.validate` and chosen by out-of-scale error:
 
-A time term that comes out negative is not identified by the data; it is fixed at the device
-profile's measured value where there is one (kernel and dispatch overheads), else dropped. The
+A time term that comes out negative is not identified by the data: it is held at 0. An
+overhead with a device-profile value v (kernel and dispatch) is held in [0, v·T]
+(`fitted_factors.OVERHEAD_TOLERANCE`): one fitted above v·T is held there. The
 unconstrained fit is kept beside it (`FitResult.unconstrained`) so the crossover can say what
 the data alone find, and every bootstrap replicate redoes the check (`fit_full`).
 
@@ -231,10 +232,10 @@ def _fit_dropping(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray, cols
                   start: np.ndarray | None = None) -> _Dropped:
     """Fit, and while a physical term (time per FLOP, byte, kernel or call) comes out
     negative, take it out and refit: a negative time is not physical, it says the data
-    cannot see that term (e.g. kernel counts that barely vary within a method). A term with
-    a prior value (the device profile's measured kernel and dispatch overheads) is then fixed
-    at it, as an offset; one without is dropped (0). LoRA multipliers may fall below 1.
-    Returns a `_Dropped`."""
+    cannot see that term (e.g. kernel counts that barely vary within a method): it is
+    dropped (0). A term with a prior value (the device profile's measured kernel and
+    dispatch overheads) that comes out above the top of its box (`bounds_of`) is fixed
+    there, as an offset. LoRA multipliers may fall below 1. Returns a `_Dropped`."""
     cols = list(cols)
     priors = priors or {}
     dropped: list[str] = []
@@ -252,11 +253,11 @@ def _fit_dropping(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray, cols
             if c not in PHYSICAL:
                 continue
             if c in priors and priors[c] > 0:
-                lo, hi = bounds_of(c, priors)
+                lo, hi = bounds_of(c, priors)  # violations relative to the profile's value
                 if params[j] < lo:
-                    bad.append((-(lo - params[j]) / lo, c, lo))
+                    bad.append((-(lo - params[j]) / priors[c], c, lo))
                 elif params[j] > hi:
-                    bad.append((-(params[j] - hi) / hi, c, hi))
+                    bad.append((-(params[j] - hi) / priors[c], c, hi))
             elif params[j] < 0:
                 bad.append((-np.inf if c in priors else params[j], c, None))
         if form in LOG_FORMS or len(cols) <= 2:
@@ -275,7 +276,7 @@ def _fit_dropping(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray, cols
         j = cols.index(name)
         cols.pop(j)
         after[name] = tuple(dropped) + tuple(fixed)
-        if held is not None:
+        if held is not None and held > 0:
             fixed[name] = float(held)
             off = off + X[:, j] * fixed[name]
         else:

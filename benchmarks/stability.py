@@ -6,7 +6,9 @@ Runs the default main job ``python -m analysis.crossover --json --no-plots`` --r
 one after the other, each cold in a fresh empty directory (so each measures the quick grid,
 refines its crossovers and measures a device profile), and prints for the chosen curve
 (default batch 2, rank 1, lora) each run's fitted d* with its interval, measured d* with its
-interval, the wall time and the analysis time, then the three checks of issue 10 §4:
+interval, the wall time and the analysis time, the fitted time per kernel beside the device
+profile's measured one (a small-width d* held by that term moves with it), then the three
+checks of issue 10 §4:
 
 * the measured d* intervals overlap (max of the lows <= min of the highs);
 * the fitted d* lie within a factor 1.25 of each other (max / min);
@@ -20,6 +22,7 @@ and after each run so a reader can judge.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -40,7 +43,9 @@ def one_run(cwd: str) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"run failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1]}")
     result = json.loads(proc.stdout)
-    return {"wall_s": wall, "analysis_s": result["timing"]["analysis_s"], "result": result}
+    profile = json.loads((Path(cwd) / "crossover-results" / "profile.json").read_text())
+    return {"wall_s": wall, "analysis_s": result["timing"]["analysis_s"], "result": result,
+            "profile_kernel_s": profile.get("kernel_overhead_s", float("nan"))}
 
 
 def _fmt(x) -> str:
@@ -53,10 +58,18 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--rank", type=int, default=1)
     p.add_argument("--method", default="lora")
+    p.add_argument("--keep", metavar="DIR", help="keep each run's folder as DIR/run-N "
+                   "(default: fresh temporary folders, removed after each run)")
     args = p.parse_args()
     rows = []
     for i in range(1, args.runs + 1):
-        with tempfile.TemporaryDirectory(prefix="stability-") as tmp:
+        keep = None if args.keep is None else Path(args.keep) / f"run-{i}"
+        if keep is not None:
+            if keep.exists():
+                raise SystemExit(f"--keep: {keep} exists; give an empty folder")
+            keep.mkdir(parents=True)
+        with (tempfile.TemporaryDirectory(prefix="stability-") if keep is None
+              else contextlib.nullcontext(str(keep))) as tmp:
             load0 = os.getloadavg()[0]
             run = one_run(tmp)
             load1 = os.getloadavg()[0]
@@ -68,12 +81,17 @@ def main() -> int:
                              f"{args.rank}, {args.method}")
         agree = all(r["agrees_with_measurements"] for r in xo)
         rows.append((row, agree, run))
+        tau = next((f for f in run["result"]["factors"] if f["key"] == "kernel_time"), None)
         print(f"run {i}: fitted d* {_fmt(row['d_star'])} [{_fmt(row['ci_low'])}, "
               f"{_fmt(row['ci_high'])}]  measured d* {_fmt(row['measured_d_star'])} "
               f"[{_fmt(row['measured_ci_low'])}, {_fmt(row['measured_ci_high'])}]  "
               f"verdicts agree with measurements: {'yes' if agree else 'NO'}  "
               f"cold run {run['wall_s']:.0f} s (analysis {run['analysis_s']:.1f} s)  "
               f"load {load0:.1f} -> {load1:.1f}", flush=True)
+        if tau is not None:  # the term a small-width d* often rests on (flag P)
+            print(f"       time per kernel {tau['estimate']:.3g} us ({tau['status']}); the "
+                  f"profile measured {run['profile_kernel_s'] * 1e6:.3g} us; model form "
+                  f"{run['result']['model_form']}", flush=True)
     lows = [r["measured_ci_low"] for r, _, _ in rows]
     highs = [r["measured_ci_high"] for r, _, _ in rows]
     fitted = [r["d_star"] for r, _, _ in rows]

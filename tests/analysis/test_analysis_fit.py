@@ -91,7 +91,7 @@ def _unconstrained_kernel_coef(rows) -> float:
 
 
 @pytest.mark.parametrize("priors", [PRIORS, None], ids=["with profile", "without profile"])
-def test_negative_kernel_term_is_fixed_or_dropped_and_said(zero_tau_rows, priors):
+def test_negative_kernel_term_is_dropped_and_said(zero_tau_rows, priors):
     from analysis import bootstrap, crossover_notes, crossover_table
     from analysis.report import fmt_factor
 
@@ -106,35 +106,26 @@ def test_negative_kernel_term_is_fixed_or_dropped_and_said(zero_tau_rows, priors
         _unconstrained_kernel_coef(rows))
     tau = {f.name: f for f in res.factors}["time per kernel"]
     full = bootstrap.full_params(res)
-    low = PRIORS["kernels"] / fitmod.OVERHEAD_TOLERANCE  # the lower end of its box
+    # with or without a profile, a negative time per kernel is held at its physical bound 0
+    # (the profile's value only caps it from above: `fitted_factors.bounds_of`)
+    assert "kernels" in res.dropped and not res.fixed
+    assert tau.estimate == 0.0 and tau.note.startswith("not identified: fitted at the bound 0")
+    assert "(not identified)" in fmt_factor(tau)
+    assert full[cols.index("kernels")] == 0.0
     if priors:
-        assert dict(res.fixed)["kernels"] == pytest.approx(low) and "kernels" not in res.columns
-        assert tau.estimate == pytest.approx(2.0 / fitmod.OVERHEAD_TOLERANCE)
-        assert tau.ci_low == tau.ci_high == tau.estimate and tau.status == "at_bound"
-        assert tau.note.startswith("not identified: held at the lower end of its box")
-        assert (tau.lower_bound, tau.upper_bound) == (pytest.approx(2.0 / 3), pytest.approx(6.0))
-        assert "(not identified)" in fmt_factor(tau)
-        assert full[cols.index("kernels")] == pytest.approx(low)
-    else:
-        assert "kernels" in res.dropped and not res.fixed
-        assert tau.estimate == 0.0 and tau.note.startswith("not identified: fitted at the bound 0")
-        assert "(not identified)" in fmt_factor(tau)
-        assert full[cols.index("kernels")] == 0.0
+        assert (tau.lower_bound, tau.upper_bound) == (0.0, pytest.approx(6.0))
     # Every replicate redoes the sign check: some keep the prior/zero, some estimate it.
     boot = bootstrap.bootstrap(res, rows, n_boot=40, seed=0)
     share = boot.constrained["kernels"]
     assert 0.5 < share < 1
     k = boot.params[:, cols.index("kernels")]
-    held = low if priors else 0.0
+    held = 0.0
     assert np.sum(np.isclose(k, held)) == round(share * len(k)) and np.all(k[~np.isclose(k, held)] > 0)
     # The crossover says it rests on the prior, and what the unconstrained fit finds.
     xo = crossover_table.crossover_table(res, boot, rows, None).table
     row = xo[(xo["batch"] == 2) & (xo["rank"] == 4) & (xo["method"] == "lora")].iloc[0]
     assert np.isfinite(row["d_star"])
-    said = ("d* set by the per-kernel overhead held at 0.667 us per kernel, an end of its box "
-            "around the device profile's measured value (the free fit put it below zero; held in"
-            if priors else
-            "d* set by the per-kernel overhead dropped (0: the free fit put it below zero; "
+    said = ("d* set by the per-kernel overhead dropped (0: the free fit put it below zero; "
             "dropped in")
     assert said in row["note"], row["note"]
     free_kernel = res.unconstrained[cols.index("kernels")]
@@ -217,14 +208,22 @@ def test_priors_come_from_the_profile(fixture_csv, fixture_profile):
     assert fitmod.priors_from_profile(None) == {}
 
 
-def test_fixed_terms_enter_the_prediction(zero_tau_rows):
-    """The fit's in-sample prediction, rebuilt from the full parameter vector (fixed terms at
-    their priors), reproduces its residuals."""
-    res = fitmod.fit("wls_additive", zero_tau_rows, zero_tau_rows["config_id"].to_numpy(), PRIORS)
-    assert res.fixed
+def test_an_overhead_above_its_cap_is_held_there_and_enters_the_prediction():
+    """True per-kernel time 4 us; a device profile that measured 0.5 us caps it at
+    0.5 x OVERHEAD_TOLERANCE = 1.5 us: the fit holds it there (at_bound, upper end), and its
+    in-sample prediction, rebuilt from the full parameter vector, reproduces its residuals."""
+    rows = _rows(synthetic_dataset(cv=0.03, seed=3))
+    priors = {"kernels": 0.5e-3, "Intercept": 0.1}  # 30 us per call true, 300 us cap
+    res = fitmod.fit("wls_additive", rows, rows["config_id"].to_numpy(), priors)
+    cap = 0.5e-3 * fitmod.OVERHEAD_TOLERANCE
+    assert dict(res.fixed) == {"kernels": pytest.approx(cap)}
+    tau = {f.key: f for f in res.factors}["kernel_time"]
+    assert tau.status == "at_bound" and tau.estimate == pytest.approx(1.5)
+    assert tau.note.startswith("not identified: held at the upper end of its box")
     full = fitmod.expand_params(res, res.params[None, :])[0]
-    X, _, _ = fitmod.design_matrix("wls_additive", zero_tau_rows)
-    np.testing.assert_allclose(X @ full, zero_tau_rows["time_ms"].to_numpy() / res.rel_resid)
+    X, _, cols = fitmod.design_matrix("wls_additive", rows)
+    assert full[cols.index("kernels")] == pytest.approx(cap)
+    np.testing.assert_allclose(X @ full, rows["time_ms"].to_numpy() / res.rel_resid)
 
 
 def test_a_lora_multiplier_below_zero_is_held_at_its_bound():
@@ -270,3 +269,33 @@ def test_the_bootstrap_shows_progress_on_a_terminal_past_its_delay(synthetic_row
     monkeypatch.setattr(sys, "stderr", quiet)
     bootstrap.bootstrap(res, synthetic_rows, n_boot=20, seed=0)
     assert quiet.getvalue() == ""
+
+
+def test_the_form_is_chosen_by_the_one_standard_error_rule():
+    """ols scores 10.0%, wls 10.5% (per method, cv_train): wls, first in the order of
+    preference, is chosen when the difference's standard error is 1 point, ols when 0.2."""
+    import pandas as pd
+
+    rows = [{"model": m, "scheme": "cv_train", "quantity": q, "median_ape_pct": v,
+             "p90_ape_pct": 2 * v}
+            for m, v in (("ols_additive", 10.0), ("wls_additive", 10.5), ("gamma_identity", 12.0))
+            for q in ("full", "lora")]
+    table = pd.DataFrame(rows)
+    models = ["ols_additive", "wls_additive", "gamma_identity"]
+
+    def se(s):
+        return {(a, b): s for a in models for b in models}
+
+    chosen, why = valmod.choose(table, models, se(1.0))
+    assert chosen == "wls_additive" and "within one standard error (1.0 points)" in why
+    assert valmod.choose(table, models, se(0.2))[0] == "ols_additive"
+    assert valmod.choose(table, models, None)[0] == "ols_additive"  # no SE: the lowest
+
+
+def test_score_difference_se_is_zero_for_a_form_against_itself_and_positive_otherwise():
+    rng = np.random.default_rng(0)
+    method = np.array(["full", "lora"] * 20)
+    shape = np.repeat(np.arange(20), 2)
+    ape = {"a": rng.uniform(0, 20, 40), "b": rng.uniform(0, 20, 40)}
+    se = valmod.score_differences_se(ape, method, shape, n_boot=100)
+    assert se[("a", "a")] == 0.0 and se[("a", "b")] == se[("b", "a")] > 0

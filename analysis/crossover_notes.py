@@ -87,7 +87,7 @@ def measured_text(assessment) -> str:
         way = "faster above" if c.direction == "faster_above" else "faster below"
         lo = ("≤" if c.censored_low else "") + f"{c.ci_low:,.0f}"
         hi = ("≥" if c.censored_high else "") + f"{c.ci_high:,.0f}"
-        d = "d* ≈ ?" if not np.isfinite(c.d_star) else f"d* ≈ {c.d_star:,.0f}"
+        d = "a crossing in" if not np.isfinite(c.d_star) else f"d* ≈ {c.d_star:,.0f}"
         text = f"{d} [{lo}, {hi}] ({way})"
         if np.isfinite(c.noise_low):
             text += f", ≈ 1 within noise over [{c.noise_low:,.0f}, {c.noise_high:,.0f}]"

@@ -258,7 +258,7 @@ def option_table(v: wm.Validation) -> pd.DataFrame:
 
 
 def markdown(v: wm.Validation, header: Sequence[str], figures: Sequence[str]) -> str:
-    from analysis.report import md_table
+    from analysis.formatting import md_table
 
     parts = [
         "# Whole training steps: predicted against measured", "",
@@ -289,7 +289,7 @@ def markdown(v: wm.Validation, header: Sequence[str], figures: Sequence[str]) ->
 
 
 def stdout_summary(v: wm.Validation, header: Sequence[str], files: Sequence[str], out: str) -> str:
-    from analysis.report import text_table
+    from analysis.formatting import text_table
 
     return "\n".join([
         *header, "",

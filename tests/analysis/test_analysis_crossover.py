@@ -161,3 +161,19 @@ def test_every_flag_footnote_fits_the_stdout_width():
     for letter, text in report.FLAGS.values():
         assert len(f"  {letter}: {text}") <= report.WIDTH, letter
     assert len({letter for letter, _ in report.FLAGS.values()}) == len(report.FLAGS)
+
+
+def test_the_measured_cell_marks_censored_ends_and_noise():
+    from analysis import report
+
+    base = {"measured_sign_changes": 1, "measured_d_star": 43.0, "measured_ci_low": 32.0,
+            "measured_ci_high": 128.0, "measured_within_noise": False,
+            "measured_ci_low_censored": False, "measured_ci_high_censored": False,
+            "measured_faster_everywhere": False, "measured_slower_everywhere": False}
+    assert report._measured_cell(base) == "43 [32, 128]"
+    assert report._measured_cell({**base, "measured_within_noise": True,
+                                  "measured_ci_low_censored": True}) == "≈1 [≤32, 128]"
+    assert report._measured_cell({**base, "measured_d_star": float("nan"),
+                                  "measured_ci_high_censored": True}) == "≈1 [32, ≥128]"
+    assert report._measured_cell({**base, "measured_sign_changes": 0,
+                                  "measured_faster_everywhere": True}) == "faster all"

@@ -90,7 +90,7 @@ def test_readme_quotes_the_whole_model_validation(tmp_path, capsys):
     q = tmp_path / "q"
     assert crossover.main(["--data", str(REPO / "data" / "quick-cpu"), "--out", str(q), "--no-plots"]) == 0
     capsys.readouterr()
-    assert crossover.main(["--data", str(REPO / "data" / "models-cpu-validation"), "--partial",
+    assert crossover.main(["--data", str(REPO / "data" / "models-cpu-validation"),
                            "--layer-fit", str(q / "fitted_profile.json"), "--out", str(tmp_path / "m"),
                            "--no-plots", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["whole_model_validation"]

@@ -298,18 +298,22 @@ def init_params(cfg: LayerConfig, seed: int = 0) -> tuple[jax.Array, dict, dict]
     the cost is the same for any values.
     """
     dt = jnp.dtype(cfg.dtype)
-    key = jax.random.PRNGKey(seed)
-    kx, key = jax.random.split(key)
-    x = jax.random.normal(kx, (int(cfg.batch) * int(cfg.seq), int(cfg.embed)), dt)
+    # numpy's generator, not jax.random: jax.random compiles a kernel for every new shape
+    # (a third of a quick sweep's time went to compiling random-number kernels)
+    rng = np.random.default_rng(seed)
+
+    def normal(shape, scale=1.0):
+        return jnp.asarray(rng.standard_normal(shape, dtype=np.float32) * np.float32(scale), dt)
+
+    x = normal((int(cfg.batch) * int(cfg.seq), int(cfg.embed)))
     frozen, trainable = {}, {}
     for name, (shape, is_trainable) in param_shapes(cfg).items():
-        key, sub = jax.random.split(key)
         if name.startswith("γ"):
-            value = jnp.ones(shape, dt)
+            value = jnp.asarray(np.ones(shape, np.float32), dt)
         elif name.startswith(("β", "b")):
-            value = jnp.zeros(shape, dt)
+            value = jnp.asarray(np.zeros(shape, np.float32), dt)
         else:
-            value = jax.random.normal(sub, shape, dt) / np.sqrt(shape[0])
+            value = normal(shape, 1 / np.sqrt(shape[0]))
         (trainable if is_trainable else frozen)[name] = value
     return x, frozen, trainable
 

@@ -240,7 +240,7 @@ def stdout_report(a: Analysis, files: Sequence[str], out: str) -> str:
     else:
         parts += [
             wrap(f"Crossover along e = h = d, {', '.join(sorted(set(a.crossover.table['layer'])))} "
-                 f"(fitted d*: 95% interval, {a.boot.params.shape[0]} bootstrap refits over shapes "
+                 f"(fitted d*: 95% interval, {a.boot.params.shape[0]:,} bootstrap refits over shapes "
                  "plus conformal model error; measured d*: bisection of paired ratios; d->inf: "
                  "full/LoRA as d grows):"),
             text_table(crossover_display(a, short=True)), *flag_footnotes(a), "",
@@ -293,7 +293,7 @@ def markdown_report(a: Analysis, figures: Sequence[str]) -> str:
         "Along e = h = d. The verdict covers the whole searched range (16-65536): every fitted "
         "sign change, LoRA faster or not between them; a single d* only when there is exactly "
         "one. Its 95% interval joins the case bootstrap over shapes "
-        f"({a.boot.params.shape[0]} refits, {a.boot.n_failed} failed) and the conformal model "
+        f"({a.boot.params.shape[0]:,} refits, {a.boot.n_failed:,} failed) and the conformal model "
         "error of the ratio (out-of-sample residuals); a lower end written '≤d' is censored at "
         "the search floor. Measured d*: bisection of the paired ratio after the grid "
         "(`measure.refine`), with the interval between the nearest widths measured surely on "

@@ -20,12 +20,13 @@ import pandas as pd
 
 from analysis import fit as fitmod
 
-#: Default refits: the most that keep the main job's analysis of the quick grid (plots
-#: included) within 15 s on the 2-core CI machine, with room for a busy neighbour. Measured
-#: there idle (`python -m analysis.crossover --data data/quick-cpu --bootstrap N`, "analysis
-#: took"): 1,000 refits 9.8 s with plots (1.6 s without), 10,000 about 11.5 s (3.3 s without),
-#: 20,000 12.8 s (6.2 s), 50,000 16.1 s without plots.
-N_BOOT = 10_000
+#: Default refits: about the most that keep the main job's analysis of the quick grid (plots
+#: included) within 15 s on the 2-core CI machine, whichever form is chosen. Measured there
+#: idle ("analysis took"): WLS 1,000 refits 9.8 s with plots (1.6 s without), 10,000 10.3 s
+#: (3.2 s), 50,000 16.1 s without plots; the Gamma GLM's refits cost about four times WLS's:
+#: 10,000 took 9.5 s without plots, 5,000 10.6 s with them (`benchmarks/stability.py` prints
+#: the analysis time of each cold run).
+N_BOOT = 5_000
 #: The most bootstrap refits a run may ask for: 10^5 replicates put the 2.5% quantile on
 #: 2,500 draws, far past where the interval stops moving; 10^9 ran for 11 minutes and grew
 #: memory without end.

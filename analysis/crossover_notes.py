@@ -89,7 +89,9 @@ def measured_text(assessment) -> str:
         hi = ("≥" if c.censored_high else "") + f"{c.ci_high:,.0f}"
         d = "a crossing in" if not np.isfinite(c.d_star) else f"d* ≈ {c.d_star:,.0f}"
         text = f"{d} [{lo}, {hi}] ({way})"
-        if np.isfinite(c.noise_low):
+        if np.isfinite(c.noise_low) and c.noise_low == c.noise_high:
+            text += f", ≈ 1 within noise at {c.noise_low:,.0f}"
+        elif np.isfinite(c.noise_low):
             text += f", ≈ 1 within noise over [{c.noise_low:,.0f}, {c.noise_high:,.0f}]"
         parts.append(text)
     return "measured: " + "; ".join(parts)

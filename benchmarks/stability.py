@@ -10,7 +10,9 @@ interval, the wall time and the analysis time, the fitted time per kernel beside
 profile's measured one (a small-width d* held by that term moves with it), then the three
 checks of issue 10 §4:
 
-* the measured d* intervals overlap (max of the lows <= min of the highs);
+* the measured d* intervals overlap (max of the lows <= min of the highs); a curve measured
+  on one side of 1 at every width has its crossing beyond the range: (0, smallest width]
+  when LoRA is faster everywhere, [largest width, inf) when slower;
 * the fitted d* lie within a factor 1.25 of each other (max / min);
 * every run's crossover verdicts agree with its own measurements (every row's
   ``agrees_with_measurements``).
@@ -48,6 +50,20 @@ def one_run(cwd: str) -> dict:
             "profile_kernel_s": profile.get("kernel_overhead_s", float("nan"))}
 
 
+def measured_interval(row: dict) -> tuple[float, float] | None:
+    """Where the measured crossing lies: its interval; for a curve measured on one side of 1
+    at every width, beyond the measured range -- (0, smallest width] when LoRA is faster
+    everywhere, [largest width, inf) when slower; None when it crosses more than once."""
+    if row["measured_ci_low"] is not None and row["measured_ci_high"] is not None:
+        return row["measured_ci_low"], row["measured_ci_high"]
+    if row["measured_sign_changes"] == 0 and row.get("measured_lo") is not None:
+        if row.get("measured_faster_everywhere"):
+            return 0.0, row["measured_lo"]
+        if row.get("measured_slower_everywhere"):
+            return row["measured_hi"], float("inf")
+    return None
+
+
 def _fmt(x) -> str:
     return "-" if x is None else f"{x:,.0f}"
 
@@ -82,9 +98,11 @@ def main() -> int:
         agree = all(r["agrees_with_measurements"] for r in xo)
         rows.append((row, agree, run))
         tau = next((f for f in run["result"]["factors"] if f["key"] == "kernel_time"), None)
+        where = measured_interval(row)
+        span = "-" if where is None else f"[{_fmt(where[0])}, {_fmt(where[1])}]"
         print(f"run {i}: fitted d* {_fmt(row['d_star'])} [{_fmt(row['ci_low'])}, "
               f"{_fmt(row['ci_high'])}]  measured d* {_fmt(row['measured_d_star'])} "
-              f"[{_fmt(row['measured_ci_low'])}, {_fmt(row['measured_ci_high'])}]  "
+              f"{span} ({row['measured_note']})  "
               f"verdicts agree with measurements: {'yes' if agree else 'NO'}  "
               f"cold run {run['wall_s']:.0f} s (analysis {run['analysis_s']:.1f} s)  "
               f"load {load0:.1f} -> {load1:.1f}", flush=True)
@@ -92,13 +110,13 @@ def main() -> int:
             print(f"       time per kernel {tau['estimate']:.3g} us ({tau['status']}); the "
                   f"profile measured {run['profile_kernel_s'] * 1e6:.3g} us; model form "
                   f"{run['result']['model_form']}", flush=True)
-    lows = [r["measured_ci_low"] for r, _, _ in rows]
-    highs = [r["measured_ci_high"] for r, _, _ in rows]
+    spans = [measured_interval(r) for r, _, _ in rows]
     fitted = [r["d_star"] for r, _, _ in rows]
     print(f"\nbatch {args.batch}, rank {args.rank}, {args.method}, {len(rows)} cold runs:")
-    if None in lows or None in highs:
-        print("  measured d* intervals: a run has no single measured crossing")
+    if None in spans:
+        print("  measured d* intervals: a run's curve crosses 1 more than once")
     else:
+        lows, highs = [s[0] for s in spans], [s[1] for s in spans]
         overlap = max(lows) <= min(highs)
         print(f"  measured d* intervals overlap: {'yes' if overlap else 'NO'} "
               f"(max low {max(lows):,.0f}, min high {min(highs):,.0f})")

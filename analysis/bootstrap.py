@@ -23,10 +23,10 @@ from analysis import fit as fitmod
 #: Default refits: about the most that keep the main job's analysis of the quick grid (plots
 #: included) within 15 s on the 2-core CI machine, whichever form is chosen. Measured there
 #: idle ("analysis took"): WLS 1,000 refits 9.8 s with plots (1.6 s without), 10,000 10.3 s
-#: (3.2 s), 50,000 16.1 s without plots; the Gamma GLM's refits cost about four times WLS's:
-#: 10,000 took 9.5 s without plots, 5,000 10.6 s with them (`benchmarks/stability.py` prints
+#: (3.2 s); the Gamma GLM's IRLS refits cost up to ten times WLS's: 5,000 took 10.2 s without
+#: plots, and with them 2,000 took 10.1 s, 3,000 13.2 s (`benchmarks/stability.py` prints
 #: the analysis time of each cold run).
-N_BOOT = 5_000
+N_BOOT = 2_000
 #: The most bootstrap refits a run may ask for: 10^5 replicates put the 2.5% quantile on
 #: 2,500 draws, far past where the interval stops moving; 10^9 ran for 11 minutes and grew
 #: memory without end.

@@ -208,9 +208,10 @@ def block_ratio(block_ratios: Sequence[float], confidence: float = 0.95
     Why blocks: on a shared CPU the per-round ratios of one block are correlated through the
     machine's slow drift, so a bootstrap over rounds treats them as independent and is too
     narrow. Measured on the 2-core CI VM (attention, batch 2, rank 1, e = h = 16-45, blocks
-    of 0.3 s): the standard deviation of log r_b between consecutive blocks was 0.03-0.05,
+    of 0.3 s): the standard deviation of log r_b between consecutive blocks was 0.03-0.07,
     and the rounds' 95% bootstrap interval of one block covered the median of eight blocks in
-    62-88% of blocks, not 95%. NaN bounds with fewer than two blocks.
+    50-88% of blocks, not 95% (`benchmarks/block_coverage.py` prints both). NaN bounds with
+    fewer than two blocks.
     """
     logs = np.log(np.asarray([r for r in block_ratios if np.isfinite(r) and r > 0], dtype=float))
     nan = float("nan")

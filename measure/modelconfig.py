@@ -91,21 +91,15 @@ def scaled_model(preset: str | ModelShape, *, d_model: int | None = None, layers
     )
 
 
-@dataclass(frozen=True)
-class StepConfig:
-    """One whole training step: a model shape under a method, head, optimizer and options.
+@dataclass(frozen=True, kw_only=True)
+class StepOptions:
+    """The options of a whole-model step beside its shape, batch, sequence length and method,
+    keyword-only: LoRA's rank and targets (rank 0 under full), the head (n_classes: the
+    classifier's outputs), optimizer, global-norm clipping, precision, recomputation,
+    micro-batches per update and the attention kernel. One field list for `StepConfig` and
+    `ModelConfig`."""
 
-    batch: sequences per micro-batch; the step runs `grad_accum` micro-batches, then one
-    update. rank, alpha, targets: LoRA's (rank 0 under full). n_classes: the classifier
-    head's outputs. clip: global-norm gradient clipping. ValueError (one line) on bad input.
-    """
-
-    model: ModelShape
-    method: str
-    batch: int
-    seq: int
     rank: int = 4
-    alpha: float = LORA_ALPHA
     targets: tuple[str, ...] | str | None = ("q", "v")
     head: str = "lm"
     n_classes: int = 2
@@ -115,6 +109,22 @@ class StepConfig:
     recompute: bool = False
     grad_accum: int = 1
     attention: str = "naive"
+
+
+@dataclass(frozen=True)
+class StepConfig(StepOptions):
+    """One whole training step: a model shape under a method, head, optimizer and options
+    (`StepOptions`).
+
+    batch: sequences per micro-batch; the step runs `grad_accum` micro-batches, then one
+    update. alpha: LoRA's scale. ValueError (one line) on bad input.
+    """
+
+    model: ModelShape
+    method: str
+    batch: int
+    seq: int
+    alpha: float = LORA_ALPHA
 
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
@@ -166,7 +176,7 @@ class StepConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(StepOptions):
     """A whole-model step without its method: what one sweep config times for every method.
 
     model: the preset scaled down (`scaled_model`); the rest as `StepConfig`. The class
@@ -176,16 +186,6 @@ class ModelConfig:
     model: ModelShape
     batch: int
     seq: int
-    rank: int = 4
-    targets: tuple[str, ...] | str | None = ("q", "v")
-    head: str = "lm"
-    n_classes: int = 2
-    optimizer: str = "adamw"
-    clip: bool = True
-    precision: str = "fp32"
-    recompute: bool = False
-    grad_accum: int = 1
-    attention: str = "naive"
 
     layer = "model"
     variant = "clean"

@@ -56,12 +56,8 @@ def _run_json(out: Path) -> dict:
          "--max-repeats 5 is below --min-repeats 10"),
     ],
 )
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv, match):
-    out = tmp_path / "out"
-    assert sweep.main([*argv, "--out", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert match in err and err.count("\n") == 1, err
-    assert not out.exists()
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(sweep_refuses, argv, match):
+    sweep_refuses(argv, match)
 
 
 def _prepare_out(tmp_path: Path, name: str, content: str) -> Path:

@@ -50,25 +50,6 @@ def verdict_text(v: Verdict) -> str:
     return text
 
 
-def measured_note(log_ratio: np.ndarray | None, widths: np.ndarray,
-                  crossings: np.ndarray) -> str:
-    """The measured crossover in words. log_ratio: mean log(t_lora / t_full) per width (None
-    when not measured); crossings: every width where it changes sign."""
-    if log_ratio is None:
-        return "not measured"
-    if np.all(log_ratio >= 0):
-        return f"measured: LoRA slower at every width {widths[0]:g}-{widths[-1]:g}"
-    if np.all(log_ratio < 0):
-        return f"measured: LoRA faster at every width {widths[0]:g}-{widths[-1]:g}"
-    start_slower = log_ratio[0] >= 0
-    if len(crossings) == 1:
-        return "" if start_slower else "measured: LoRA faster below, slower above"
-    where = ", ".join(f"{x:,.0f}" for x in crossings)
-    return (f"measured: the ratio changes sign {len(crossings)} times (≈ 1 within noise) "
-            f"at d ≈ {where}; the first shown" + ("" if start_slower else
-                                                  ", where LoRA stops being faster"))
-
-
 def measured_text(assessment) -> str:
     """A `measure.refine.Assessment` in words: every measured crossing with its interval (an
     end written ≤ or ≥ when censored at the measured range's end) and its "≈ 1 within noise"

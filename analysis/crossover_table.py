@@ -32,8 +32,7 @@ from costmodel.hardware import HardwareProfile
 from measure import refine
 from measure.schema import CURVE_COLUMNS
 
-__all__ = ["D_MAX", "D_MIN", "N_GRID", "CrossoverTable", "crossover_table",
-           "measured_crossings", "measured_crossover"]
+__all__ = ["D_MAX", "D_MIN", "N_GRID", "CrossoverTable", "crossover_table"]
 
 N_GRID = 300
 
@@ -66,52 +65,6 @@ def _first_crossing(widths: np.ndarray, gap: np.ndarray, faster_above: bool) -> 
         frac = g0 / (g0 - g1) if g0 != g1 else 0.0
         out[j] = np.exp(logd[i - 1] + frac * (logd[i] - logd[i - 1]))
     return out
-
-
-def _measured_ratio(rows: pd.DataFrame, tmpl: pd.Series, method: str) -> pd.Series | None:
-    """Mean measured log(t_method / t_full) per d = sqrt(e·h), sorted by d; None if absent."""
-    keys = list(CURVE_COLUMNS)
-    sel = np.ones(len(rows), dtype=bool)
-    for k in keys:
-        sel &= (rows[k] == tmpl[k]).to_numpy()
-    g = rows[sel]
-    wide = g.pivot_table(index=["embed", "hidden"], columns="method", values="time_ms")
-    if method not in wide or "full" not in wide:
-        return None
-    log_ratio = np.log(wide[method] / wide["full"]).dropna()
-    if log_ratio.empty:
-        return None
-    d = np.sqrt(np.array([e * h for e, h in log_ratio.index], dtype=float))
-    return pd.Series(log_ratio.to_numpy(), index=d).groupby(level=0).mean().sort_index()
-
-
-def _sign_changes(by_d: pd.Series) -> np.ndarray:
-    lr, dd = by_d.to_numpy(), by_d.index.to_numpy()
-    faster = lr < 0
-    out = []
-    for i in np.flatnonzero(faster[1:] != faster[:-1]) + 1:
-        frac = lr[i - 1] / (lr[i - 1] - lr[i])
-        out.append(float(np.exp(np.log(dd[i - 1]) + frac * (np.log(dd[i]) - np.log(dd[i - 1])))))
-    return np.asarray(out)
-
-
-def measured_crossings(rows: pd.DataFrame, tmpl: pd.Series, method: str) -> np.ndarray:
-    """Every width where the measured lora/full ratio changes sign along d = sqrt(e·h)
-    (geometric interpolation between the bracketing widths), in increasing order."""
-    by_d = _measured_ratio(rows, tmpl, method)
-    return np.array([]) if by_d is None else _sign_changes(by_d)
-
-
-def measured_crossover(rows: pd.DataFrame, tmpl: pd.Series, method: str) -> tuple[float, str]:
-    """The first width where the measured lora/full ratio changes sign along d = sqrt(e·h)
-    (geometric interpolation between the bracketing widths), with a plain note; when it
-    changes sign more than once the note says so and lists every crossing."""
-    by_d = _measured_ratio(rows, tmpl, method)
-    if by_d is None:
-        return np.nan, crossover_notes.measured_note(None, np.array([]), np.array([]))
-    crossings = _sign_changes(by_d)
-    note = crossover_notes.measured_note(by_d.to_numpy(), by_d.index.to_numpy(), crossings)
-    return (float(crossings[0]) if len(crossings) else np.nan), note
 
 
 def _verdict(w: np.ndarray, gap: np.ndarray) -> Verdict:

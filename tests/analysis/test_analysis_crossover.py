@@ -57,35 +57,32 @@ def test_no_crossover_in_range_is_said_plainly(crossover):
     assert row["asymptotic_speedup"] < 1  # merged LoRA stays slower as d grows
 
 
+def _certain(width, ratio):
+    from measure.refine import Point
+
+    return Point(width, ratio, ratio * 0.99, ratio * 1.01)
+
+
 def test_measured_crossover_interpolates_the_sign_change():
-    rows = pd.DataFrame({
-        "layer": "attention", "variant": "clean", "timing_mode": "aot", "seq": 1, "heads": 1,
-        "input_requires_grad": False, "dtype": "float32", "batch": 2, "rank": 1,
-        "embed": [100, 100, 400, 400], "hidden": [100, 100, 400, 400],
-        "method": ["full", "lora", "full", "lora"], "time_ms": [1.0, 2.0, 4.0, 2.0],
-    })
-    d, note = crossover_table.measured_crossover(rows, rows.iloc[0], "lora")
-    assert d == pytest.approx(200.0) and note == ""  # log-ratio +log2 -> -log2: midpoint in log d
+    from measure import refine
+
+    (c,) = refine.assess([_certain(100, 2.0), _certain(400, 0.5)]).crossings
+    assert c.d_star == pytest.approx(200.0)  # log-ratio +log2 -> -log2: midpoint in log d
+    assert c.direction == refine.FASTER_ABOVE
 
 
 def test_measured_crossover_counts_every_sign_change():
-    """Ratio by width +, +, -, -, -, +, +: the first crossing, and a note that says the ratio
-    changes sign twice (it hovers near 1) with both crossings."""
+    """Ratio by width +, +, -, -, -, +, +: both crossings, and the note lists both."""
+    from analysis import crossover_notes
+    from measure import refine
+
     d = [128, 256, 384, 512, 768, 1024, 2048]
     ratio = [1.1, 1.05, 0.95, 0.9, 0.97, 1.04, 1.1]
-    rows = pd.DataFrame({
-        "layer": "attention", "variant": "clean", "timing_mode": "aot", "seq": 1, "heads": 1,
-        "input_requires_grad": False, "dtype": "float32", "batch": 64, "rank": 1,
-        "embed": np.repeat(d, 2), "hidden": np.repeat(d, 2),
-        "method": ["full", "lora_merged"] * len(d),
-        "time_ms": np.ravel([[1.0, r] for r in ratio]),
-    })
-    crossings = crossover_table.measured_crossings(rows, rows.iloc[0], "lora_merged")
+    a = refine.assess([_certain(w, r) for w, r in zip(d, ratio)])
+    crossings = [c.d_star for c in a.crossings]
     assert len(crossings) == 2 and 256 < crossings[0] < 384 and 768 < crossings[1] < 1024
-    first, note = crossover_table.measured_crossover(rows, rows.iloc[0], "lora_merged")
-    assert first == crossings[0]
-    assert "changes sign 2 times (≈ 1 within noise)" in note
-    assert f"{crossings[1]:,.0f}" in note
+    note = crossover_notes.measured_text(a)
+    assert all(f"{x:,.0f}" in note for x in crossings)
 
 
 def test_censored_lower_end_is_printed_as_a_bound(crossover):

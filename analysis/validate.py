@@ -28,13 +28,13 @@ and Regression Trees", 1984, §3.4.3; Hastie, Tibshirani & Friedman, "The Elemen
 Statistical Learning", 2nd ed., §7.10): the first form of `PREFERENCE` whose score is within
 one standard error of the lowest, the error of each difference from a bootstrap over shapes
 of the out-of-fold errors (paired: every form is scored on the same resampled shapes). The
-forms are close on this data (13.8% / 14.1% / 14.8% in one run) and the lowest flipped
-between consecutive runs, each form putting the per-kernel time -- and with it the batch-2
-crossover -- elsewhere; a difference inside its own noise is no reason to switch. The
-choice sees the training half only, so the out-of-scale error of the chosen form -- the
-validation headline -- is untouched by the selection (no winner's curse: choosing by an
-average that includes the held-out large configs and then quoting their error would bias
-that error low).
+forms are close on this data (WLS 15.7%, Gamma 16.8% on `data/quick-cpu`, the report's
+header) and the lowest flipped between consecutive cold runs, each form putting the
+per-kernel time -- and with it the batch-2 crossover -- elsewhere; a difference inside its
+own noise is no reason to switch. The choice sees the training half only, so the
+out-of-scale error of the chosen form -- the validation headline -- is untouched by the
+selection (no winner's curse: choosing by an average that includes the held-out large
+configs and then quoting their error would bias that error low).
 """
 
 from __future__ import annotations

@@ -157,9 +157,10 @@ def kernel_overhead(repeats: int, long_chain: int = 65,
     """Seconds per extra kernel in a chain of dependent tiny matmuls: chains of L = 1 and
     L = long_chain timed interleaved round by round (`measure.timing.time_interleaved`, at
     least `repeats` rounds, k = `CHAIN_CALLS_PER_REPEAT` for both), the median over rounds of
-    (t_L − t_1) / (L − 1). Pairing the rounds cancels the machine's drift: on the 2-core CI
-    VM the best of five samples of each chain timed apart gave 0.34-0.96 µs in three runs,
-    the paired median 0.72-0.81 µs (`benchmarks/bench_device.py` prints it)."""
+    (t_L − t_1) / (L − 1). Pairing the rounds cancels part of the machine's drift: on the
+    2-core CI VM three `python -m measure.device` runs with the best of five samples of each
+    chain timed apart gave 0.34-0.96 µs; five of this probe in one process 0.50-0.86 µs
+    (`python benchmarks/bench_device.py --runs 5` prints them)."""
     import jax.numpy as jnp
     import numpy as np
 

@@ -55,15 +55,11 @@ def _first_crossing(widths: np.ndarray, gap: np.ndarray, faster_above: bool) -> 
     hit = gap < 0 if faster_above else gap >= 0
     out = np.full(gap.shape[1], np.inf)
     first = np.argmax(hit, axis=0)
-    logd = np.log(widths)
-    for j in np.flatnonzero(hit.any(axis=0)):
-        i = first[j]
-        if i == 0:
-            out[j] = widths[0]
-            continue
-        g0, g1 = gap[i - 1, j], gap[i, j]
-        frac = g0 / (g0 - g1) if g0 != g1 else 0.0
-        out[j] = np.exp(logd[i - 1] + frac * (logd[i] - logd[i - 1]))
+    at_start = hit.any(axis=0) & (first == 0)
+    out[at_start] = widths[0]
+    cols = np.flatnonzero(hit.any(axis=0) & (first > 0))
+    i = first[cols]
+    out[cols] = refine.log_root(widths[i - 1], widths[i], gap[i - 1, cols], gap[i, cols])
     return out
 
 
@@ -79,14 +75,9 @@ def sign_changes(w: np.ndarray, gap: np.ndarray) -> tuple[np.ndarray, list[bool]
     len(crossings) + 1 intervals they cut the range into."""
     faster = gap < 0
     idx = np.flatnonzero(faster[1:] != faster[:-1]) + 1
-    logd = np.log(w)
-    cross = []
-    for i in idx:
-        g0, g1 = gap[i - 1], gap[i]
-        frac = g0 / (g0 - g1) if g0 != g1 else 0.5
-        cross.append(float(np.exp(logd[i - 1] + frac * (logd[i] - logd[i - 1]))))
+    cross = refine.log_root(w[idx - 1], w[idx], gap[idx - 1], gap[idx])
     directions = [bool(faster[0])] + [bool(faster[i]) for i in idx]
-    return np.asarray(cross), directions
+    return np.asarray(cross, dtype=float), directions
 
 
 def lora_faster_label(crossings: np.ndarray, directions: list[bool]) -> str:

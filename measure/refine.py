@@ -124,11 +124,19 @@ class Assessment:
         return self.points[-1].width if self.points else math.nan
 
 
+def log_root(w0, w1, g0, g1):
+    """Where g, linear in log width between (w0, g0) and (w1, g1), crosses 0 (the geometric
+    midpoint when g0 == g1); vectorised. The one interpolation of every crossing, measured
+    (`assess`) and fitted (`analysis.crossover_table`)."""
+    w0, w1, g0, g1 = (np.asarray(v, dtype=float) for v in (w0, w1, g0, g1))
+    same = g0 == g1
+    frac = np.where(same, 0.5, g0 / np.where(same, 1.0, g0 - g1))
+    return np.exp(np.log(w0) + frac * (np.log(w1) - np.log(w0)))
+
+
 def _sign_change(a: Point, b: Point) -> float:
     """Where log(ratio) crosses 0 between a and b (log-linear in log width)."""
-    la, lb = math.log(a.ratio), math.log(b.ratio)
-    frac = la / (la - lb) if la != lb else 0.5
-    return math.exp(math.log(a.width) + frac * (math.log(b.width) - math.log(a.width)))
+    return float(log_root(a.width, b.width, math.log(a.ratio), math.log(b.ratio)))
 
 
 def _crossing(pts: Sequence[Point], i0: int, i1: int, faster_above: bool,

@@ -7,7 +7,10 @@
 - SIGINT (Ctrl-C) and SIGTERM both stop the body the same way: the runner's handler raises
   `Interrupted` (a KeyboardInterrupt carrying the signal number), the body keeps what is
   finished, and the runner returns 130 (SIGINT) or 143 (SIGTERM); a second signal during that
-  shutdown is noted and ignored, so no traceback interrupts the cleanup;
+  shutdown is noted and ignored, so no traceback interrupts the cleanup. Where Python swallows
+  the handler's exception (it arrived inside a `__del__` or a garbage-collector callback, such
+  as JAX's: "Exception ignored in ..."), the runner keeps it, and `check_stop()` (called by
+  long loops between their steps, and by the runner when the body returns) raises it again;
 - any other exception prints one line and returns 1.
 
 No traceback is printed unless ``--debug`` is on the command line (`add_debug_flag` adds the
@@ -34,7 +37,7 @@ __all__ = [
     "DefaultsHelpFormatter", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_USAGE", "Interrupted",
     "OneLineArgumentParser", "UserError", "add_debug_flag", "bounded_int", "bounded_int_list",
     "count", "csv_list", "eng", "exit_status", "non_negative_float", "one_line", "path_arg",
-    "positive_float", "positive_int", "positive_int_list", "run", "stop_signals",
+    "check_stop", "positive_float", "positive_int", "positive_int_list", "run", "stop_signals",
 ]
 
 EXIT_ERROR = 1
@@ -72,14 +75,30 @@ def exit_status(exc: BaseException) -> int:
     return exc.exit_status if isinstance(exc, Interrupted) else EXIT_INTERRUPTED
 
 
+# the stop signals Python swallowed (see `stop_signals`), innermost block last
+_SWALLOWED: list[list[Interrupted]] = []
+
+
+def check_stop() -> None:
+    """Raise the `Interrupted` of a stop signal that Python swallowed: its handler ran inside a
+    `__del__` or a garbage-collector callback, where an exception is only printed as "Exception
+    ignored in ..." and the program goes on. Long loops call this between steps."""
+    if _SWALLOWED and _SWALLOWED[-1]:
+        raise _SWALLOWED[-1].pop()
+
+
 @contextmanager
 def stop_signals(ignore_after: bool = False) -> Iterator[Callable[[], None]]:
     """SIGINT and SIGTERM raise `Interrupted(signum)` inside the block; yields `shutting_down`,
     which makes any later signal a no-op (noted, not raised) until the block ends. Outside the
     main thread, or where a signal is already ignored (a background job), nothing changes.
     On leaving, the previous handlers come back, or with `ignore_after` both signals are
-    ignored from then on (a program about to exit: no window with the default handlers)."""
+    ignored from then on (a program about to exit: no window with the default handlers).
+
+    An `Interrupted` that Python swallows (`sys.unraisablehook`, Python docs "sys") is kept,
+    not printed, for `check_stop()` to raise where the program can act on it."""
     state = {"stopping": False}
+    swallowed: list[Interrupted] = []
 
     def handle(signum: int, frame: object) -> None:
         if state["stopping"]:
@@ -90,14 +109,26 @@ def stop_signals(ignore_after: bool = False) -> Iterator[Callable[[], None]]:
     def shutting_down() -> None:
         state["stopping"] = True
 
+    def unraisable(info: sys.UnraisableHookArgs) -> None:
+        if isinstance(info.exc_value, Interrupted):
+            swallowed[:] = [info.exc_value]
+        else:
+            previous_hook(info)
+
     previous = {}
+    previous_hook = sys.unraisablehook
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             if signal.getsignal(sig) is not signal.SIG_IGN:
                 previous[sig] = signal.signal(sig, handle)
+        sys.unraisablehook = unraisable
+    _SWALLOWED.append(swallowed)
     try:
         yield shutting_down
     finally:
+        _SWALLOWED.pop()
+        if sys.unraisablehook is unraisable:
+            sys.unraisablehook = previous_hook
         for sig, old in previous.items():
             signal.signal(sig, signal.SIG_IGN if ignore_after else old)
 
@@ -124,6 +155,7 @@ def _run(prog: str, body: Callable[[list[str]], int], argv: Sequence[str] | None
     with stop_signals(ignore_after=exiting) as shutting_down:
         try:
             status = body(args)
+            check_stop()  # a signal Python swallowed and the body never looked at
             shutting_down()
             return status
         except BrokenPipeError:  # `... | head`: the reader left; nothing more to say

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from costmodel.cliutil import Interrupted, UserError, exit_status, one_line, run
+from costmodel.cliutil import Interrupted, UserError, check_stop, exit_status, one_line, run
 from measure import grids
 from measure.grids import Config, Grid
 from measure.schema import CURVE_COLUMNS
@@ -215,6 +215,7 @@ def _measure(out, work, fp, policy, args, bar, clock: _Clock, refinement: bool) 
     """Measure `work` [(config, bases, methods)], appending each record; True if the time
     limit stopped it first."""
     for i, (config, bases, methods) in enumerate(work, 1):
+        check_stop()  # a stop signal swallowed while the last config ran (JAX's gc callback)
         if clock.over():
             return True
         t0 = time.perf_counter()

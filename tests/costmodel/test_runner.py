@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from costmodel.cliutil import run
+from costmodel.cliutil import check_stop, run
 from costmodel.errors import Interrupted, UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -113,3 +113,35 @@ def test_the_runner_restores_the_signal_handlers():
     before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
     run("prog", lambda argv: 0, [])
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+class _SignalledInDel:
+    """Raises `sig` at its own finalisation: the handler's exception is born inside `__del__`,
+    where Python swallows it ("Exception ignored in ..."), as it did in JAX's gc callback."""
+
+    def __init__(self, sig: int):
+        self.sig = sig
+
+    def __del__(self):
+        signal.raise_signal(self.sig)
+
+
+@pytest.mark.parametrize("at_the_end", [False, True], ids=["loop-checks", "runner-checks"])
+def test_a_stop_signal_python_swallows_still_stops_the_program(capsys, at_the_end):
+    seen = []
+    hook = sys.unraisablehook
+
+    def body(argv):
+        _SignalledInDel(signal.SIGTERM)  # finalised at once: the signal arrives, is swallowed
+        seen.append("went on")  # what Python does after swallowing it
+        if not at_the_end:
+            check_stop()  # a loop's check between steps
+            seen.append("next step")
+        return 0
+
+    assert run("prog", body, []) == 143
+    assert seen == ["went on"]
+    err = capsys.readouterr().err
+    assert err.strip() == "prog: interrupted (SIGTERM)"  # and no "Exception ignored in" traceback
+    check_stop()  # outside the runner nothing is pending: a no-op
+    assert sys.unraisablehook is hook  # the runner's hook is gone with it

@@ -54,9 +54,12 @@ def bootstrap(result: fitmod.FitResult, rows: pd.DataFrame, n_boot: int = N_BOOT
               seed: int = 0) -> Bootstrap:
     """Resample shapes with replacement, refit `result.form` on each replicate with the same
     sign check as the fit (a term that fits negative is fixed at its prior or dropped), so the
-    interval carries the uncertainty of that choice; a prior value itself is taken as exact."""
+    interval carries the uncertainty of that choice. A term with a prior (`fit.PRIOR_TERMS`)
+    has its pseudo-observation redrawn from the prior in each replicate, as the rows are
+    (cut at 0), so its interval carries the prior's uncertainty too; a box's ends are exact."""
     X, off, cols = fitmod.design_matrix(result.form, rows)
     priors = dict(result.priors)
+    sds = fitmod.prior_sds(priors) if result.form not in fitmod.LOG_FORMS else {}
     start = full_params(result)
     y = rows["time_ms"].to_numpy()
     from analysis.validate import shape_ids
@@ -76,9 +79,11 @@ def bootstrap(result: fitmod.FitResult, rows: pd.DataFrame, n_boot: int = N_BOOT
         bar.update(1)
         pick = rng.integers(0, len(ids), len(ids))
         idx = np.concatenate([members[i] for i in pick])
+        draws = {t: max(priors[t] + sd * float(rng.standard_normal()), 0.0)
+                 for t, sd in sds.items()}
         try:
             p, fixed, dropped = fitmod.fit_full(result.form, X[idx], off[idx], y[idx], cols,
-                                                priors, start)
+                                                priors, start, draws)
         except (np.linalg.LinAlgError, ValueError):
             failed += 1
             continue

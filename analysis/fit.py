@@ -29,6 +29,13 @@ overhead with a device-profile value v (kernel and dispatch) is held in [0, v·T
 unconstrained fit is kept beside it (`FitResult.unconstrained`) so the crossover can say what
 the data alone find, and every bootstrap replicate redoes the check (`fit_full`).
 
+The per-kernel time, which the rows see only through the few kernels LoRA adds to a call,
+also takes the device profile's value as a prior (`fitted_factors.PRIOR_TERMS`, standard
+deviation `PRIOR_REL_SD` of it): mixed estimation (Theil & Goldberger 1961), one
+pseudo-observation weighed against the rows by the fit's residual scale (`_fit_arrays`). Its
+weight treats the rows as independent, though rows of one shape are not, so the prior counts
+for somewhat less than its standard deviation says. The log forms have no such term.
+
 * ``ols_additive``     OLS of t on the additive terms. Large configs dominate the loss.
 * ``wls_additive``     WLS with weights 1/t²: least squares on *relative* error, which is what
                        the validation scores; the weights use the noisy observed t.
@@ -79,10 +86,13 @@ from analysis.design import (  # noqa: F401 -- the design's names, re-exported a
 from analysis.fitted_factors import (  # noqa: F401 -- re-exported as fit's
     CI_LEVEL,
     OVERHEAD_TOLERANCE,
+    PRIOR_REL_SD,
+    PRIOR_TERMS,
     Factor,
     bounds_of,
     critical_value,
     factors_of,
+    prior_sds,
     priors_from_profile,
 )
 from costmodel.errors import UserError
@@ -134,15 +144,78 @@ class FitResult:
         return predict_ms(self.form, terms, params)
 
 
+class _Prior(NamedTuple):
+    """A pseudo-observation "column j = value" with standard deviation sd (design units)."""
+
+    j: int
+    value: float
+    sd: float
+
+
 def _fit_arrays(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray,
-                groups: np.ndarray | None, start: np.ndarray | None = None):
+                groups: np.ndarray | None, start: np.ndarray | None = None,
+                prior: _Prior | None = None):
     """Fit one form on arrays. With groups, the statsmodels result carries the robust covariance;
-    without, only the point estimate is needed (bootstrap, cross-validation) and the fit is lean."""
-    robust = {}
-    if groups is not None:
-        n_clusters = len(np.unique(groups))
-        robust = ({"cov_type": "cluster", "cov_kwds": {"groups": groups}}
-                  if n_clusters >= MIN_CLUSTERS else {"cov_type": "HC3"})
+    without, only the point estimate is needed (bootstrap, cross-validation) and the fit is lean.
+
+    With a prior (additive forms), mixed estimation (Theil & Goldberger 1961): the rows and one
+    pseudo-observation of column j, whose weight makes its error (value − β_j)/sd count as much
+    as a row's error over the fit's residual scale σ̂² (Pearson, from the fit without the
+    prior, in the form's own weighting): weight σ̂²/sd² in least squares on the form's weighted
+    residuals. In the robust covariance the pseudo-observation is a cluster of its own."""
+    if prior is None or form in LOG_FORMS:
+        return _fit_plain(form, X, off, y, groups, start)
+    beta0, _ = _fit_plain(form, X, off, y, None, start)
+    mu = X @ beta0 + off
+    natural = _natural_weights(form, y, mu)
+    scale2 = float(np.sum(natural * (y - mu) ** 2) / max(len(y) - X.shape[1], 1))
+    m = scale2 / prior.sd**2  # the pseudo-row's weight on the form's weighted-residual scale
+    row = np.zeros((1, X.shape[1]))
+    row[0, prior.j] = 1.0
+    Xa, offa, ya = np.vstack([X, row]), np.append(off, 0.0), np.append(y, prior.value)
+    ga = None if groups is None else np.append(groups, np.max(groups) + 1)
+    if form in ("ols_additive", "wls_additive"):
+        w = np.append(natural if form == "wls_additive" else np.ones_like(y), m)
+        if ga is None:
+            sw = np.sqrt(w)
+            return np.linalg.lstsq(Xa * sw[:, None], (ya - offa) * sw, rcond=None)[0], None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return None, sm.WLS(ya - offa, Xa, weights=w).fit(**_robust(ga))
+    # Gamma, identity link: the IRLS weight of an observation is var_weight / μ²; the pseudo-
+    # row's var_weight m·v² gives it weight m at μ = v (the prior's centre)
+    centre = prior.value if prior.value > 0 else prior.sd
+    vw = np.append(np.ones_like(y), m * centre**2)
+    start = beta0 if start is None else start
+    if ga is None:
+        return _irls(form, Xa, offa, ya, start, var_weights=vw), None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        family = sm.families.Gamma(link=sm.families.links.Identity())
+        model = sm.GLM(ya, Xa, family=family, offset=offa, var_weights=vw)
+        return None, model.fit(start_params=start, maxiter=100, **_robust(ga))
+
+
+def _natural_weights(form: str, y: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """Each row's weight in the form's least squares: 1 (OLS), 1/y² (WLS), 1/μ² (Gamma)."""
+    if form == "ols_additive":
+        return np.ones_like(y)
+    if form == "wls_additive":
+        return 1.0 / y**2
+    return 1.0 / np.maximum(mu, 1e-12 * np.max(np.abs(y))) ** 2
+
+
+def _robust(groups: np.ndarray) -> dict[str, Any]:
+    """Clustered by config (HC3 below `MIN_CLUSTERS` clusters)."""
+    if len(np.unique(groups)) >= MIN_CLUSTERS:
+        return {"cov_type": "cluster", "cov_kwds": {"groups": groups}}
+    return {"cov_type": "HC3"}
+
+
+def _fit_plain(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray,
+               groups: np.ndarray | None, start: np.ndarray | None = None):
+    """`_fit_arrays` without a prior."""
+    robust = {} if groups is None else _robust(groups)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # For the additive forms `off` holds the time of terms fixed at prior values (ms).
@@ -204,17 +277,20 @@ def _tie(X: np.ndarray, cols: list[str], method: str) -> tuple[np.ndarray, list[
 
 
 def _irls(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray, start: np.ndarray,
-          max_iter: int = 50, tol: float = 1e-8) -> np.ndarray:
+          max_iter: int = 50, tol: float = 1e-8, var_weights: np.ndarray | None = None
+          ) -> np.ndarray:
     """Point estimate of a Gamma GLM by iteratively reweighted least squares (McCullagh &
     Nelder §2.5), the lean path for cross-validation and the bootstrap. Gamma variance μ²:
     identity link -> weights 1/μ², working response y − offset; log link -> weights 1,
-    working response η + (y − μ)/μ. Same estimate as statsmodels' GLM (a test checks)."""
+    working response η + (y − μ)/μ; var_weights (identity link) multiply the weights 1/μ² as
+    statsmodels' do. Same estimate as statsmodels' GLM (a test checks)."""
     beta = np.asarray(start, dtype=float)
+    vw = np.ones_like(y) if var_weights is None else np.asarray(var_weights, dtype=float)
     for _ in range(max_iter):
         eta = X @ beta + off
         if form == "gamma_identity":
             mu = np.maximum(eta, 1e-12 * np.max(np.abs(y)))
-            sw = 1.0 / mu
+            sw = np.sqrt(vw) / mu
             z = y - off
         else:
             mu = np.exp(eta)
@@ -229,23 +305,33 @@ def _irls(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray, start: np.nd
 
 def _fit_dropping(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray, cols: list[str],
                   groups: np.ndarray | None, priors: dict[str, float] | None = None,
-                  start: np.ndarray | None = None) -> _Dropped:
+                  start: np.ndarray | None = None,
+                  prior_values: dict[str, float] | None = None) -> _Dropped:
     """Fit, and while a physical term (time per FLOP, byte, kernel or call) comes out
     negative, take it out and refit: a negative time is not physical, it says the data
     cannot see that term (e.g. kernel counts that barely vary within a method): it is
     dropped (0). A term with a prior value (the device profile's measured kernel and
     dispatch overheads) that comes out above the top of its box (`bounds_of`) is fixed
-    there, as an offset. LoRA multipliers may fall below 1. Returns a `_Dropped`."""
+    there, as an offset. LoRA multipliers may fall below 1. A `PRIOR_TERMS` term with a profile
+    value enters as a prior too (`_fit_arrays`), centred on the profile's value or on
+    `prior_values`' (a bootstrap replicate's redrawn pseudo-observation); the box stays the
+    profile's. Returns a `_Dropped`."""
     cols = list(cols)
     priors = priors or {}
+    sds = prior_sds(priors)
+    centres = {**priors, **(prior_values or {})}
     dropped: list[str] = []
     fixed: dict[str, float] = {}
     after: dict[str, tuple[str, ...]] = {}
     tied: list[str] = []
     off = np.asarray(off, dtype=float).copy()
     while True:
+        with_prior = [c for c in sds if c in cols]
+        prior = (_Prior(cols.index(with_prior[0]), centres[with_prior[0]], sds[with_prior[0]])
+                 if with_prior else None)
         params, res = _fit_arrays(form, X, off, y, groups,
-                                  start if start is not None and len(start) == len(cols) else None)
+                                  start if start is not None and len(start) == len(cols) else None,
+                                  prior)
         if res is not None:
             params = np.asarray(res.params)
         bad = []  # (relative violation, term, the bound it is held at or None to drop)
@@ -286,6 +372,7 @@ def _fit_dropping(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray, cols
 
 def fit_full(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray, cols: Sequence[str],
              priors: dict[str, float] | None = None, start: np.ndarray | None = None,
+             prior_values: dict[str, float] | None = None,
              ) -> tuple[np.ndarray, tuple[str, ...], tuple[str, ...]]:
     """Point estimate with the sign check, over all of `cols` (the full design): zeros for
     all-zero columns (the LoRA columns of methods absent from the rows) and dropped terms,
@@ -295,7 +382,7 @@ def fit_full(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray, cols: Seq
     keep = np.flatnonzero(np.any(X != 0, axis=0))
     start = None if start is None else np.asarray(start)[keep]
     fitted = _fit_dropping(form, X[:, keep], off, y, [cols[j] for j in keep], None, priors,
-                           start)
+                           start, prior_values)
     params = np.zeros(len(cols))
     params[[cols.index(c) for c in fitted.cols]] = fitted.params
     for c, v in fitted.fixed.items():

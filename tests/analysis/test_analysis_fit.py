@@ -299,3 +299,66 @@ def test_score_difference_se_is_zero_for_a_form_against_itself_and_positive_othe
     ape = {"a": rng.uniform(0, 20, 40), "b": rng.uniform(0, 20, 40)}
     se = valmod.score_differences_se(ape, method, shape, n_boot=100)
     assert se[("a", "a")] == 0.0 and se[("a", "b")] == se[("b", "a")] > 0
+
+
+def _free_and_prior_wls(rows, value, sd):
+    """Mixed estimation by hand (Theil & Goldberger 1961): the WLS normal equations of the
+    rows over their residual scale, plus the prior's precision on the kernel term."""
+    X, off, cols = fitmod.design_matrix("wls_additive", rows)
+    keep = np.flatnonzero(np.any(X != 0, axis=0))
+    X, cols = X[:, keep], [cols[j] for j in keep]
+    y = rows["time_ms"].to_numpy()
+    W = np.diag(1 / y**2)
+    free = np.linalg.solve(X.T @ W @ X, X.T @ W @ (y - off))
+    r = (y - off - X @ free) / y
+    scale2 = r @ r / (len(y) - len(cols))
+    j = cols.index("kernels")
+    P = np.zeros((len(cols), len(cols)))
+    P[j, j] = 1 / sd**2
+    b = X.T @ W @ (y - off) / scale2
+    b[j] += value / sd**2
+    post = np.linalg.solve(X.T @ W @ X / scale2 + P, b)
+    return X, off, y, cols, free, post
+
+
+def test_the_kernel_prior_is_mixed_estimation_and_reaches_both_limits(synthetic_rows):
+    """The per-kernel time with the profile's value as prior: the posterior mode of the
+    Gaussian linear model by its closed form; a vague prior gives the free fit, a sharp one
+    the prior's value; the factor says which prior it used."""
+    value = 5e-3  # ms: 5 us per kernel, where the synthetic truth has 2 us
+    sd = value * fitmod.PRIOR_REL_SD
+    priors = {"kernels": value}
+    X, off, y, cols, free, post = _free_and_prior_wls(synthetic_rows, value, sd)
+    j = cols.index("kernels")
+    assert free[j] < post[j] < value  # the precondition: the prior moves it, not to its value
+    got, fixed, dropped = fitmod.fit_full("wls_additive", X, off, y, cols, priors)
+    assert not fixed and not dropped
+    np.testing.assert_allclose(got, post, rtol=1e-8)
+    vague = fitmod._fit_arrays("wls_additive", X, off, y, None, None,
+                               fitmod._Prior(j, value, 1e3))[0]
+    sharp = fitmod._fit_arrays("wls_additive", X, off, y, None, None,
+                               fitmod._Prior(j, value, 1e-9))[0]
+    np.testing.assert_allclose(vague, free, rtol=1e-6)
+    assert sharp[j] == pytest.approx(value, rel=1e-6)
+    res = fitmod.fit("wls_additive", synthetic_rows, valmod.shape_ids(synthetic_rows), priors)
+    np.testing.assert_allclose(res.params, post, rtol=1e-6)  # statsmodels' path, same estimate
+    tau = {f.key: f for f in res.factors}["kernel_time"]
+    assert (tau.prior_mean, tau.prior_sd) == (pytest.approx(5.0), pytest.approx(2.5))
+    assert "prior 5 ± 2.5 us" in tau.note
+    disp = {f.key: f for f in res.factors}["dispatch_time"]
+    assert np.isnan(disp.prior_mean)  # the dispatch time has a box, no prior
+
+
+def test_the_gamma_fit_with_a_prior_is_the_same_lean_and_in_statsmodels(synthetic_rows):
+    """The lean IRLS (bootstrap, cross-validation) and statsmodels' GLM with var_weights (the
+    reported fit) reach one estimate with the kernel prior; the prior moves the estimate."""
+    priors = {"kernels": 5e-3}
+    res = fitmod.fit("gamma_identity", synthetic_rows, valmod.shape_ids(synthetic_rows), priors)
+    X, off, cols = fitmod.design_matrix("gamma_identity", synthetic_rows)
+    y = synthetic_rows["time_ms"].to_numpy()
+    lean = fitmod.fit_full("gamma_identity", X, off, y, cols, priors)[0]
+    np.testing.assert_allclose(lean, fitmod.expand_params(res, res.params[None, :])[0],
+                               rtol=1e-5, atol=1e-12)
+    free = fitmod.fit_full("gamma_identity", X, off, y, cols)[0]
+    j = cols.index("kernels")
+    assert free[j] < lean[j] < 5e-3

@@ -448,6 +448,9 @@ def fit(form: str, terms: pd.DataFrame, groups: np.ndarray,
             full[all_cols.index(f"gflops:{m}")] = -full[all_cols.index("gflops")]
         fitted = X_all @ full + off0
     summary = res.summary(yname="time_ms", xname=cols).as_text()
+    if form not in LOG_FORMS and any(c in cols for c in prior_sds(priors or {})):
+        summary += ("\nOne of the observations is the per-kernel time's prior (the device "
+                    "profile's value, a pseudo-observation in a cluster of its own).\n")
     n_configs = len(np.unique(groups))
     cov_type = (f"cluster(shape), t with {n_configs - 1} df" if n_configs >= MIN_CLUSTERS
                 else "HC3")

@@ -19,6 +19,13 @@ checks of issue 10 §4:
 
 On a shared machine other jobs move the timings; the script prints the load average before
 and after each run so a reader can judge.
+
+    python benchmarks/stability.py --reanalyse DIR
+
+measures nothing: it re-runs the analysis (``--data``) on each ``DIR/run-N`` that an earlier
+``--keep DIR`` kept, with this checkout's code, and prints the same lines and checks (the
+wall time is then the analysis's), so a change of the analysis can be judged on the same
+measurements.
 """
 
 from __future__ import annotations
@@ -36,11 +43,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def one_run(cwd: str) -> dict:
+def one_run(cwd: str, reanalyse: bool = False) -> dict:
+    """One default run in `cwd`; with `reanalyse`, the analysis alone of the run kept there
+    (its crossover-results folder), into a scratch output folder."""
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    argv = [sys.executable, "-m", "analysis.crossover", "--json", "--no-plots"]
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "analysis.crossover", "--json", "--no-plots"],
-                          cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    with tempfile.TemporaryDirectory(prefix="stability-out-") as scratch:
+        if reanalyse:
+            argv += ["--data", str(Path(cwd) / "crossover-results"), "--out", scratch]
+        proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
+                              check=False)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"run failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1]}")
@@ -76,7 +89,18 @@ def main() -> int:
     p.add_argument("--method", default="lora")
     p.add_argument("--keep", metavar="DIR", help="keep each run's folder as DIR/run-N "
                    "(default: fresh temporary folders, removed after each run)")
+    p.add_argument("--reanalyse", metavar="DIR", help="measure nothing: re-analyse the runs "
+                   "an earlier --keep DIR kept (DIR/run-N), with this checkout's analysis")
     args = p.parse_args()
+    if args.reanalyse is not None and args.keep is not None:
+        raise SystemExit("--keep and --reanalyse exclude each other")
+    kept = []
+    if args.reanalyse is not None:
+        kept = sorted(Path(args.reanalyse).glob("run-*/crossover-results"),
+                      key=lambda q: int(q.parent.name.split("-")[-1]))
+        if not kept:
+            raise SystemExit(f"--reanalyse: no run-N/crossover-results under {args.reanalyse}")
+        args.runs = len(kept)
     rows = []
     for i in range(1, args.runs + 1):
         keep = None if args.keep is None else Path(args.keep) / f"run-{i}"
@@ -84,10 +108,12 @@ def main() -> int:
             if keep.exists():
                 raise SystemExit(f"--keep: {keep} exists; give an empty folder")
             keep.mkdir(parents=True)
+        if kept:
+            keep = kept[i - 1].parent
         with (tempfile.TemporaryDirectory(prefix="stability-") if keep is None
               else contextlib.nullcontext(str(keep))) as tmp:
             load0 = os.getloadavg()[0]
-            run = one_run(tmp)
+            run = one_run(tmp, reanalyse=bool(kept))
             load1 = os.getloadavg()[0]
         xo = run["result"]["crossover"]
         row = next((r for r in xo if r["batch"] == args.batch and r["rank"] == args.rank
@@ -104,7 +130,8 @@ def main() -> int:
               f"{_fmt(row['ci_high'])}]  measured d* {_fmt(row['measured_d_star'])} "
               f"{span} ({row['measured_note']})  "
               f"verdicts agree with measurements: {'yes' if agree else 'NO'}  "
-              f"cold run {run['wall_s']:.0f} s (analysis {run['analysis_s']:.1f} s)  "
+              f"{'re-analysis' if kept else 'cold run'} {run['wall_s']:.0f} s "
+              f"(analysis {run['analysis_s']:.1f} s)  "
               f"load {load0:.1f} -> {load1:.1f}", flush=True)
         if tau is not None:  # the term a small-width d* often rests on (flag P)
             print(f"       time per kernel {tau['estimate']:.3g} us ({tau['status']}); the "
@@ -112,7 +139,8 @@ def main() -> int:
                   f"{run['result']['model_form']}", flush=True)
     spans = [measured_interval(r) for r, _, _ in rows]
     fitted = [r["d_star"] for r, _, _ in rows]
-    print(f"\nbatch {args.batch}, rank {args.rank}, {args.method}, {len(rows)} cold runs:")
+    what = "kept runs re-analysed" if kept else "cold runs"
+    print(f"\nbatch {args.batch}, rank {args.rank}, {args.method}, {len(rows)} {what}:")
     if None in spans:
         print("  measured d* intervals: a run's curve crosses 1 more than once")
     else:
@@ -130,7 +158,8 @@ def main() -> int:
           f"{'yes' if all(a for _, a, _ in rows) else 'NO'}")
     walls = ", ".join(f"{r['wall_s']:.0f}" for _, _, r in rows)
     analysis = ", ".join(f"{r['analysis_s']:.1f}" for _, _, r in rows)
-    print(f"  cold run wall time: {walls} s; analysis {analysis} s")
+    print(f"  {'re-analysis' if kept else 'cold run'} wall time: {walls} s; analysis "
+          f"{analysis} s")
     return 0
 
 

@@ -84,7 +84,8 @@ def to_json(a: Analysis) -> dict:
             for _, r in xo.iterrows()],
         "factors": [{"key": f.key, "name": f.name, "estimate": f.estimate, "ci_low": f.ci_low,
                      "ci_high": f.ci_high, "unit": f.unit, "status": f.status,
-                     "lower_bound": f.lower_bound, "upper_bound": f.upper_bound}
+                     "lower_bound": f.lower_bound, "upper_bound": f.upper_bound,
+                     "prior_mean": f.prior_mean, "prior_sd": f.prior_sd}
                     for f in a.fit.factors],
         "validation": a.validation.table[VALIDATION_COLUMNS].to_dict(orient="records"),
         "extrapolation": [

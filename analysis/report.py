@@ -38,7 +38,8 @@ def factors_table(a: Analysis) -> pd.DataFrame:
     return pd.DataFrame([{"key": f.key, "name": f.name, "estimate": f.estimate,
                           "ci_low": f.ci_low, "ci_high": f.ci_high, "unit": f.unit,
                           "status": f.status, "lower_bound": f.lower_bound,
-                          "upper_bound": f.upper_bound, "note": f.note}
+                          "upper_bound": f.upper_bound, "prior_mean": f.prior_mean,
+                          "prior_sd": f.prior_sd, "note": f.note}
                          for f in a.fit.factors])
 
 

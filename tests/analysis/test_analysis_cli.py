@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -103,6 +104,14 @@ def test_json_run_on_fixture(capsys, tmp_path, fixture_csv, fixture_profile):
     assert {"batch", "rank", "d_star", "ci_low", "ci_high", "ci_low_censored",
             "measured_d_star", "measured_sign_changes", "note"} <= set(obj["crossover"][0])
     assert {"name", "estimate", "ci_low", "ci_high", "unit"} <= set(obj["factors"][0])
+    factors = {f["key"]: f for f in obj["factors"]}
+    # an additive form on this fixture: the per-kernel time's prior is a field, the profile's
+    # value with a standard deviation of half of it, in us
+    assert obj["model_form"] in ("ols_additive", "wls_additive", "gamma_identity")
+    kernel = json.loads(Path(fixture_profile).read_text())["kernel_overhead_s"] * 1e6
+    assert factors["kernel_time"]["prior_mean"] == pytest.approx(kernel)
+    assert factors["kernel_time"]["prior_sd"] == pytest.approx(kernel / 2)
+    assert factors["flop_rate"]["prior_mean"] is None  # none for the rates
     assert {"width", "method", "time_s", "pi_low", "pi_high"} <= set(obj["extrapolation"][0])
     assert {r["width"] for r in obj["extrapolation"]} == {768, 4096}
     models = {r["model"] for r in obj["validation"]}

@@ -21,8 +21,6 @@ layer at a tiny batch slower than its bytes alone say (its e×h gradients are re
 merged LoRA's e×h ΔW is a reused temporary). A training step that updates its weights in
 place does not pay it, so `costmodel.steptime`'s fitted step time leaves it out.
 
-Candidate forms (`FORMS`), compared by `analysis.validate` and chosen by out-of-scale error:
-
 A time term that comes out negative is not identified by the data: it is held at 0. An
 overhead with a device-profile value v (kernel and dispatch) is held in [0, v·T]
 (`fitted_factors.OVERHEAD_TOLERANCE`): one fitted above v·T is held there. The
@@ -35,6 +33,10 @@ deviation `PRIOR_REL_SD` of it): mixed estimation (Theil & Goldberger 1961), one
 pseudo-observation weighed against the rows by the fit's residual scale (`_fit_arrays`). Its
 weight treats the rows as independent, though rows of one shape are not, so the prior counts
 for somewhat less than its standard deviation says. The log forms have no such term.
+
+Candidate forms (`FORMS`), compared by `analysis.validate` and chosen there by cross-validation
+inside the training half (the one-standard-error rule), so the out-of-scale error stays free
+of the choice:
 
 * ``ols_additive``     OLS of t on the additive terms. Large configs dominate the loss.
 * ``wls_additive``     WLS with weights 1/t²: least squares on *relative* error, which is what

@@ -6,7 +6,10 @@ Prints the per-kernel overhead (slope of a chain of dependent tiny matmuls) next
 blocked per-call dispatch of a tiny add, and their ratio. Each added kernel of a chain should
 cost far less than a whole blocked dispatch (Python, JAX, launch, sync): a ratio well under
 0.5 says the slope measures a kernel, not a call. On a shared CPU the slope can come out 0.
-With --runs N the per-kernel overhead is measured N times in this process and the spread
+Then the cost of each argument or result buffer of a call (`measure.device.buffer_overhead`)
+beside the empty call: the fixed cost of a training call, which passes and returns 8-13 of
+them, is that many buffers above the empty call (`analysis.fitted_factors` bounds the fitted
+per-call time accordingly). With --runs N the per-kernel overhead is measured N times in this process and the spread
 (max / min) printed: the fitted crossover of a curve set by the kernel term moves with it.
 """
 
@@ -31,6 +34,9 @@ def main() -> None:
     print(f"per-kernel overhead      {kernel_s * 1e6:9.2f} us")
     print(f"blocked dispatch per call {blocked_s * 1e6:8.2f} us  (back-to-back: {unblocked_s * 1e6:.2f} us)")
     print(f"kernel / dispatch         {kernel_s / blocked_s:8.3f}  (expected well under 0.5)")
+    buffer_s = device.buffer_overhead(args.repeats)
+    print(f"per argument/result buffer {buffer_s * 1e6:7.2f} us  (a call of 8 buffers adds "
+          f"{6 * buffer_s / blocked_s:.1f}x the empty call, of 13 {11 * buffer_s / blocked_s:.1f}x)")
 
 
 if __name__ == "__main__":

@@ -206,6 +206,28 @@ def dispatch_overheads(repeats: int) -> tuple[float, float]:
     return blocked, _best_time(call, args, repeats, k=200)
 
 
+#: Tiny arrays passed (and as many returned) by the wide call of the per-buffer probe.
+BUFFER_PROBE_ARRAYS = 8
+
+
+def buffer_overhead(repeats: int, n: int = BUFFER_PROBE_ARRAYS) -> float:
+    """Seconds per argument or result buffer of a call: a call taking and returning `n` tiny
+    arrays against one taking and returning one, blocked, fastest of `repeats`, slope over
+    the 2n − 2 extra buffers. A training call passes its input and parameters and returns its
+    loss and gradients (the attention layer: 8 buffers under full fine-tuning, 13 under LoRA),
+    each costing this on top of the empty call that `dispatch_overheads` times."""
+    import jax.numpy as jnp
+
+    def wide(*xs):
+        return tuple(x + 1.0 for x in xs)
+
+    times = []
+    for count in (1, n):
+        call, args = _compiled(wide, *[jnp.ones((8,), jnp.float32) for _ in range(count)])
+        times.append(_best_time(call, args, max(repeats, 5) * 6, k=50))
+    return max(0.0, (times[1] - times[0]) / (2 * n - 2))
+
+
 def measure(
     *, dtypes: Sequence[str] = DTYPES, max_n: int = 16384, target_call_s: float = 0.05,
     copy_mib: float = 256.0, repeats: int = 5,
@@ -230,6 +252,7 @@ def measure(
     blocked, unblocked = dispatch_overheads(repeats)
     extra.update(
         copy_bytes=copy_bytes, dispatch_overhead_s=blocked, async_dispatch_s=unblocked,
+        buffer_overhead_s=buffer_overhead(repeats),
         device_count=float(len(jax.devices())), measure_wall_s=time.perf_counter() - t0,
     )
     device = jax.devices()[0]

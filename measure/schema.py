@@ -92,7 +92,9 @@ COLUMNS: Mapping[str, str] = {
     "time_median_s": "float64",
     "time_iqr_s": "float64",
     "time_min_s": "float64",
-    "time_ci_low_s": "float64",  # 95% bootstrap CI of the median
+    # 95% CI of the median: the t interval over the timing blocks (`timing_stats.
+    # block_median_ci`); a bootstrap over the rounds for one-block records
+    "time_ci_low_s": "float64",
     "time_ci_high_s": "float64",
     "time_cv": "float64",  # coefficient of variation (std / mean)
     "unstable": "bool",

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import gc
 import math
+import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -44,6 +45,7 @@ from typing import Any
 from measure.timing_stats import (  # noqa: F401 -- re-exported: timing.TimingPolicy, timing.summarize, ...
     TimingPolicy,
     TimingSummary,
+    block_median_ci,
     block_ratio,
     ci_half_width_rel,
     converged,
@@ -275,7 +277,8 @@ def time_blocks(
 ) -> TimingReport:
     """`time_interleaved` run `blocks` times back to back, the budget and the repeat limits
     split between them (each block at least `MIN_BLOCK_REPEATS`): the first block warms up
-    and calibrates k, the later ones reuse it. The summaries pool every block's samples;
+    and calibrates k, the later ones reuse it. The summaries pool every block's samples, with
+    the median's interval from the blocks' medians (`timing_stats.block_median_ci`);
     `TimingReport.blocks` keeps each block's, for ratios with an interval over blocks
     (`timing_stats.block_ratio`)."""
     policy = policy or TimingPolicy()
@@ -291,8 +294,15 @@ def time_blocks(
                          for _ in range(blocks - 1)]
     names = list(kernels)
     pooled = {n: tuple(x for r in reports for x in r.samples_s[n]) for n in names}
+    summaries = {}
+    for n in names:
+        summary = summarize(pooled[n], k, policy)
+        low, high = block_median_ci(summary.time_median_s,
+                                    [statistics.median(r.samples_s[n]) for r in reports],
+                                    policy.confidence)
+        summaries[n] = replace(summary, time_ci_low_s=low, time_ci_high_s=high)
     return TimingReport(
-        summaries={n: summarize(pooled[n], k, policy) for n in names},
+        summaries=summaries,
         samples_s=pooled,
         loop_wall_s=sum(r.loop_wall_s for r in reports),
         timed_s=sum(r.timed_s for r in reports),

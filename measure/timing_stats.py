@@ -225,6 +225,22 @@ def block_ratio(block_ratios: Sequence[float], confidence: float = 0.95
     return math.exp(m), math.exp(m - half), math.exp(m + half)
 
 
+def block_median_ci(median_s: float, block_medians_s: Sequence[float],
+                    confidence: float = 0.95) -> tuple[float, float]:
+    """The time median's interval from B independent blocks, as `block_ratio`'s for a ratio:
+    median · exp(± t_{(1+confidence)/2, B−1} · s / √B), s the standard deviation of the
+    blocks' log medians, centred on the pooled median the record reports. A bootstrap over
+    the pooled rounds treats rounds that share a block's drift as independent (too narrow,
+    `block_ratio`). NaN bounds with fewer than two blocks."""
+    logs = np.log(np.asarray([t for t in block_medians_s if np.isfinite(t) and t > 0],
+                             dtype=float))
+    if logs.size < 2 or not median_s > 0:
+        return float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + confidence / 2, logs.size - 1)
+                 * logs.std(ddof=1) / math.sqrt(logs.size))
+    return median_s * math.exp(-half), median_s * math.exp(half)
+
+
 def converged(samples_s: Sequence[float], policy: TimingPolicy) -> bool:
     """True once the median's CI is within ±target_rel_ci of it."""
     x = np.asarray(samples_s, dtype=float)

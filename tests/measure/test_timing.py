@@ -234,3 +234,29 @@ def test_blocks_warm_once_reuse_k_and_pool_their_samples():
     k = report.summaries["B"].calls_per_repeat
     assert k == 10 and report.summaries["A"].calls_per_repeat == 10
     assert log.count("A") == 2 + 9 * k and log.count("B") == 4 + 9 * k
+
+
+def test_a_blocked_median_has_the_t_interval_over_the_blocks_medians():
+    """Blocks whose medians are 1.0, 1.1 and 0.9 ms: the interval of the pooled median is
+    median · exp(± t(0.975, 2) · s / √3), s the sd of the blocks' log medians (4.302653:
+    tables), not the pooled rounds' bootstrap; one block gives no interval."""
+    median = 1.0e-3
+    logs = np.log([1.0, 1.1, 0.9])
+    half = 4.302653 * logs.std(ddof=1) / math.sqrt(3)
+    lo, hi = timing.block_median_ci(median, [1.0e-3, 1.1e-3, 0.9e-3])
+    assert lo == pytest.approx(median * math.exp(-half), rel=1e-6)
+    assert hi == pytest.approx(median * math.exp(half), rel=1e-6)
+    assert all(math.isnan(x) for x in timing.block_median_ci(median, [1e-3]))
+
+
+def test_blocked_summaries_carry_the_blocks_interval():
+    clock, log, gc_states = FakeClock(), [], []
+    kernels = _fake_kernels(clock, {"A": 2e-3, "B": 1e-4}, log, gc_states)
+    policy = TimingPolicy(min_repeats=6, max_repeats=9, budget_s=1.0, target_rel_ci=1e-9)
+    report = timing.time_blocks(kernels, policy, 3, clock=clock, block=lambda x: x)
+    for name in ("A", "B"):
+        s = report.summaries[name]
+        medians = [float(np.median(b[name])) for b in report.blocks]
+        assert (s.time_ci_low_s, s.time_ci_high_s) == pytest.approx(
+            timing.block_median_ci(s.time_median_s, medians))
+        assert s.time_ci_low_s <= s.time_median_s <= s.time_ci_high_s

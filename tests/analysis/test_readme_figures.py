@@ -109,3 +109,33 @@ def test_readme_quotes_the_whole_model_validation(tmp_path, capsys):
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     missing = [q for q in quoted if q not in readme]
     assert not missing, missing
+
+
+def test_readme_quotes_the_measured_whole_steps(capsys):
+    """The "Whole training steps, measured" paragraph's ratios are what
+    `benchmarks/bench_models_grid.py --data data/models-cpu-validation` prints."""
+    import importlib.util
+
+    from measure import dataset
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_models_grid", REPO / "benchmarks" / "bench_models_grid.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.summarise(dataset.read_csv(REPO / "data" / "models-cpu-validation" / dataset.CSV_NAME))
+    printed = capsys.readouterr().out
+    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    lora = printed.split("t_lora_merged")[0]
+    all_line = lora.splitlines()[0]  # "... all median 0.62 (range 0.40-0.92, n=23)"
+    median, low, high = (all_line.split("median ")[1].replace("(range ", "").replace("-", " ")
+                         .replace(",", "").split()[:3])
+    assert f"median {median} ({low}–{high} over the 23" in readme
+    heads = {line.split()[1]: line.split("median ")[1].split()[0]
+             for line in lora.splitlines() if line.strip().startswith("head ")}
+    assert (f"by head {heads['classifier']} (classifier), {heads['lm']} (`lm`), "
+            f"{heads['lm-tied']} (`lm-tied`)") in readme
+    options = {line.split(":")[0].strip(): line.split(": ")[1].split(";")[0]
+               for line in printed.splitlines() if "attention=" in line}
+    as_is = next(v for k, v in options.items() if "optimizer=adamw precision=fp32 recompute=False"
+                 in k and "attention=naive clip=True grad_accum=1" in k)
+    assert f"seq 64: {as_is} as is" in readme

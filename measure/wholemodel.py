@@ -128,22 +128,22 @@ def init_params(cfg: StepConfig, seed: int = 0) -> tuple[dict, dict]:
     """(trainable, frozen) parameter dicts: N(0, 1/fan_in) matrices, N(0, 0.02²) tables, unit
     γ, zero β and biases. Trainable weights are held in the master dtype, frozen ones in the
     compute dtype. B is random too (LoRA starts it at zero, which would make dA vanish in
-    the tests); the cost is the same for any values."""
-    key = jax.random.PRNGKey(seed)
+    the tests); the cost is the same for any values. Drawn with numpy's generator, not
+    jax.random, which compiles a kernel for every new shape (as `measure.kernels`)."""
+    rng = np.random.default_rng(seed)
     trainable: dict[str, jax.Array] = {}
     frozen: dict[str, jax.Array] = {}
     for name, (shape, is_trainable) in param_shapes(cfg).items():
-        key, sub = jax.random.split(key)
         dtype = jnp.dtype(cfg.master_dtype if is_trainable else cfg.compute_dtype)
         leaf = name.split(".")[-1]
         if leaf.startswith("γ"):
             value = jnp.ones(shape, dtype)
         elif leaf.startswith(("β", "b")):
             value = jnp.zeros(shape, dtype)
-        elif leaf.startswith("E"):
-            value = (EMBED_STD * jax.random.normal(sub, shape, jnp.float32)).astype(dtype)
         else:
-            value = (jax.random.normal(sub, shape, jnp.float32) / np.sqrt(shape[0])).astype(dtype)
+            scale = EMBED_STD if leaf.startswith("E") else 1 / np.sqrt(shape[0])
+            value = jnp.asarray(rng.standard_normal(shape, dtype=np.float32)
+                                * np.float32(scale), dtype)
         (trainable if is_trainable else frozen)[name] = value
     return trainable, frozen
 
@@ -151,13 +151,12 @@ def init_params(cfg: StepConfig, seed: int = 0) -> tuple[dict, dict]:
 def init_batch(cfg: StepConfig, seed: int = 0) -> tuple[jax.Array, jax.Array]:
     """Random token ids (grad_accum, batch, seq) and labels: next-token ids of the same shape
     (``lm``), or one class per sequence (grad_accum, batch) (``classifier``)."""
-    k_tok, k_lab = jax.random.split(jax.random.PRNGKey(seed + 1))
+    rng = np.random.default_rng(seed + 1)
     shape = (cfg.grad_accum, cfg.batch, cfg.seq)
-    tokens = jax.random.randint(k_tok, shape, 0, cfg.shape.vocab, jnp.int32)
-    if cfg.head == "classifier":
-        labels = jax.random.randint(k_lab, shape[:2], 0, cfg.n_classes, jnp.int32)
-    else:
-        labels = jax.random.randint(k_lab, shape, 0, cfg.shape.vocab, jnp.int32)
+    tokens = jnp.asarray(rng.integers(0, cfg.shape.vocab, shape), jnp.int32)
+    n_labels = cfg.n_classes if cfg.head == "classifier" else cfg.shape.vocab
+    labels = jnp.asarray(rng.integers(0, n_labels, shape[:2] if cfg.head == "classifier"
+                                      else shape), jnp.int32)
     return tokens, labels
 
 

@@ -62,7 +62,10 @@ def test_lora_and_merged_same_loss_and_adapter_gradients(x64, preset, head, targ
     for k in g_l:
         expected = g_m[k] * s if is_b(k) else g_m[k]
         scale = float(jnp.abs(g_l[k]).max())
-        np.testing.assert_allclose(g_l[k], expected, rtol=1e-9, atol=1e-12 * scale)
+        # float64 rounding of the two associations reaches a few 1e-9 relative where a
+        # gradient is a small difference of larger terms (~1e-10 against the loss's O(1));
+        # a wrong scale or a missing term differs by O(1)
+        np.testing.assert_allclose(g_l[k], expected, rtol=1e-7, atol=1e-12 * scale)
 
 
 @pytest.mark.slow

@@ -213,16 +213,22 @@ def block_ratio(block_ratios: Sequence[float], confidence: float = 0.95
     50-88% of blocks, not 95% (`benchmarks/block_coverage.py` prints both). NaN bounds with
     fewer than two blocks.
     """
-    logs = np.log(np.asarray([r for r in block_ratios if np.isfinite(r) and r > 0], dtype=float))
-    nan = float("nan")
+    m, half = _log_t_interval(block_ratios, confidence)
+    return math.exp(m), math.exp(m - half), math.exp(m + half)
+
+
+def _log_t_interval(values: Sequence[float], confidence: float) -> tuple[float, float]:
+    """(mean, half-width) of the t interval of the mean of log(values) over the positive
+    finite values: t_{(1+confidence)/2, B−1} · s / √B; NaN mean without values, NaN
+    half-width with fewer than two."""
+    logs = np.log(np.asarray([v for v in values if np.isfinite(v) and v > 0], dtype=float))
     if logs.size == 0:
-        return nan, nan, nan
-    m = float(logs.mean())
+        return float("nan"), float("nan")
     if logs.size < 2:
-        return math.exp(m), nan, nan
+        return float(logs.mean()), float("nan")
     half = float(stats.t.ppf(0.5 + confidence / 2, logs.size - 1)
                  * logs.std(ddof=1) / math.sqrt(logs.size))
-    return math.exp(m), math.exp(m - half), math.exp(m + half)
+    return float(logs.mean()), half
 
 
 def block_median_ci(median_s: float, block_medians_s: Sequence[float],
@@ -232,12 +238,9 @@ def block_median_ci(median_s: float, block_medians_s: Sequence[float],
     blocks' log medians, centred on the pooled median the record reports. A bootstrap over
     the pooled rounds treats rounds that share a block's drift as independent (too narrow,
     `block_ratio`). NaN bounds with fewer than two blocks."""
-    logs = np.log(np.asarray([t for t in block_medians_s if np.isfinite(t) and t > 0],
-                             dtype=float))
-    if logs.size < 2 or not median_s > 0:
-        return float("nan"), float("nan")
-    half = float(stats.t.ppf(0.5 + confidence / 2, logs.size - 1)
-                 * logs.std(ddof=1) / math.sqrt(logs.size))
+    half = _log_t_interval(block_medians_s, confidence)[1]
+    if not median_s > 0:
+        half = float("nan")
     return median_s * math.exp(-half), median_s * math.exp(half)
 
 

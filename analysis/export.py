@@ -82,11 +82,8 @@ def to_json(a: Analysis) -> dict:
              "point_fit_off_at": list(r["point_fit_off_at"]), "flags": list(r["flags"]),
              "boot_ci_low": r["boot_ci_low"], "boot_ci_high": r["boot_ci_high"]}
             for _, r in xo.iterrows()],
-        "factors": [{"key": f.key, "name": f.name, "estimate": f.estimate, "ci_low": f.ci_low,
-                     "ci_high": f.ci_high, "unit": f.unit, "status": f.status,
-                     "lower_bound": f.lower_bound, "upper_bound": f.upper_bound,
-                     "prior_mean": f.prior_mean, "prior_sd": f.prior_sd}
-                    for f in a.fit.factors],
+        # factors.csv's fields, less the note (its sentence)
+        "factors": factors_table(a).drop(columns="note", errors="ignore").to_dict(orient="records"),
         "validation": a.validation.table[VALIDATION_COLUMNS].to_dict(orient="records"),
         "extrapolation": [
             {"width": r["width"], "method": r["method"], "time_s": r["time_s"],

@@ -198,13 +198,19 @@ def _fit_arrays(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray,
         return None, model.fit(start_params=start, maxiter=100, **_robust(ga))
 
 
-def _natural_weights(form: str, y: np.ndarray, mu: np.ndarray) -> np.ndarray:
+def _natural_weights(form: str, y: np.ndarray, mu: np.ndarray | None) -> np.ndarray:
     """Each row's weight in the form's least squares: 1 (OLS), 1/y² (WLS), 1/μ² (Gamma)."""
     if form == "ols_additive":
         return np.ones_like(y)
     if form == "wls_additive":
         return 1.0 / y**2
-    return 1.0 / np.maximum(mu, 1e-12 * np.max(np.abs(y))) ** 2
+    return 1.0 / _positive_mean(mu, y) ** 2
+
+
+def _positive_mean(mu: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """An identity-link Gamma mean held above 0 (a tiny fraction of the largest time), where
+    its weight 1/μ² would blow up."""
+    return np.maximum(mu, 1e-12 * np.max(np.abs(y)))
 
 
 def _robust(groups: np.ndarray) -> dict[str, Any]:
@@ -226,7 +232,7 @@ def _fit_plain(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray,
                 return np.linalg.lstsq(X, y - off, rcond=None)[0], None
             return None, sm.OLS(y - off, X).fit(**robust)
         if form == "wls_additive":
-            w = 1.0 / y**2
+            w = _natural_weights(form, y, None)
             if not robust:
                 sw = np.sqrt(w)
                 return np.linalg.lstsq(X * sw[:, None], (y - off) * sw, rcond=None)[0], None
@@ -291,7 +297,7 @@ def _irls(form: str, X: np.ndarray, off: np.ndarray, y: np.ndarray, start: np.nd
     for _ in range(max_iter):
         eta = X @ beta + off
         if form == "gamma_identity":
-            mu = np.maximum(eta, 1e-12 * np.max(np.abs(y)))
+            mu = _positive_mean(eta, y)
             sw = np.sqrt(vw) / mu
             z = y - off
         else:

@@ -30,23 +30,26 @@ CI_LEVEL = 0.95
 #: Per kernel 3. Per call 10: the probe's empty call passes and returns one buffer each way,
 #: a training call many more (the attention layer 8 under full fine-tuning, 13 under LoRA:
 #: input, parameters, loss, gradients; dicts of them to flatten), each about 1 µs on the CI
-#: CPU against 10 µs for the empty call (`python benchmarks/bench_device.py` prints both), and
-#: the fits of this CPU's cold runs put the per-call time at 1.5–5.5 times the empty call; a
-#: box of 3 cut into that, and the per-kernel time, the term beside it, took up the rest.
+#: CPU against 10 µs for the empty call (`python benchmarks/bench_device.py` prints both). The
+#: fits of the 30 cold runs that `benchmarks/stability.py --keep` kept on 2026-12-02 put the
+#: per-call time at 0.7–5.7 times the empty call, two at 8.9 and 10 (the cap; `--reanalyse`
+#: prints each beside the profile's); a box of 3 cut into that, and the per-kernel time, the
+#: term beside it, took up the rest.
 OVERHEAD_TOLERANCE = {"kernels": 3.0, "Intercept": 10.0}
 
 #: Terms whose device-profile value also enters the fit as a prior (mixed estimation, Theil &
 #: Goldberger, Int. Econ. Rev. 2(1), 1961): one pseudo-observation "term = v" with standard
 #: deviation PRIOR_REL_SD · v, weighted against the rows by the fit's own residual scale. The
 #: per-kernel time only: the data see it through the few kernels LoRA adds to a call, a few µs
-#: in tens (`fit_summary.txt`'s interval on it spans an order of magnitude), so alone it moved
-#: the batch-2 fitted d* by a factor 3 between cold runs (`benchmarks/stability.py`). The
+#: in tens, so fitted from them alone it moved the batch-2 fitted d* by a factor 3 between
+#: cold runs (89, 29, 44 in one `benchmarks/stability.py` check of 2026-12-02). The
 #: dispatch time is in every row alike and cancels in LoRA/full; the data pin it themselves.
 PRIOR_TERMS = ("kernels",)
 #: The prior's standard deviation relative to the profile's value: 95% of it within [0, 2v].
-#: The probe times 8×8 dot thunks, and a LoRA call adds small fusions too (cheaper per
-#: kernel), so the sweep's mean per-kernel time may lie below v; the cold runs' own probes
-#: varied by ±20% (`benchmarks/stability.py` prints each).
+#: The probe times 8×8 dot thunks, and most kernels XLA adds for LoRA are small fusions
+#: (`benchmarks/kernel_counts.py`), cheaper per kernel, so the sweep's mean per-kernel time may lie below
+#: v; the cold runs' own probes gave 0.46–1.02 µs, most 0.69–0.92 (`benchmarks/stability.py`
+#: prints each).
 PRIOR_REL_SD = 0.5
 
 

@@ -7,9 +7,10 @@ blocked per-call dispatch of a tiny add, and their ratio. Each added kernel of a
 cost far less than a whole blocked dispatch (Python, JAX, launch, sync): a ratio well under
 0.5 says the slope measures a kernel, not a call. On a shared CPU the slope can come out 0.
 Then the cost of each argument or result buffer of a call (`measure.device.buffer_overhead`)
-beside the empty call: the fixed cost of a training call, which passes and returns 8-13 of
-them, is that many buffers above the empty call (`analysis.fitted_factors` bounds the fitted
-per-call time accordingly). With --runs N the per-kernel overhead is measured N times in this process and the spread
+beside the empty call, and what the buffers of the attention layer's training call add to it
+under each method (input and parameters in, loss and gradients out: `measure.kernels`); the
+fitted per-call time is bounded accordingly (`analysis.fitted_factors.OVERHEAD_TOLERANCE`).
+With --runs N the per-kernel overhead is measured N times in this process and the spread
 (max / min) printed: the fitted crossover of a curve set by the kernel term moves with it.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 
+from costmodel import METHODS
 from measure import device
 
 
@@ -35,8 +37,20 @@ def main() -> None:
     print(f"blocked dispatch per call {blocked_s * 1e6:8.2f} us  (back-to-back: {unblocked_s * 1e6:.2f} us)")
     print(f"kernel / dispatch         {kernel_s / blocked_s:8.3f}  (expected well under 0.5)")
     buffer_s = device.buffer_overhead(args.repeats)
-    print(f"per argument/result buffer {buffer_s * 1e6:7.2f} us  (a call of 8 buffers adds "
-          f"{6 * buffer_s / blocked_s:.1f}x the empty call, of 13 {11 * buffer_s / blocked_s:.1f}x)")
+    print(f"per argument/result buffer {buffer_s * 1e6:7.2f} us")
+    for method in METHODS:
+        n = call_buffers("attention", method)  # the empty call has 2: one in, one out
+        print(f"  attention, {method:11s} {n:3d} buffers: {(n - 2) * buffer_s / blocked_s:.1f}x "
+              "the empty call on top of it")
+
+
+def call_buffers(layer: str, method: str) -> int:
+    """Buffers of one training call of `layer`: the input and every parameter in, the loss
+    and each trainable parameter's gradient out (`measure.kernels.build`)."""
+    from measure.kernels import LayerConfig, param_shapes
+
+    shapes = param_shapes(LayerConfig(layer, method, batch=2, embed=16, hidden=16, rank=1))
+    return 1 + len(shapes) + 1 + sum(trainable for _, trainable in shapes.values())
 
 
 if __name__ == "__main__":

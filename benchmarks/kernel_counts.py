@@ -19,11 +19,11 @@ import re
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from costmodel import METHODS, layer_cost  # noqa: E402
 from measure.kernels import build  # noqa: E402
+from measure.timing import compile_ahead  # noqa: E402
 
 #: Entry-computation instructions that launch no kernel: arguments, tuples, views.
 NOT_KERNELS = ("parameter", "tuple", "get-tuple-element", "constant", "bitcast")
@@ -31,7 +31,7 @@ NOT_KERNELS = ("parameter", "tuple", "get-tuple-element", "constant", "bitcast")
 
 def xla_kernels(kernel) -> dict[str, int]:
     """Kernels of the compiled program's entry computation by kind: dot, fusion, other."""
-    text = jax.jit(kernel.fn).lower(*kernel.args).compile().as_text()
+    text = compile_ahead(kernel.fn, kernel.args)[0].as_text()
     entry = text[text.index("ENTRY"):]
     entry = entry[: entry.index("\n}")]
     counts = {"dot": 0, "fusion": 0, "other": 0}

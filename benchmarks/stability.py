@@ -6,8 +6,8 @@ Runs the default main job ``python -m analysis.crossover --json --no-plots`` --r
 one after the other, each cold in a fresh empty directory (so each measures the quick grid,
 refines its crossovers and measures a device profile), and prints for the chosen curve
 (default batch 2, rank 1, lora) each run's fitted d* with its interval, measured d* with its
-interval, the wall time and the analysis time, the fitted time per kernel beside the device
-profile's measured one (a small-width d* held by that term moves with it), then the three
+interval, the wall time and the analysis time, the fitted times per kernel and per call beside
+the device profile's (a small-width d* held by the per-kernel term moves with it), then the three
 checks of issue 10 §4:
 
 * the measured d* intervals overlap (max of the lows <= min of the highs); a curve measured
@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,7 +61,24 @@ def one_run(cwd: str, reanalyse: bool = False) -> dict:
     result = json.loads(proc.stdout)
     profile = json.loads((Path(cwd) / "crossover-results" / "profile.json").read_text())
     return {"wall_s": wall, "analysis_s": result["timing"]["analysis_s"], "result": result,
-            "profile_kernel_s": profile.get("kernel_overhead_s", float("nan"))}
+            "profile": profile}
+
+
+@contextlib.contextmanager
+def _run_folder(i: int, keep: str | None, kept: list[Path]) -> Iterator[str]:
+    """Run i's folder: the one a --keep check kept (re-analysis), a new DIR/run-i with
+    --keep, else a temporary one, removed after."""
+    if kept:
+        yield str(kept[i - 1].parent)
+    elif keep is not None:
+        folder = Path(keep) / f"run-{i}"
+        if folder.exists():
+            raise SystemExit(f"--keep: {folder} exists; give an empty folder")
+        folder.mkdir(parents=True)
+        yield str(folder)
+    else:
+        with tempfile.TemporaryDirectory(prefix="stability-") as tmp:
+            yield tmp
 
 
 def measured_interval(row: dict) -> tuple[float, float] | None:
@@ -101,17 +119,10 @@ def main() -> int:
         if not kept:
             raise SystemExit(f"--reanalyse: no run-N/crossover-results under {args.reanalyse}")
         args.runs = len(kept)
+    label = "re-analysis" if kept else "cold run"
     rows = []
     for i in range(1, args.runs + 1):
-        keep = None if args.keep is None else Path(args.keep) / f"run-{i}"
-        if keep is not None:
-            if keep.exists():
-                raise SystemExit(f"--keep: {keep} exists; give an empty folder")
-            keep.mkdir(parents=True)
-        if kept:
-            keep = kept[i - 1].parent
-        with (tempfile.TemporaryDirectory(prefix="stability-") if keep is None
-              else contextlib.nullcontext(str(keep))) as tmp:
+        with _run_folder(i, args.keep, kept) as tmp:
             load0 = os.getloadavg()[0]
             run = one_run(tmp, reanalyse=bool(kept))
             load1 = os.getloadavg()[0]
@@ -123,20 +134,23 @@ def main() -> int:
                              f"{args.rank}, {args.method}")
         agree = all(r["agrees_with_measurements"] for r in xo)
         rows.append((row, agree, run))
-        tau = next((f for f in run["result"]["factors"] if f["key"] == "kernel_time"), None)
+        factors = {f["key"]: f for f in run["result"]["factors"]}
         where = measured_interval(row)
         span = "-" if where is None else f"[{_fmt(where[0])}, {_fmt(where[1])}]"
         print(f"run {i}: fitted d* {_fmt(row['d_star'])} [{_fmt(row['ci_low'])}, "
               f"{_fmt(row['ci_high'])}]  measured d* {_fmt(row['measured_d_star'])} "
               f"{span} ({row['measured_note']})  "
               f"verdicts agree with measurements: {'yes' if agree else 'NO'}  "
-              f"{'re-analysis' if kept else 'cold run'} {run['wall_s']:.0f} s "
+              f"{label} {run['wall_s']:.0f} s "
               f"(analysis {run['analysis_s']:.1f} s)  "
               f"load {load0:.1f} -> {load1:.1f}", flush=True)
-        if tau is not None:  # the term a small-width d* often rests on (flag P)
-            print(f"       time per kernel {tau['estimate']:.3g} us ({tau['status']}); the "
-                  f"profile measured {run['profile_kernel_s'] * 1e6:.3g} us; model form "
-                  f"{run['result']['model_form']}", flush=True)
+        if "kernel_time" in factors:  # the term a small-width d* often rests on
+            tau, call = factors["kernel_time"], factors["dispatch_time"]
+            print(f"       time per kernel {tau['estimate']:.3g} us ({tau['status']}), per call "
+                  f"{call['estimate']:.3g} us ({call['status']}); the profile measured "
+                  f"{run['profile']['kernel_overhead_s'] * 1e6:.3g} us per kernel, "
+                  f"{run['profile']['extra']['dispatch_overhead_s'] * 1e6:.3g} us per empty "
+                  f"call; model form {run['result']['model_form']}", flush=True)
     spans = [measured_interval(r) for r, _, _ in rows]
     fitted = [r["d_star"] for r, _, _ in rows]
     what = "kept runs re-analysed" if kept else "cold runs"
@@ -158,8 +172,7 @@ def main() -> int:
           f"{'yes' if all(a for _, a, _ in rows) else 'NO'}")
     walls = ", ".join(f"{r['wall_s']:.0f}" for _, _, r in rows)
     analysis = ", ".join(f"{r['analysis_s']:.1f}" for _, _, r in rows)
-    print(f"  {'re-analysis' if kept else 'cold run'} wall time: {walls} s; analysis "
-          f"{analysis} s")
+    print(f"  {label} wall time: {walls} s; analysis {analysis} s")
     return 0
 
 

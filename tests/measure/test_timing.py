@@ -250,13 +250,23 @@ def test_a_blocked_median_has_the_t_interval_over_the_blocks_medians():
 
 
 def test_blocked_summaries_carry_the_blocks_interval():
-    clock, log, gc_states = FakeClock(), [], []
-    kernels = _fake_kernels(clock, {"A": 2e-3, "B": 1e-4}, log, gc_states)
+    """A kernel that slows as the machine drifts (1% per call): each block's median moves,
+    and the recorded interval is the t interval over the blocks' medians, wider than the
+    pooled rounds' bootstrap (`summarize`), which treats the drifting rounds as independent."""
+    clock = FakeClock()
+    calls = [0]
+
+    def drifting(*args):
+        calls[0] += 1
+        clock.now += 1e-3 * (1 + 0.01 * calls[0])
+
+    kernels = {"A": Prepared("A", drifting, ())}
     policy = TimingPolicy(min_repeats=6, max_repeats=9, budget_s=1.0, target_rel_ci=1e-9)
     report = timing.time_blocks(kernels, policy, 3, clock=clock, block=lambda x: x)
-    for name in ("A", "B"):
-        s = report.summaries[name]
-        medians = [float(np.median(b[name])) for b in report.blocks]
-        assert (s.time_ci_low_s, s.time_ci_high_s) == pytest.approx(
-            timing.block_median_ci(s.time_median_s, medians))
-        assert s.time_ci_low_s <= s.time_median_s <= s.time_ci_high_s
+    s = report.summaries["A"]
+    medians = [float(np.median(b["A"])) for b in report.blocks]
+    assert len(set(medians)) == 3  # the precondition: the blocks differ
+    assert (s.time_ci_low_s, s.time_ci_high_s) == pytest.approx(
+        timing.block_median_ci(s.time_median_s, medians))
+    pooled = timing.summarize(report.samples_s["A"], s.calls_per_repeat, policy)
+    assert s.time_ci_low_s < pooled.time_ci_low_s <= pooled.time_ci_high_s < s.time_ci_high_s
